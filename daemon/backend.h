@@ -1,0 +1,119 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/* The narrow interface between the broker's logic and the kernel.
+ *
+ * backend-vfio.c speaks to the legacy VFIO type1v2 container (/dev/vfio/vfio + /dev/vfio/N),
+ * backend-sim.c models the same rules in memory. Nothing here knows about D-Bus, and nothing outside
+ * backend-*.c issues a VFIO ioctl.
+ *
+ * Division of labour: container.c checks every request against the broker's own mapping table and
+ * the IOMMU info first (Overlap, WouldSplit, NotMapped, OutOfRange, Unaligned) so that a VMM gets a
+ * precise error. The backend still enforces the kernel's rules on its own (the kernel does; the sim
+ * must model them), and reports violations as the kernel's errno: -EEXIST overlap, -EINVAL bad
+ * alignment/flags or an unmap that would split a mapping, -ENOSPC DMA entry limit reached, -EBUSY,
+ * -EPERM not viable. */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+
+typedef struct Backend Backend;
+typedef struct BackendContainer BackendContainer;
+typedef struct BrokerConfig BrokerConfig;
+
+typedef struct IovaRange {
+        uint64_t first; /* inclusive */
+        uint64_t last;  /* inclusive */
+} IovaRange;
+
+/* One VFIO group as found on the host. */
+typedef struct BackendGroupInfo {
+        unsigned id;
+        char **devices; /* NULL-terminated, sorted, e.g. "0000:01:00.0" */
+        bool viable;
+} BackendGroupInfo;
+
+void backend_group_info_free_many(BackendGroupInfo *infos, size_t n);
+
+/* What the IOMMU reports once a container has its first group and the IOMMU model is set. */
+typedef struct BackendIommuInfo {
+        IovaRange *ranges; /* sorted, non-overlapping */
+        size_t n_ranges;
+        uint64_t page_sizes;    /* bitmap of supported IOMMU page sizes */
+        uint32_t dma_available; /* mappings the kernel still accepts; UINT32_MAX if it does not say */
+} BackendIommuInfo;
+
+void backend_iommu_info_done(BackendIommuInfo *info);
+
+typedef struct BackendOps {
+        const char *name; /* the Manager's Backend property: "vfio-type1" or "sim" */
+
+        void (*free)(Backend *b);
+
+        /* All VFIO groups currently on the host, sorted by id. */
+        int (*list_groups)(Backend *b, BackendGroupInfo **ret, size_t *ret_n);
+
+        /* Re-reads one group (viability changes as drivers are bound). -ENOENT if it vanished. */
+        int (*get_group)(Backend *b, unsigned id, BackendGroupInfo *ret);
+
+        int (*container_new)(Backend *b, BackendContainer **ret, BrokerError *e);
+
+        /* Tears everything down: unmaps all DMA (unpinning), detaches every group, closes every fd
+         * the backend holds for this container. Never fails. Device fds already handed to a VMM keep
+         * their group referenced in the kernel until the VMM closes them; the backend must then
+         * report the group as busy (-EBUSY from attach) until it is really free. */
+        void (*container_free)(BackendContainer *c);
+
+        /* The first attach also selects the IOMMU model (VFIO_TYPE1v2_IOMMU). */
+        int (*container_attach_group)(BackendContainer *c, unsigned id, BrokerError *e);
+
+        /* -EBUSY while device fds of this group are still open. */
+        int (*container_detach_group)(BackendContainer *c, unsigned id, BrokerError *e);
+
+        /* Valid only while at least one group is attached. */
+        int (*container_get_iommu_info)(BackendContainer *c, BackendIommuInfo *ret, BrokerError *e);
+
+        /* vaddr is the daemon's own mapping of the VMM's memory. flags: VFIO_DMA_MAP_FLAG_READ|WRITE. */
+        int (*container_map)(BackendContainer *c, uint64_t vaddr, uint64_t iova, uint64_t size,
+                             uint32_t flags, BrokerError *e);
+
+        /* Unmaps exactly the mappings inside [iova, iova+size); *ret_unmapped gets the bytes removed. */
+        int (*container_unmap)(BackendContainer *c, uint64_t iova, uint64_t size,
+                               uint64_t *ret_unmapped, BrokerError *e);
+
+        /* Returns a new device fd (O_CLOEXEC) for a device of an attached group. */
+        int (*container_open_device)(BackendContainer *c, unsigned group, const char *device,
+                                     BrokerError *e);
+} BackendOps;
+
+struct Backend {
+        const BackendOps *ops;
+};
+
+struct BackendContainer {
+        Backend *backend;
+};
+
+int backend_vfio_new(const BrokerConfig *config, Backend **ret, BrokerError *e);
+int backend_sim_new(const BrokerConfig *config, Backend **ret, BrokerError *e);
+
+static inline const char *backend_name(Backend *b) {
+        return b->ops->name;
+}
+
+static inline Backend *backend_free(Backend *b) {
+        if (b)
+                b->ops->free(b);
+        return NULL;
+}
+DEFINE_TRIVIAL_CLEANUP_FUNC(Backend *, backend_free);
+
+static inline BackendContainer *backend_container_free(BackendContainer *c) {
+        if (c)
+                c->backend->ops->container_free(c);
+        return NULL;
+}
+DEFINE_TRIVIAL_CLEANUP_FUNC(BackendContainer *, backend_container_free);

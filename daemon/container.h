@@ -1,0 +1,82 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/* A container: one VMM's IOMMU address space. Holds the backend container, the attached groups, the
+ * DMA mappings and the memory they borrow. All checks that give a VMM a precise error happen here,
+ * before the backend is asked; a failed request leaves the container exactly as it was. */
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <systemd/sd-bus.h>
+
+#include "backend.h"
+#include "broker.h"
+#include "mapping-table.h"
+#include "memory.h"
+
+typedef struct Mapping {
+        MappingTableNode node; /* IOVA interval */
+        MemoryRegion *region;  /* borrowed slice of the daemon's view of the VMM's file */
+        uint64_t offset;       /* in the file */
+        uint32_t flags;        /* BROKER_MAP_READ|WRITE */
+} Mapping;
+
+struct Container {
+        Broker *broker;
+        Container *next, *prev;
+
+        uint64_t id;
+        char *path;   /* /org/vfiobroker/Broker1/container/<id> */
+        char *owner;  /* unique bus name of the owning connection */
+        uid_t uid;
+        char *label;
+
+        sd_bus_track *track; /* watches the owner; see container-dbus.c */
+
+        BackendContainer *backend;
+        unsigned *groups;     /* attached group ids, sorted */
+        size_t n_groups;
+
+        BackendIommuInfo iommu; /* valid while n_groups > 0 */
+
+        MappingTable mappings;
+        MemoryPool *memory;
+};
+
+/* Property bits for change notification. */
+typedef enum ContainerProperty {
+        CONTAINER_PROPERTY_GROUPS            = 1 << 0,
+        CONTAINER_PROPERTY_MAPPINGS          = 1 << 1,
+        CONTAINER_PROPERTY_MAPPED_BYTES      = 1 << 2,
+        CONTAINER_PROPERTY_BALLOON_INHIBITED = 1 << 3,
+        CONTAINER_PROPERTY_IOVA_RANGES       = 1 << 4,
+        CONTAINER_PROPERTY_PAGE_SIZES        = 1 << 5,
+} ContainerProperty;
+
+int container_new(Broker *b, const char *owner, uid_t uid, const char *label, Container **ret,
+                  BrokerError *e);
+
+/* Unmaps everything, detaches every group, releases the memory, unlinks from the broker and frees.
+ * The D-Bus side (object removal, track) is done by container_dbus_close() which calls this. */
+Container *container_free(Container *c);
+
+int container_attach_group(Container *c, unsigned group, BrokerError *e);
+int container_detach_group(Container *c, unsigned group, BrokerError *e);
+/* Returns the new device fd. */
+int container_open_device(Container *c, const char *device, BrokerError *e);
+int container_map(Container *c, int fd, uint64_t offset, uint64_t size, uint64_t iova, uint32_t flags,
+                  BrokerError *e);
+int container_unmap(Container *c, uint64_t iova, uint64_t size, BrokerError *e);
+
+static inline bool container_balloon_inhibited(const Container *c) {
+        return c->n_groups > 0;
+}
+
+static inline size_t container_n_mappings(const Container *c) {
+        return mapping_table_size(&c->mappings);
+}
+
+static inline uint64_t container_mapped_bytes(const Container *c) {
+        return mapping_table_bytes(&c->mappings);
+}

@@ -1,0 +1,67 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/* Guest RAM handed over by a VMM as an fd: validation, and the daemon's own MAP_SHARED view of it.
+ *
+ * The IOMMU pins the pages behind a *virtual address of the daemon*, so the daemon must keep a mapping
+ * of the VMM's file for as long as a DMA mapping points into it. Mapping every request separately would
+ * exhaust vm.max_map_count (65530 by default) long before the kernel's 65535 DMA entries, so a
+ * MemoryPool keeps one refcounted mmap per (file, protection) and every DMA mapping borrows a slice of
+ * it. A pool belongs to one container; freeing the container drops the last references. */
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "error.h"
+
+/* The kernel's VFIO_DMA_MAP_FLAG_READ / _WRITE: the device may read / write the memory. */
+#define BROKER_MAP_READ  UINT32_C(1)
+#define BROKER_MAP_WRITE UINT32_C(2)
+
+typedef struct MemoryFileInfo {
+        dev_t dev;
+        ino_t ino;
+        uint64_t file_size;  /* st_size at validation time */
+        uint64_t page_size;  /* alignment the file demands: host page size, or the hugetlbfs page size */
+        bool hugetlbfs;
+        bool writable;       /* opened O_RDWR */
+} MemoryFileInfo;
+
+/* Checks that fd can back a DMA mapping with these flags:
+ *  - flags is a non-empty subset of READ|WRITE (else InvalidArgs),
+ *  - not O_PATH, a regular file (memfd and hugetlbfs files are regular files), not a pipe, socket,
+ *    device or directory (else BadMemory),
+ *  - open for reading, and for writing when the device may write (BROKER_MAP_WRITE) (else BadMemory).
+ * Does not check offset/size: see memory_check_range(). */
+int memory_check_fd(int fd, uint32_t flags, MemoryFileInfo *ret, BrokerError *e);
+
+/* Checks [offset, offset+size) against the file: size > 0 (else InvalidArgs), offset and size aligned
+ * to info->page_size (else Unaligned), no overflow and offset+size <= file_size (else OutOfRange). */
+int memory_check_range(const MemoryFileInfo *info, uint64_t offset, uint64_t size, BrokerError *e);
+
+typedef struct MemoryRegion MemoryRegion;
+typedef struct MemoryPool MemoryPool;
+
+MemoryPool *memory_pool_new(void);
+/* All regions must have been released. */
+MemoryPool *memory_pool_free(MemoryPool *pool);
+DEFINE_TRIVIAL_CLEANUP_FUNC(MemoryPool *, memory_pool_free);
+
+/* Returns a reference to a region of the pool that maps [offset, offset+size) of the file behind fd
+ * (validated with memory_check_fd/memory_check_range first) with at least the protection the flags
+ * need, creating one (mmap MAP_SHARED of the whole file, fd duplicated and kept) if none fits.
+ * *ret_vaddr is the daemon's address of file offset `offset`. mmap failures are BadMemory (for
+ * example a sealed memfd mapped writable) or Kernel. */
+int memory_pool_acquire(MemoryPool *pool, int fd, const MemoryFileInfo *info, uint64_t offset,
+                        uint64_t size, uint32_t flags, MemoryRegion **ret, uint64_t *ret_vaddr,
+                        BrokerError *e);
+
+/* Drops one reference; the last one munmaps and closes the kept fd. */
+void memory_pool_release(MemoryPool *pool, MemoryRegion *region);
+
+/* Number of regions (distinct mmaps) currently held; for tests and benchmarks. */
+size_t memory_pool_size(const MemoryPool *pool);
+
+/* The fd the region keeps (owned by the region; do not close). */
+int memory_region_fd(const MemoryRegion *region);
