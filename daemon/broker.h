@@ -22,6 +22,7 @@ typedef struct Container Container;
 #define BROKER_CONTAINER_INTERFACE "org.vfiobroker.Broker1.Container"
 
 typedef struct UserUsage UserUsage;
+typedef struct PolkitQuery PolkitQuery;
 
 typedef struct Broker {
         sd_event *event;
@@ -40,7 +41,7 @@ typedef struct Broker {
 
         unsigned balloon_inhibitors; /* groups attached to containers, summed over all containers */
 
-        sd_bus_slot *polkit_slots; /* unused placeholder for pending checks, see polkit.c */
+        PolkitQuery *polkit_queries; /* authorization checks in flight, see polkit.c */
 } Broker;
 
 int broker_new(sd_event *event, Backend *backend, BrokerConfig *config, Broker **ret);

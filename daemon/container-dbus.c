@@ -1,0 +1,358 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <assert.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bus-error.h"
+#include "container-dbus.h"
+#include "group.h"
+#include "log.h"
+#include "polkit.h"
+
+static int container_object_find(sd_bus *bus, const char *path, const char *interface, void *userdata,
+                                 void **found, sd_bus_error *error) {
+        Broker *b = userdata;
+        const char *p;
+        char *end;
+        uint64_t id;
+
+        p = strrchr(path, '/');
+        if (!p || p[1] < '1' || p[1] > '9')
+                return 0;
+        errno = 0;
+        id = strtoull(p + 1, &end, 10);
+        if (errno != 0 || *end != 0)
+                return 0;
+
+        Container *c = broker_find_container(b, id);
+        if (!c)
+                return 0;
+        *found = c;
+        return 1;
+}
+
+static int container_node_enumerator(sd_bus *bus, const char *path, void *userdata, char ***nodes,
+                                     sd_bus_error *error) {
+        Broker *b = userdata;
+        _cleanup_strv_free_ char **l = NULL;
+        size_t i = 0;
+
+        l = calloc(b->n_containers + 1, sizeof(char *));
+        if (!l)
+                return -ENOMEM;
+        for (Container *c = b->containers; c; c = c->next) {
+                l[i] = strdup(c->path);
+                if (!l[i])
+                        return -ENOMEM;
+                i++;
+        }
+        *nodes = TAKE_PTR(l);
+        return 1;
+}
+
+/* Only the owner may act on a container; anybody else needs the manage action (root always has it).
+ * extra is a further check the method needs (attach-group), or NULL. */
+static int container_verify_caller(Container *c, sd_bus_message *m, const PolkitCheck *extra,
+                                   sd_bus_error *error) {
+        PolkitCheck checks[2];
+        size_t n = 0;
+        char uid[32];
+        const char *manage_details[] = { "container", c->path, "owner_uid", uid, NULL };
+        const char *sender = sd_bus_message_get_sender(m);
+
+        (void) snprintf(uid, sizeof(uid), "%u", c->uid);
+
+        if (!sender || strcmp(sender, c->owner) != 0)
+                checks[n++] = (PolkitCheck) { POLKIT_ACTION_MANAGE, manage_details };
+        if (extra)
+                checks[n++] = *extra;
+        if (n == 0)
+                return 1;
+
+        return polkit_verify_async(c->broker, m, checks, n, error);
+}
+
+static int method_attach_group(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Container *c = userdata;
+        BrokerError e = BROKER_ERROR_INIT;
+        _cleanup_free_ char *devices = NULL;
+        char group_id[16];
+        uint32_t id;
+        Group *g;
+        int r;
+
+        r = sd_bus_message_read(m, "u", &id);
+        if (r < 0)
+                return r;
+
+        /* Details let a rule grant one group or one device. A group that does not exist is
+         * authorized with empty devices and then fails with NoSuchGroup: no probing for existence
+         * without authorization would gain anything, the Group objects are public. */
+        g = broker_find_group(c->broker, id);
+        if (g) {
+                (void) group_refresh(g);
+                devices = group_devices_joined(g);
+                if (!devices)
+                        return -ENOMEM;
+        }
+        (void) snprintf(group_id, sizeof(group_id), "%" PRIu32, id);
+        const char *details[] = { "group", group_id, "devices", devices ?: "", NULL };
+        PolkitCheck check = { POLKIT_ACTION_ATTACH_GROUP, details };
+
+        r = container_verify_caller(c, m, &check, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+
+        r = container_attach_group(c, id, &e);
+        if (r < 0)
+                return bus_error_from_broker(error, r, &e);
+
+        return sd_bus_reply_method_return(m, NULL);
+}
+
+static int method_detach_group(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Container *c = userdata;
+        BrokerError e = BROKER_ERROR_INIT;
+        uint32_t id;
+        int r;
+
+        r = sd_bus_message_read(m, "u", &id);
+        if (r < 0)
+                return r;
+
+        r = container_verify_caller(c, m, NULL, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+
+        r = container_detach_group(c, id, &e);
+        if (r < 0)
+                return bus_error_from_broker(error, r, &e);
+
+        return sd_bus_reply_method_return(m, NULL);
+}
+
+static int method_open_device(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Container *c = userdata;
+        BrokerError e = BROKER_ERROR_INIT;
+        _cleanup_close_ int fd = -EBADF;
+        const char *device;
+        int r;
+
+        r = sd_bus_message_read(m, "s", &device);
+        if (r < 0)
+                return r;
+        if (device[0] == 0 || strchr(device, '/'))
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "\"%s\" is not a device name; use the form of the Group objects' "
+                                         "Devices property, e.g. 0000:01:00.0.", device);
+
+        r = container_verify_caller(c, m, NULL, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+
+        fd = container_open_device(c, device, &e);
+        if (fd < 0)
+                return bus_error_from_broker(error, fd, &e);
+
+        /* The reply takes its own copy; ours is closed on return. */
+        return sd_bus_reply_method_return(m, "h", fd);
+}
+
+static int method_map(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Container *c = userdata;
+        BrokerError e = BROKER_ERROR_INIT;
+        uint64_t offset, size, iova;
+        uint32_t flags;
+        int fd, r;
+
+        /* fd is borrowed from the message; memory.c duplicates what it keeps. */
+        r = sd_bus_message_read(m, "htttu", &fd, &offset, &size, &iova, &flags);
+        if (r < 0)
+                return r;
+
+        r = container_verify_caller(c, m, NULL, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+
+        r = container_map(c, fd, offset, size, iova, flags, &e);
+        if (r < 0)
+                return bus_error_from_broker(error, r, &e);
+
+        return sd_bus_reply_method_return(m, NULL);
+}
+
+static int method_unmap(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Container *c = userdata;
+        BrokerError e = BROKER_ERROR_INIT;
+        uint64_t iova, size;
+        int r;
+
+        r = sd_bus_message_read(m, "tt", &iova, &size);
+        if (r < 0)
+                return r;
+
+        r = container_verify_caller(c, m, NULL, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+
+        r = container_unmap(c, iova, size, &e);
+        if (r < 0)
+                return bus_error_from_broker(error, r, &e);
+
+        return sd_bus_reply_method_return(m, NULL);
+}
+
+static int method_close(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Container *c = userdata;
+        int r;
+
+        r = container_verify_caller(c, m, NULL, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+
+        container_dbus_close(c);
+        return sd_bus_reply_method_return(m, NULL);
+}
+
+static int property_get_groups(sd_bus *bus, const char *path, const char *interface, const char *property,
+                               sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Container *c = userdata;
+        return sd_bus_message_append_array(reply, 'u', c->groups, c->n_groups * sizeof(uint32_t));
+}
+
+static int property_get_mappings(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                 sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Container *c = userdata;
+        return sd_bus_message_append(reply, "u", (uint32_t) container_n_mappings(c));
+}
+
+static int property_get_mapped_bytes(sd_bus *bus, const char *path, const char *interface,
+                                     const char *property, sd_bus_message *reply, void *userdata,
+                                     sd_bus_error *error) {
+        Container *c = userdata;
+        return sd_bus_message_append(reply, "t", container_mapped_bytes(c));
+}
+
+static int property_get_balloon_inhibited(sd_bus *bus, const char *path, const char *interface,
+                                          const char *property, sd_bus_message *reply, void *userdata,
+                                          sd_bus_error *error) {
+        Container *c = userdata;
+        return sd_bus_message_append(reply, "b", container_balloon_inhibited(c));
+}
+
+static int property_get_iova_ranges(sd_bus *bus, const char *path, const char *interface,
+                                    const char *property, sd_bus_message *reply, void *userdata,
+                                    sd_bus_error *error) {
+        Container *c = userdata;
+        int r;
+
+        r = sd_bus_message_open_container(reply, 'a', "(tt)");
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < c->iommu.n_ranges; i++) {
+                r = sd_bus_message_append(reply, "(tt)", c->iommu.ranges[i].first, c->iommu.ranges[i].last);
+                if (r < 0)
+                        return r;
+        }
+        return sd_bus_message_close_container(reply);
+}
+
+static int property_get_page_sizes(sd_bus *bus, const char *path, const char *interface,
+                                   const char *property, sd_bus_message *reply, void *userdata,
+                                   sd_bus_error *error) {
+        Container *c = userdata;
+        return sd_bus_message_append(reply, "t", c->n_groups > 0 ? c->iommu.page_sizes : UINT64_C(0));
+}
+
+static const sd_bus_vtable container_vtable[] = {
+        SD_BUS_VTABLE_START(0),
+        SD_BUS_METHOD_WITH_ARGS("AttachGroup", SD_BUS_ARGS("u", group), SD_BUS_NO_RESULT,
+                                method_attach_group, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("DetachGroup", SD_BUS_ARGS("u", group), SD_BUS_NO_RESULT,
+                                method_detach_group, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("OpenDevice", SD_BUS_ARGS("s", device), SD_BUS_RESULT("h", fd),
+                                method_open_device, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Map",
+                                SD_BUS_ARGS("h", memory, "t", offset, "t", size, "t", iova, "u", flags),
+                                SD_BUS_NO_RESULT, method_map, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Unmap", SD_BUS_ARGS("t", iova, "t", size), SD_BUS_NO_RESULT,
+                                method_unmap, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Close", SD_BUS_NO_ARGS, SD_BUS_NO_RESULT,
+                                method_close, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_PROPERTY("Owner", "s", NULL, offsetof(Container, owner), SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("UID", "u", NULL, offsetof(Container, uid), SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("Label", "s", NULL, offsetof(Container, label), SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("Groups", "au", property_get_groups, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("Mappings", "u", property_get_mappings, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("MappedBytes", "t", property_get_mapped_bytes, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("BalloonInhibited", "b", property_get_balloon_inhibited, 0,
+                        SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("IovaRanges", "a(tt)", property_get_iova_ranges, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("PageSizes", "t", property_get_page_sizes, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_VTABLE_END,
+};
+
+int container_dbus_register(Broker *b) {
+        int r;
+
+        r = sd_bus_add_fallback_vtable(b->bus, NULL, BROKER_CONTAINER_PREFIX, BROKER_CONTAINER_INTERFACE,
+                                       container_vtable, container_object_find, b);
+        if (r < 0)
+                return r;
+        return sd_bus_add_node_enumerator(b->bus, NULL, BROKER_CONTAINER_PREFIX, container_node_enumerator, b);
+}
+
+static int container_track_handler(sd_bus_track *track, void *userdata) {
+        Container *c = userdata;
+
+        log_info("Owner %s of container %s disconnected; closing it.", c->owner, c->path);
+        container_dbus_close(c);
+        return 0;
+}
+
+int container_dbus_attach(Container *c, sd_bus_message *m) {
+        int r;
+
+        if (!c->broker->bus)
+                return 0;
+
+        r = sd_bus_track_new(c->broker->bus, &c->track, container_track_handler, c);
+        if (r < 0)
+                return r;
+        r = sd_bus_track_add_sender(c->track, m);
+        if (r < 0)
+                return r;
+
+        return sd_bus_emit_object_added(c->broker->bus, c->path);
+}
+
+void container_dbus_close(Container *c) {
+        Broker *b = c->broker;
+
+        if (b->bus)
+                (void) sd_bus_emit_object_removed(b->bus, c->path);
+        log_debug("Container %s closed.", c->path);
+        container_free(c);
+}
+
+int container_dbus_emit_changed(Container *c, ContainerProperty mask) {
+        static const char * const names[] = {
+                "Groups", "Mappings", "MappedBytes", "BalloonInhibited", "IovaRanges", "PageSizes",
+        };
+        const char *l[ELEMENTSOF(names) + 1];
+        size_t n = 0;
+
+        if (!c->broker->bus)
+                return 0;
+        for (size_t i = 0; i < ELEMENTSOF(names); i++)
+                if (mask & (1u << i))
+                        l[n++] = names[i];
+        l[n] = NULL;
+        if (n == 0)
+                return 0;
+        return sd_bus_emit_properties_changed_strv(c->broker->bus, c->path, BROKER_CONTAINER_INTERFACE,
+                                                   (char **) l);
+}

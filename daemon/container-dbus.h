@@ -1,0 +1,15 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+#include "broker.h"
+#include "container.h"
+
+int container_dbus_register(Broker *b);
+
+/* Starts tracking the owner (the sender of m) and announces the object. */
+int container_dbus_attach(Container *c, sd_bus_message *m);
+
+/* Close(): announce removal, then free everything (container_free()). */
+void container_dbus_close(Container *c);
+
+int container_dbus_emit_changed(Container *c, ContainerProperty mask);

@@ -1,0 +1,434 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <assert.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "container.h"
+#include "container-dbus.h"
+#include "group.h"
+#include "group-dbus.h"
+#include "log.h"
+
+int container_new(Broker *b, const char *owner, uid_t uid, const char *label, Container **ret,
+                  BrokerError *e) {
+        _cleanup_free_ Container *c = NULL;
+        _cleanup_(backend_container_freep) BackendContainer *bc = NULL;
+        _cleanup_(memory_pool_freep) MemoryPool *pool = NULL;
+        _cleanup_free_ char *path = NULL, *owner_copy = NULL, *label_copy = NULL;
+        int r;
+
+        assert(b);
+        assert(owner);
+        assert(ret);
+
+        c = calloc(1, sizeof(*c));
+        if (!c)
+                return -ENOMEM;
+
+        pool = memory_pool_new();
+        owner_copy = strdup(owner);
+        label_copy = strdup(label ?: "");
+        if (!pool || !owner_copy || !label_copy)
+                return -ENOMEM;
+        if (asprintf(&path, BROKER_CONTAINER_PREFIX "/%" PRIu64, b->next_container_id) < 0)
+                return -ENOMEM;
+
+        r = b->backend->ops->container_new(b->backend, &bc, e);
+        if (r < 0)
+                return r;
+
+        c->broker = b;
+        c->id = b->next_container_id++;
+        c->path = TAKE_PTR(path);
+        c->owner = TAKE_PTR(owner_copy);
+        c->label = TAKE_PTR(label_copy);
+        c->uid = uid;
+        c->backend = TAKE_PTR(bc);
+        c->memory = TAKE_PTR(pool);
+        c->mappings = MAPPING_TABLE_INIT;
+
+        c->next = b->containers;
+        if (b->containers)
+                b->containers->prev = c;
+        b->containers = c;
+        b->n_containers++;
+
+        *ret = TAKE_PTR(c);
+        return 0;
+}
+
+static void mapping_free(Container *c, Mapping *m) {
+        memory_pool_release(c->memory, m->region);
+        free(m);
+}
+
+Container *container_free(Container *c) {
+        MappingTableNode *node, *next;
+        Broker *b;
+
+        if (!c)
+                return NULL;
+        b = c->broker;
+
+        if (c->prev)
+                c->prev->next = c->next;
+        else
+                b->containers = c->next;
+        if (c->next)
+                c->next->prev = c->prev;
+        b->n_containers--;
+
+        /* The backend unmaps (unpins) and detaches everything first; only then may the memory the
+         * IOMMU pointed at be unmapped from the daemon. */
+        backend_container_free(c->backend);
+
+        for (size_t i = 0; i < c->n_groups; i++) {
+                Group *g = broker_find_group(b, c->groups[i]);
+                if (g) {
+                        g->container = NULL;
+                        (void) group_dbus_emit_changed(g);
+                }
+        }
+        if (c->n_groups > 0)
+                broker_balloon_inhibitors_changed(b, -(int) c->n_groups);
+        free(c->groups);
+
+        MAPPING_TABLE_FOREACH_SAFE(node, next, &c->mappings) {
+                mapping_table_remove(&c->mappings, node);
+                mapping_free(c, container_of(node, Mapping, node));
+        }
+        memory_pool_free(c->memory);
+        backend_iommu_info_done(&c->iommu);
+
+        sd_bus_track_unref(c->track);
+        free(c->path);
+        free(c->owner);
+        free(c->label);
+        free(c);
+        return NULL;
+}
+
+static ssize_t container_group_index(const Container *c, unsigned id) {
+        for (size_t i = 0; i < c->n_groups; i++)
+                if (c->groups[i] == id)
+                        return (ssize_t) i;
+        return -1;
+}
+
+static int container_refresh_iommu(Container *c, BrokerError *e) {
+        BackendIommuInfo info = {};
+        int r;
+
+        if (c->n_groups == 0) {
+                backend_iommu_info_done(&c->iommu);
+                return 0;
+        }
+
+        r = c->backend->backend->ops->container_get_iommu_info(c->backend, &info, e);
+        if (r < 0)
+                return r;
+        backend_iommu_info_done(&c->iommu);
+        c->iommu = info;
+        return 0;
+}
+
+static int unsigned_compare(const void *a, const void *b) {
+        unsigned x = *(const unsigned *) a, y = *(const unsigned *) b;
+        return x < y ? -1 : x > y;
+}
+
+int container_attach_group(Container *c, unsigned id, BrokerError *e) {
+        Broker *b = c->broker;
+        Group *g;
+        unsigned *a;
+        int r;
+
+        g = broker_find_group(b, id);
+        if (!g)
+                return broker_error_set(e, BROKER_ERROR_NO_SUCH_GROUP,
+                                        "There is no VFIO group %u on this host; the Group objects under "
+                                        BROKER_GROUP_PREFIX " list the groups bound to vfio.", id);
+        if (g->container == c)
+                return broker_error_set(e, BROKER_ERROR_BUSY,
+                                        "VFIO group %u is already attached to this container.", id);
+        if (g->container)
+                return broker_error_set(e, BROKER_ERROR_BUSY,
+                                        "VFIO group %u is attached to another container (%s); a group can "
+                                        "be in one container at a time.", id, g->container->path);
+
+        /* Viability changes as drivers are bound and unbound; ask the backend now, not at startup. */
+        (void) group_refresh(g);
+        if (!g->viable) {
+                _cleanup_free_ char *devices = group_devices_joined(g);
+                return broker_error_set(e, BROKER_ERROR_NOT_VIABLE,
+                                        "VFIO group %u is not viable: every device in it (%s) must be bound "
+                                        "to vfio-pci (or have no driver) before it can be used.",
+                                        id, devices ?: "?");
+        }
+
+        a = realloc(c->groups, (c->n_groups + 1) * sizeof(unsigned));
+        if (!a)
+                return -ENOMEM;
+        c->groups = a;
+
+        r = b->backend->ops->container_attach_group(c->backend, id, e);
+        if (r < 0) {
+                if (r == -EBUSY)
+                        return broker_error_set(e, BROKER_ERROR_BUSY,
+                                                "VFIO group %u is in use outside the broker, or device fds of "
+                                                "a closed container are still open.", id);
+                if (r == -EPERM)
+                        return broker_error_set(e, BROKER_ERROR_NOT_VIABLE,
+                                                "The kernel reports VFIO group %u as not viable.", id);
+                return r;
+        }
+
+        c->groups[c->n_groups++] = id;
+        qsort(c->groups, c->n_groups, sizeof(unsigned), unsigned_compare);
+
+        /* Every attached group can narrow the usable IOVA ranges. */
+        r = container_refresh_iommu(c, e);
+        if (r < 0) {
+                BrokerError ignored = BROKER_ERROR_INIT;
+                (void) b->backend->ops->container_detach_group(c->backend, id, &ignored);
+                memmove(c->groups + container_group_index(c, id),
+                        c->groups + container_group_index(c, id) + 1,
+                        (c->n_groups - container_group_index(c, id) - 1) * sizeof(unsigned));
+                c->n_groups--;
+                return r;
+        }
+
+        g->container = c;
+        log_info("Container %" PRIu64 " (%s, uid %u): attached VFIO group %u.", c->id, c->label, c->uid, id);
+
+        (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_GROUPS |
+                                              CONTAINER_PROPERTY_IOVA_RANGES |
+                                              CONTAINER_PROPERTY_PAGE_SIZES |
+                                              (c->n_groups == 1 ? CONTAINER_PROPERTY_BALLOON_INHIBITED : 0));
+        (void) group_dbus_emit_changed(g);
+        broker_balloon_inhibitors_changed(b, +1);
+        return 0;
+}
+
+int container_detach_group(Container *c, unsigned id, BrokerError *e) {
+        Broker *b = c->broker;
+        ssize_t i;
+        Group *g;
+        int r;
+
+        i = container_group_index(c, id);
+        if (i < 0)
+                return broker_error_set(e, BROKER_ERROR_NO_SUCH_GROUP,
+                                        "VFIO group %u is not attached to this container.", id);
+
+        /* The kernel releases the IOMMU, and with it every DMA mapping, when the last group leaves a
+         * container. A VMM never loses its mappings behind its back: refuse instead. */
+        if (c->n_groups == 1 && container_n_mappings(c) > 0)
+                return broker_error_set(e, BROKER_ERROR_BUSY,
+                                        "VFIO group %u is the last group of this container, which still has "
+                                        "%zu mappings; detaching it would drop them all. Unmap them first, "
+                                        "or Close() the container.", id, container_n_mappings(c));
+
+        r = b->backend->ops->container_detach_group(c->backend, id, e);
+        if (r == -EBUSY)
+                return broker_error_set(e, BROKER_ERROR_BUSY,
+                                        "Device fds of VFIO group %u are still open; close every copy of "
+                                        "them before detaching the group.", id);
+        if (r < 0)
+                return r;
+
+        memmove(c->groups + i, c->groups + i + 1, (c->n_groups - i - 1) * sizeof(unsigned));
+        c->n_groups--;
+
+        r = container_refresh_iommu(c, NULL);
+        if (r < 0)
+                log_warning_errno(r, "Container %" PRIu64 ": failed to re-read the IOMMU info: %m", c->id);
+
+        g = broker_find_group(b, id);
+        if (g) {
+                g->container = NULL;
+                (void) group_dbus_emit_changed(g);
+        }
+        log_info("Container %" PRIu64 " (%s, uid %u): detached VFIO group %u.", c->id, c->label, c->uid, id);
+
+        (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_GROUPS |
+                                              CONTAINER_PROPERTY_IOVA_RANGES |
+                                              CONTAINER_PROPERTY_PAGE_SIZES |
+                                              (c->n_groups == 0 ? CONTAINER_PROPERTY_BALLOON_INHIBITED : 0));
+        broker_balloon_inhibitors_changed(b, -1);
+        return 0;
+}
+
+int container_open_device(Container *c, const char *device, BrokerError *e) {
+        Group *g;
+
+        g = broker_find_group_of_device(c->broker, device);
+        if (!g)
+                return broker_error_set(e, BROKER_ERROR_NO_SUCH_DEVICE,
+                                        "There is no device \"%s\" in any VFIO group on this host.", device);
+        if (g->container != c)
+                return broker_error_set(e, BROKER_ERROR_NO_SUCH_DEVICE,
+                                        "Device %s is in VFIO group %u, which is not attached to this "
+                                        "container; AttachGroup(%u) first.", device, g->id, g->id);
+
+        return c->broker->backend->ops->container_open_device(c->backend, g->id, device, e);
+}
+
+static uint64_t lowest_bit(uint64_t x) {
+        return x & -x;
+}
+
+/* Whether [first, last] lies inside one usable IOVA range. */
+static bool container_iova_usable(const Container *c, uint64_t first, uint64_t last) {
+        for (size_t i = 0; i < c->iommu.n_ranges; i++)
+                if (first >= c->iommu.ranges[i].first && last <= c->iommu.ranges[i].last)
+                        return true;
+        return false;
+}
+
+int container_map(Container *c, int fd, uint64_t offset, uint64_t size, uint64_t iova, uint32_t flags,
+                  BrokerError *e) {
+        MemoryFileInfo info;
+        MappingTableNode *conflict;
+        _cleanup_free_ Mapping *m = NULL;
+        uint64_t align, vaddr;
+        int r;
+
+        /* Malformed first, then state, then the memory, then the address space. */
+        if (flags == 0 || (flags & ~(BROKER_MAP_READ | BROKER_MAP_WRITE)))
+                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS,
+                                        "Map flags 0x%" PRIx32 " are invalid: use 1 (device may read), 2 "
+                                        "(device may write) or 3 (both).", flags);
+        if (size == 0)
+                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "Map size must not be 0.");
+        if (c->n_groups == 0)
+                return broker_error_set(e, BROKER_ERROR_NO_GROUPS,
+                                        "The container has no VFIO group attached, so there is no IOMMU "
+                                        "to map into yet; AttachGroup() first.");
+
+        r = memory_check_fd(fd, flags, &info, e);
+        if (r < 0)
+                return r;
+
+        align = lowest_bit(c->iommu.page_sizes);
+        if (align < info.page_size)
+                align = info.page_size;
+        if (offset % align)
+                return broker_error_set(e, BROKER_ERROR_UNALIGNED,
+                                        "Offset 0x%" PRIx64 " is not a multiple of 0x%" PRIx64 " (the %s).",
+                                        offset, align, align == info.page_size && info.hugetlbfs ?
+                                        "huge page size of the hugetlbfs file" : "smallest IOMMU/host page size");
+        if (size % align)
+                return broker_error_set(e, BROKER_ERROR_UNALIGNED,
+                                        "Size 0x%" PRIx64 " is not a multiple of 0x%" PRIx64 " (the %s).",
+                                        size, align, align == info.page_size && info.hugetlbfs ?
+                                        "huge page size of the hugetlbfs file" : "smallest IOMMU/host page size");
+        if (iova % align)
+                return broker_error_set(e, BROKER_ERROR_UNALIGNED,
+                                        "IOVA 0x%" PRIx64 " is not a multiple of 0x%" PRIx64 " (the %s).",
+                                        iova, align, align == info.page_size && info.hugetlbfs ?
+                                        "huge page size of the hugetlbfs file" : "smallest IOMMU/host page size");
+
+        r = memory_check_range(&info, offset, size, e);
+        if (r < 0)
+                return r;
+
+        if (iova + (size - 1) < iova)
+                return broker_error_set(e, BROKER_ERROR_OUT_OF_RANGE,
+                                        "IOVA 0x%" PRIx64 " + size 0x%" PRIx64 " wraps around the address space.",
+                                        iova, size);
+        if (!container_iova_usable(c, iova, iova + (size - 1)))
+                return broker_error_set(e, BROKER_ERROR_OUT_OF_RANGE,
+                                        "IOVA range [0x%" PRIx64 ", 0x%" PRIx64 "] is not inside one of the "
+                                        "usable ranges the IOMMU reports (see the IovaRanges property).",
+                                        iova, iova + (size - 1));
+
+        conflict = mapping_table_first_intersecting(&c->mappings, iova, iova + (size - 1));
+        if (conflict)
+                return broker_error_set(e, BROKER_ERROR_OVERLAP,
+                                        "IOVA range [0x%" PRIx64 ", 0x%" PRIx64 "] overlaps the existing mapping "
+                                        "[0x%" PRIx64 ", 0x%" PRIx64 "].", iova, iova + (size - 1),
+                                        conflict->first, conflict->last);
+
+        m = calloc(1, sizeof(*m));
+        if (!m)
+                return -ENOMEM;
+        mapping_table_node_init(&m->node, iova, size);
+        m->offset = offset;
+        m->flags = flags;
+
+        r = memory_pool_acquire(c->memory, fd, &info, offset, size, flags, &m->region, &vaddr, e);
+        if (r < 0)
+                return r;
+
+        r = c->broker->backend->ops->container_map(c->backend, vaddr, iova, size, flags, e);
+        if (r < 0) {
+                memory_pool_release(c->memory, m->region);
+                if (r == -ENOSPC)
+                        return broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED,
+                                                "The kernel's limit of DMA mappings per container is reached "
+                                                "(%zu mappings); merge mappings or unmap some first.",
+                                                container_n_mappings(c));
+                return r;
+        }
+
+        r = mapping_table_insert(&c->mappings, &m->node, NULL);
+        assert(r == 0); /* checked above */
+        TAKE_PTR(m);
+
+        (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES);
+        return 0;
+}
+
+int container_unmap(Container *c, uint64_t iova, uint64_t size, BrokerError *e) {
+        MappingTableNode *first, *last_node, *node, *next;
+        uint64_t last, unmapped = 0, expected = 0;
+        int r;
+
+        if (size == 0)
+                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "Unmap size must not be 0.");
+        if (iova + (size - 1) < iova)
+                return broker_error_set(e, BROKER_ERROR_OUT_OF_RANGE,
+                                        "IOVA 0x%" PRIx64 " + size 0x%" PRIx64 " wraps around the address space.",
+                                        iova, size);
+        last = iova + (size - 1);
+
+        first = mapping_table_first_intersecting(&c->mappings, iova, last);
+        if (!first)
+                return broker_error_set(e, BROKER_ERROR_NOT_MAPPED,
+                                        "Nothing is mapped in IOVA range [0x%" PRIx64 ", 0x%" PRIx64 "].",
+                                        iova, last);
+        if (first->first < iova)
+                return broker_error_set(e, BROKER_ERROR_WOULD_SPLIT,
+                                        "IOVA range [0x%" PRIx64 ", 0x%" PRIx64 "] starts inside the mapping "
+                                        "[0x%" PRIx64 ", 0x%" PRIx64 "]; mappings are removed whole.",
+                                        iova, last, first->first, first->last);
+        last_node = mapping_table_find(&c->mappings, last);
+        if (last_node && last_node->last > last)
+                return broker_error_set(e, BROKER_ERROR_WOULD_SPLIT,
+                                        "IOVA range [0x%" PRIx64 ", 0x%" PRIx64 "] ends inside the mapping "
+                                        "[0x%" PRIx64 ", 0x%" PRIx64 "]; mappings are removed whole.",
+                                        iova, last, last_node->first, last_node->last);
+
+        for (node = first; node && node->first <= last; node = mapping_table_next(node))
+                expected += mapping_table_node_size(node);
+
+        r = c->broker->backend->ops->container_unmap(c->backend, iova, size, &unmapped, e);
+        if (r < 0)
+                return r;
+        if (unmapped != expected)
+                log_warning("Container %" PRIu64 ": the backend unmapped 0x%" PRIx64 " bytes in [0x%" PRIx64
+                            ", 0x%" PRIx64 "], expected 0x%" PRIx64 ".", c->id, unmapped, iova, last, expected);
+
+        for (node = first; node && node->first <= last; node = next) {
+                next = mapping_table_next(node);
+                mapping_table_remove(&c->mappings, node);
+                mapping_free(c, container_of(node, Mapping, node));
+        }
+
+        (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES);
+        return 0;
+}

@@ -1,0 +1,10 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+#include "broker.h"
+
+int group_dbus_register(Broker *b);
+int group_dbus_emit_added(Group *g);
+int group_dbus_emit_removed(Group *g);
+/* The Container property. */
+int group_dbus_emit_changed(Group *g);
