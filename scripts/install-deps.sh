@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: LGPL-2.1-or-later
+# Installs the Debian 12 packages vfio-broker needs to build, run and test. Idempotent: it only calls
+# apt-get when something is missing.
+set -euo pipefail
+
+packages=(
+        # build
+        gcc meson ninja-build pkg-config libsystemd-dev libjson-c-dev libglib2.0-dev libglib2.0-bin
+        # tests: cmocka, a real bus and polkitd, busctl/gdbus, sanitizers and fuzzers, manual lint
+        libcmocka-dev dbus-daemon dbus-bin polkitd systemd python3 clang libclang-rt-14-dev mandoc
+        util-linux
+        # the real-kernel VM tests: QEMU (TCG), busybox for the initramfs, cpio, kmod tools
+        qemu-system-x86 busybox-static cpio xz-utils kmod
+)
+
+missing=()
+for p in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "Installing: ${missing[*]}"
+sudo=
+[ "$(id -u)" -eq 0 ] || sudo=sudo
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -q
+$sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
