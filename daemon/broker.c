@@ -12,6 +12,7 @@
 #include "log.h"
 #include "manager-dbus.h"
 #include "polkit.h"
+#include "quota.h"
 
 int broker_new(sd_event *event, Backend *backend, BrokerConfig *config, Broker **ret) {
         _cleanup_(broker_freep) Broker *b = NULL;
@@ -42,6 +43,7 @@ Broker *broker_free(Broker *b) {
                 container_dbus_close(b->containers);
 
         polkit_queries_free(b);
+        quota_free_all(b);
 
         for (size_t i = 0; i < b->n_groups; i++)
                 group_free(b->groups[i]);

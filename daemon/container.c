@@ -11,6 +11,7 @@
 #include "group.h"
 #include "group-dbus.h"
 #include "log.h"
+#include "quota.h"
 
 int container_new(Broker *b, const char *owner, uid_t uid, const char *label, Container **ret,
                   BrokerError *e) {
@@ -36,9 +37,15 @@ int container_new(Broker *b, const char *owner, uid_t uid, const char *label, Co
         if (asprintf(&path, BROKER_CONTAINER_PREFIX "/%" PRIu64, b->next_container_id) < 0)
                 return -ENOMEM;
 
-        r = b->backend->ops->container_new(b->backend, &bc, e);
+        r = quota_charge(b, uid, 1, 0, 0, e);
         if (r < 0)
                 return r;
+
+        r = b->backend->ops->container_new(b->backend, &bc, e);
+        if (r < 0) {
+                quota_release(b, uid, 1, 0, 0);
+                return r;
+        }
 
         c->broker = b;
         c->id = b->next_container_id++;
@@ -61,6 +68,7 @@ int container_new(Broker *b, const char *owner, uid_t uid, const char *label, Co
 }
 
 static void mapping_free(Container *c, Mapping *m) {
+        quota_release(c->broker, c->uid, 0, 1, mapping_table_node_size(&m->node));
         memory_pool_release(c->memory, m->region);
         free(m);
 }
@@ -102,6 +110,7 @@ Container *container_free(Container *c) {
         }
         memory_pool_free(c->memory);
         backend_iommu_info_done(&c->iommu);
+        quota_release(b, c->uid, 1, 0, 0);
 
         sd_bus_track_unref(c->track);
         free(c->path);
@@ -360,12 +369,19 @@ int container_map(Container *c, int fd, uint64_t offset, uint64_t size, uint64_t
         m->offset = offset;
         m->flags = flags;
 
-        r = memory_pool_acquire(c->memory, fd, &info, offset, size, flags, &m->region, &vaddr, e);
+        r = quota_charge(c->broker, c->uid, 0, 1, size, e);
         if (r < 0)
                 return r;
 
+        r = memory_pool_acquire(c->memory, fd, &info, offset, size, flags, &m->region, &vaddr, e);
+        if (r < 0) {
+                quota_release(c->broker, c->uid, 0, 1, size);
+                return r;
+        }
+
         r = c->broker->backend->ops->container_map(c->backend, vaddr, iova, size, flags, e);
         if (r < 0) {
+                quota_release(c->broker, c->uid, 0, 1, size);
                 memory_pool_release(c->memory, m->region);
                 if (r == -ENOSPC)
                         return broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED,

@@ -1,0 +1,150 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <assert.h>
+#include <grp.h>
+#include <inttypes.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "quota.h"
+
+static bool name_matches_id(const char *name, unsigned long id, const char *resolved) {
+        char buf[32];
+
+        (void) snprintf(buf, sizeof(buf), "%lu", id);
+        return strcmp(name, buf) == 0 || (resolved && strcmp(name, resolved) == 0);
+}
+
+static void limits_max(LimitConfig *a, const LimitConfig *b) {
+        if (b->containers > a->containers)
+                a->containers = b->containers;
+        if (b->mappings > a->mappings)
+                a->mappings = b->mappings;
+        if (b->pinned_bytes > a->pinned_bytes)
+                a->pinned_bytes = b->pinned_bytes;
+}
+
+void quota_resolve_limits(const BrokerConfig *config, uid_t uid, LimitConfig *ret) {
+        char buf[4096];
+        struct passwd pw, *pwp = NULL;
+        gid_t groups[256];
+        int n_groups = (int) ELEMENTSOF(groups);
+        bool found = false;
+
+        assert(config);
+        assert(ret);
+
+        (void) getpwuid_r(uid, &pw, buf, sizeof(buf), &pwp);
+
+        for (size_t i = 0; i < config->n_user_limits; i++)
+                if (name_matches_id(config->user_limits[i].name, uid, pwp ? pwp->pw_name : NULL)) {
+                        *ret = config->user_limits[i].limits;
+                        return;
+                }
+
+        if (pwp && config->n_group_limits > 0 &&
+            getgrouplist(pwp->pw_name, pwp->pw_gid, groups, &n_groups) >= 0) {
+                LimitConfig best = {};
+
+                for (int g = 0; g < n_groups; g++) {
+                        char gbuf[4096];
+                        struct group gr, *grp = NULL;
+
+                        (void) getgrgid_r(groups[g], &gr, gbuf, sizeof(gbuf), &grp);
+                        for (size_t i = 0; i < config->n_group_limits; i++)
+                                if (name_matches_id(config->group_limits[i].name, groups[g],
+                                                    grp ? grp->gr_name : NULL)) {
+                                        limits_max(&best, &config->group_limits[i].limits);
+                                        found = true;
+                                }
+                }
+                if (found) {
+                        *ret = best;
+                        return;
+                }
+        }
+
+        *ret = config->default_limits;
+}
+
+static UserUsage *quota_find(Broker *b, uid_t uid) {
+        for (UserUsage *u = b->usage; u; u = u->next)
+                if (u->uid == uid)
+                        return u;
+        return NULL;
+}
+
+const UserUsage *quota_get(Broker *b, uid_t uid) {
+        return quota_find(b, uid);
+}
+
+static bool exceeds(uint64_t used, uint64_t add, uint64_t limit) {
+        return add > 0 && (used + add < used || used + add > limit);
+}
+
+int quota_charge(Broker *b, uid_t uid, uint64_t containers, uint64_t mappings, uint64_t bytes,
+                 BrokerError *e) {
+        UserUsage *u;
+
+        assert(b);
+
+        u = quota_find(b, uid);
+        if (!u) {
+                u = calloc(1, sizeof(*u));
+                if (!u)
+                        return -ENOMEM;
+                u->uid = uid;
+                quota_resolve_limits(b->config, uid, &u->limits);
+                u->next = b->usage;
+                b->usage = u;
+        }
+
+        if (exceeds(u->containers, containers, u->limits.containers))
+                return broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED,
+                                        "uid %u already holds %" PRIu64 " containers; the limit \"containers\" "
+                                        "is %" PRIu64 ".", uid, u->containers, u->limits.containers);
+        if (exceeds(u->mappings, mappings, u->limits.mappings))
+                return broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED,
+                                        "uid %u already holds %" PRIu64 " mappings; the limit \"mappings\" is %"
+                                        PRIu64 ".", uid, u->mappings, u->limits.mappings);
+        if (exceeds(u->pinned_bytes, bytes, u->limits.pinned_bytes))
+                return broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED,
+                                        "Mapping 0x%" PRIx64 " more bytes would pin 0x%" PRIx64 " bytes for uid "
+                                        "%u; the limit \"pinned_bytes\" is 0x%" PRIx64 ".", bytes,
+                                        u->pinned_bytes + bytes, uid, u->limits.pinned_bytes);
+
+        u->containers += containers;
+        u->mappings += mappings;
+        u->pinned_bytes += bytes;
+        return 0;
+}
+
+void quota_release(Broker *b, uid_t uid, uint64_t containers, uint64_t mappings, uint64_t bytes) {
+        UserUsage *u = quota_find(b, uid);
+
+        assert(u);
+        assert(u->containers >= containers && u->mappings >= mappings && u->pinned_bytes >= bytes);
+
+        u->containers -= containers;
+        u->mappings -= mappings;
+        u->pinned_bytes -= bytes;
+
+        /* Forget idle users, so limits changed in the configuration apply from the next charge. */
+        if (u->containers == 0 && u->mappings == 0 && u->pinned_bytes == 0)
+                for (UserUsage **p = &b->usage; *p; p = &(*p)->next)
+                        if (*p == u) {
+                                *p = u->next;
+                                free(u);
+                                break;
+                        }
+}
+
+void quota_free_all(Broker *b) {
+        while (b->usage) {
+                UserUsage *u = b->usage;
+                b->usage = u->next;
+                free(u);
+        }
+}
