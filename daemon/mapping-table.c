@@ -1,0 +1,329 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+/* A red-black tree (CLRS) of non-overlapping intervals keyed by their first address. */
+
+#include <assert.h>
+#include <errno.h>
+
+#include "mapping-table.h"
+
+void mapping_table_node_init(MappingTableNode *node, uint64_t iova, uint64_t size) {
+        assert(node);
+        assert(size > 0);
+        assert(iova + (size - 1) >= iova);
+
+        *node = (MappingTableNode) {
+                .first = iova,
+                .last = iova + (size - 1),
+        };
+}
+
+static bool is_red(const MappingTableNode *n) {
+        return n && n->red;
+}
+
+static void rotate_left(MappingTable *t, MappingTableNode *x) {
+        MappingTableNode *y = x->right;
+
+        x->right = y->left;
+        if (y->left)
+                y->left->parent = x;
+        y->parent = x->parent;
+        if (!x->parent)
+                t->root = y;
+        else if (x == x->parent->left)
+                x->parent->left = y;
+        else
+                x->parent->right = y;
+        y->left = x;
+        x->parent = y;
+}
+
+static void rotate_right(MappingTable *t, MappingTableNode *x) {
+        MappingTableNode *y = x->left;
+
+        x->left = y->right;
+        if (y->right)
+                y->right->parent = x;
+        y->parent = x->parent;
+        if (!x->parent)
+                t->root = y;
+        else if (x == x->parent->right)
+                x->parent->right = y;
+        else
+                x->parent->left = y;
+        y->right = x;
+        x->parent = y;
+}
+
+/* The node with the greatest first <= key, or NULL. */
+static MappingTableNode *floor_node(const MappingTable *t, uint64_t key) {
+        MappingTableNode *n = t->root, *best = NULL;
+
+        while (n) {
+                if (n->first <= key) {
+                        best = n;
+                        n = n->right;
+                } else
+                        n = n->left;
+        }
+        return best;
+}
+
+/* The node with the smallest first >= key, or NULL. */
+static MappingTableNode *ceiling_node(const MappingTable *t, uint64_t key) {
+        MappingTableNode *n = t->root, *best = NULL;
+
+        while (n) {
+                if (n->first >= key) {
+                        best = n;
+                        n = n->left;
+                } else
+                        n = n->right;
+        }
+        return best;
+}
+
+MappingTableNode *mapping_table_find(const MappingTable *t, uint64_t iova) {
+        MappingTableNode *n = floor_node(t, iova);
+        return n && n->last >= iova ? n : NULL;
+}
+
+MappingTableNode *mapping_table_first_intersecting(const MappingTable *t, uint64_t first, uint64_t last) {
+        MappingTableNode *n;
+
+        assert(first <= last);
+
+        /* Either the interval that starts at or before first reaches into the range, or the first
+         * interval that starts inside it. */
+        n = floor_node(t, first);
+        if (n && n->last >= first)
+                return n;
+        n = ceiling_node(t, first);
+        return n && n->first <= last ? n : NULL;
+}
+
+int mapping_table_insert(MappingTable *t, MappingTableNode *node, MappingTableNode **ret_conflict) {
+        MappingTableNode *conflict, *parent = NULL, **link = &t->root;
+        uint64_t size;
+
+        assert(t);
+        assert(node);
+        assert(node->first <= node->last);
+
+        conflict = mapping_table_first_intersecting(t, node->first, node->last);
+        if (conflict) {
+                if (ret_conflict)
+                        *ret_conflict = conflict;
+                return -EEXIST;
+        }
+
+        /* [0, 2^64-1] is 2^64 bytes: saturate rather than wrap. */
+        size = node->first == 0 && node->last == UINT64_MAX ? UINT64_MAX : mapping_table_node_size(node);
+
+        while (*link) {
+                parent = *link;
+                link = node->first < parent->first ? &parent->left : &parent->right;
+        }
+        node->parent = parent;
+        node->left = node->right = NULL;
+        node->red = true;
+        *link = node;
+
+        /* Restore: no red node has a red child. */
+        while (is_red(node->parent)) {
+                MappingTableNode *p = node->parent, *g = p->parent, *uncle;
+
+                if (p == g->left) {
+                        uncle = g->right;
+                        if (is_red(uncle)) {
+                                p->red = uncle->red = false;
+                                g->red = true;
+                                node = g;
+                                continue;
+                        }
+                        if (node == p->right) {
+                                node = p;
+                                rotate_left(t, node);
+                                p = node->parent;
+                        }
+                        p->red = false;
+                        g->red = true;
+                        rotate_right(t, g);
+                } else {
+                        uncle = g->left;
+                        if (is_red(uncle)) {
+                                p->red = uncle->red = false;
+                                g->red = true;
+                                node = g;
+                                continue;
+                        }
+                        if (node == p->left) {
+                                node = p;
+                                rotate_right(t, node);
+                                p = node->parent;
+                        }
+                        p->red = false;
+                        g->red = true;
+                        rotate_left(t, g);
+                }
+        }
+        t->root->red = false;
+
+        t->n_nodes++;
+        t->n_bytes = t->n_bytes + size < t->n_bytes ? UINT64_MAX : t->n_bytes + size;
+        return 0;
+}
+
+static void transplant(MappingTable *t, MappingTableNode *u, MappingTableNode *v) {
+        if (!u->parent)
+                t->root = v;
+        else if (u == u->parent->left)
+                u->parent->left = v;
+        else
+                u->parent->right = v;
+        if (v)
+                v->parent = u->parent;
+}
+
+static MappingTableNode *subtree_min(MappingTableNode *n) {
+        while (n->left)
+                n = n->left;
+        return n;
+}
+
+static MappingTableNode *subtree_max(MappingTableNode *n) {
+        while (n->right)
+                n = n->right;
+        return n;
+}
+
+void mapping_table_remove(MappingTable *t, MappingTableNode *z) {
+        MappingTableNode *x, *x_parent, *y = z;
+        bool y_was_red = y->red;
+        uint64_t size;
+
+        assert(t);
+        assert(z);
+        assert(t->n_nodes > 0);
+
+        if (!z->left) {
+                x = z->right;
+                x_parent = z->parent;
+                transplant(t, z, z->right);
+        } else if (!z->right) {
+                x = z->left;
+                x_parent = z->parent;
+                transplant(t, z, z->left);
+        } else {
+                y = subtree_min(z->right);
+                y_was_red = y->red;
+                x = y->right;
+                if (y->parent == z)
+                        x_parent = y;
+                else {
+                        x_parent = y->parent;
+                        transplant(t, y, y->right);
+                        y->right = z->right;
+                        y->right->parent = y;
+                }
+                transplant(t, z, y);
+                y->left = z->left;
+                y->left->parent = y;
+                y->red = z->red;
+        }
+
+        /* A black node left: restore equal black heights (x may be NULL, so track its parent). */
+        if (!y_was_red) {
+                while (x != t->root && !is_red(x)) {
+                        MappingTableNode *w;
+
+                        if (x == x_parent->left) {
+                                w = x_parent->right;
+                                if (is_red(w)) {
+                                        w->red = false;
+                                        x_parent->red = true;
+                                        rotate_left(t, x_parent);
+                                        w = x_parent->right;
+                                }
+                                if (!is_red(w->left) && !is_red(w->right)) {
+                                        w->red = true;
+                                        x = x_parent;
+                                        x_parent = x->parent;
+                                } else {
+                                        if (!is_red(w->right)) {
+                                                w->left->red = false;
+                                                w->red = true;
+                                                rotate_right(t, w);
+                                                w = x_parent->right;
+                                        }
+                                        w->red = x_parent->red;
+                                        x_parent->red = false;
+                                        if (w->right)
+                                                w->right->red = false;
+                                        rotate_left(t, x_parent);
+                                        x = t->root;
+                                        x_parent = NULL;
+                                }
+                        } else {
+                                w = x_parent->left;
+                                if (is_red(w)) {
+                                        w->red = false;
+                                        x_parent->red = true;
+                                        rotate_right(t, x_parent);
+                                        w = x_parent->left;
+                                }
+                                if (!is_red(w->left) && !is_red(w->right)) {
+                                        w->red = true;
+                                        x = x_parent;
+                                        x_parent = x->parent;
+                                } else {
+                                        if (!is_red(w->left)) {
+                                                w->right->red = false;
+                                                w->red = true;
+                                                rotate_left(t, w);
+                                                w = x_parent->left;
+                                        }
+                                        w->red = x_parent->red;
+                                        x_parent->red = false;
+                                        if (w->left)
+                                                w->left->red = false;
+                                        rotate_right(t, x_parent);
+                                        x = t->root;
+                                        x_parent = NULL;
+                                }
+                        }
+                }
+                if (x)
+                        x->red = false;
+        }
+
+        z->parent = z->left = z->right = NULL;
+        t->n_nodes--;
+        size = (z->first == 0 && z->last == UINT64_MAX) ? UINT64_MAX : mapping_table_node_size(z);
+        t->n_bytes = t->n_nodes == 0 ? 0 : (t->n_bytes >= size ? t->n_bytes - size : 0);
+}
+
+MappingTableNode *mapping_table_first(const MappingTable *t) {
+        return t->root ? subtree_min(t->root) : NULL;
+}
+
+MappingTableNode *mapping_table_last(const MappingTable *t) {
+        return t->root ? subtree_max(t->root) : NULL;
+}
+
+MappingTableNode *mapping_table_next(const MappingTableNode *n) {
+        if (n->right)
+                return subtree_min(n->right);
+        while (n->parent && n == n->parent->right)
+                n = n->parent;
+        return n->parent;
+}
+
+MappingTableNode *mapping_table_prev(const MappingTableNode *n) {
+        if (n->left)
+                return subtree_max(n->left);
+        while (n->parent && n == n->parent->left)
+                n = n->parent;
+        return n->parent;
+}
