@@ -1,0 +1,234 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <assert.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/magic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#include "memory.h"
+
+struct MemoryRegion {
+        MemoryRegion *next;
+        unsigned n_ref;
+        dev_t dev;
+        ino_t ino;
+        int prot;
+        int fd;          /* kept for the region's lifetime (and, later, the fd store) */
+        void *addr;
+        uint64_t length; /* mapped bytes from file offset 0 */
+};
+
+struct MemoryPool {
+        MemoryRegion *regions;
+        size_t n_regions;
+};
+
+static const char *file_type_name(mode_t mode) {
+        switch (mode & S_IFMT) {
+        case S_IFDIR:  return "a directory";
+        case S_IFCHR:  return "a character device";
+        case S_IFBLK:  return "a block device";
+        case S_IFIFO:  return "a pipe";
+        case S_IFSOCK: return "a socket";
+        case S_IFLNK:  return "a symbolic link";
+        default:       return "not a regular file";
+        }
+}
+
+int memory_check_fd(int fd, uint32_t flags, MemoryFileInfo *ret, BrokerError *e) {
+        struct stat st;
+        struct statfs sfs;
+        int fl;
+
+        assert(ret);
+
+        if (flags == 0 || (flags & ~(BROKER_MAP_READ | BROKER_MAP_WRITE)))
+                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS,
+                                        "Map flags 0x%" PRIx32 " are invalid: use 1 (device may read), 2 "
+                                        "(device may write) or 3 (both).", flags);
+
+        fl = fcntl(fd, F_GETFL);
+        if (fl < 0)
+                return broker_error_set(e, BROKER_ERROR_BAD_MEMORY, "The memory fd is not valid.");
+        /* An O_PATH fd grants no access to the file's contents: never let it be used to reach them. */
+        if (fl & O_PATH)
+                return broker_error_set(e, BROKER_ERROR_BAD_MEMORY,
+                                        "The memory fd is an O_PATH descriptor; pass an fd opened for reading "
+                                        "(and writing, if the device may write).");
+        if (fstat(fd, &st) < 0)
+                return broker_error_set_errno(e, -errno, "Cannot fstat the memory fd");
+        if (!S_ISREG(st.st_mode))
+                return broker_error_set(e, BROKER_ERROR_BAD_MEMORY,
+                                        "The memory fd is %s; guest RAM must be a memfd, tmpfs or hugetlbfs "
+                                        "file.", file_type_name(st.st_mode));
+        if ((fl & O_ACCMODE) == O_WRONLY)
+                return broker_error_set(e, BROKER_ERROR_BAD_MEMORY,
+                                        "The memory fd is open write-only; it must be readable.");
+        /* The broker maps the file with the protection the device needs, and never more than the
+         * caller's own fd allows: a read-only fd cannot become writable guest memory. */
+        if ((flags & BROKER_MAP_WRITE) && (fl & O_ACCMODE) != O_RDWR)
+                return broker_error_set(e, BROKER_ERROR_BAD_MEMORY,
+                                        "The memory fd is open read-only, but flag 2 lets the device write: "
+                                        "pass an O_RDWR fd, or map with flags 1.");
+        if (fstatfs(fd, &sfs) < 0)
+                return broker_error_set_errno(e, -errno, "Cannot fstatfs the memory fd");
+
+        *ret = (MemoryFileInfo) {
+                .dev = st.st_dev,
+                .ino = st.st_ino,
+                .file_size = (uint64_t) st.st_size,
+                .hugetlbfs = sfs.f_type == HUGETLBFS_MAGIC,
+                .page_size = sfs.f_type == HUGETLBFS_MAGIC ? (uint64_t) sfs.f_bsize : (uint64_t) sysconf(_SC_PAGESIZE),
+                .writable = (fl & O_ACCMODE) == O_RDWR,
+        };
+        return 0;
+}
+
+int memory_check_range(const MemoryFileInfo *info, uint64_t offset, uint64_t size, BrokerError *e) {
+        assert(info);
+
+        if (size == 0)
+                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "Map size must not be 0.");
+        if (offset % info->page_size || size % info->page_size)
+                return broker_error_set(e, BROKER_ERROR_UNALIGNED,
+                                        "Offset 0x%" PRIx64 " and size 0x%" PRIx64 " must be multiples of 0x%"
+                                        PRIx64 ", the %s.", offset, size, info->page_size,
+                                        info->hugetlbfs ? "huge page size of the hugetlbfs file" : "page size");
+        if (offset + size < offset || offset + size > info->file_size)
+                return broker_error_set(e, BROKER_ERROR_OUT_OF_RANGE,
+                                        "Offset 0x%" PRIx64 " + size 0x%" PRIx64 " lies beyond the end of the "
+                                        "memory file (0x%" PRIx64 " bytes).", offset, size, info->file_size);
+        return 0;
+}
+
+MemoryPool *memory_pool_new(void) {
+        return calloc(1, sizeof(MemoryPool));
+}
+
+static void memory_region_free(MemoryRegion *r) {
+        if (r->addr && r->addr != MAP_FAILED)
+                (void) munmap(r->addr, r->length);
+        safe_close(r->fd);
+        free(r);
+}
+
+MemoryPool *memory_pool_free(MemoryPool *pool) {
+        if (!pool)
+                return NULL;
+        /* Every DMA mapping releases its region before the pool goes: a leftover is a bug. */
+        assert(!pool->regions);
+        while (pool->regions) {
+                MemoryRegion *r = pool->regions;
+                pool->regions = r->next;
+                memory_region_free(r);
+        }
+        free(pool);
+        return NULL;
+}
+
+static int prot_for(uint32_t flags) {
+        return flags & BROKER_MAP_WRITE ? PROT_READ | PROT_WRITE : PROT_READ;
+}
+
+int memory_pool_acquire(MemoryPool *pool, int fd, const MemoryFileInfo *info, uint64_t offset,
+                        uint64_t size, uint32_t flags, MemoryRegion **ret, uint64_t *ret_vaddr,
+                        BrokerError *e) {
+        int prot = prot_for(flags);
+        _cleanup_free_ MemoryRegion *r = NULL;
+        struct stat st;
+        uint64_t length;
+
+        assert(pool);
+        assert(info);
+        assert(ret);
+        assert(ret_vaddr);
+
+        for (MemoryRegion *i = pool->regions; i; i = i->next)
+                if (i->dev == info->dev && i->ino == info->ino && (i->prot & prot) == prot &&
+                    offset + size <= i->length) {
+                        i->n_ref++;
+                        *ret = i;
+                        *ret_vaddr = (uint64_t) (uintptr_t) i->addr + offset;
+                        return 0;
+                }
+
+        /* Map the whole file as it is now, so later requests into the same file share the mapping
+         * (one VMA per file instead of one per DMA mapping: vm.max_map_count is 65530). */
+        if (fstat(fd, &st) < 0)
+                return broker_error_set_errno(e, -errno, "Cannot fstat the memory fd");
+        length = (uint64_t) st.st_size;
+        if (length % info->page_size)
+                length -= length % info->page_size;
+        if (length < offset + size)
+                return broker_error_set(e, BROKER_ERROR_OUT_OF_RANGE,
+                                        "The memory file shrank to 0x%" PRIx64 " bytes while being mapped.",
+                                        (uint64_t) st.st_size);
+
+        r = calloc(1, sizeof(*r));
+        if (!r)
+                return -ENOMEM;
+        r->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        if (r->fd < 0)
+                return broker_error_set_errno(e, -errno, "Cannot duplicate the memory fd");
+
+        /* MAP_NORESERVE: the daemon never touches guest memory; the IOMMU pins what it maps. */
+        r->addr = mmap(NULL, length, prot, MAP_SHARED | MAP_NORESERVE, r->fd, 0);
+        if (r->addr == MAP_FAILED) {
+                int error = errno;
+                r->fd = safe_close(r->fd);
+                if (error == EPERM || error == EACCES)
+                        return broker_error_set(e, BROKER_ERROR_BAD_MEMORY,
+                                                "The memory file cannot be mapped %s (sealed against writing, or "
+                                                "on a noexec/read-only mount?).",
+                                                prot & PROT_WRITE ? "writable" : "readable");
+                if (error == ENODEV || error == EINVAL)
+                        return broker_error_set(e, BROKER_ERROR_BAD_MEMORY,
+                                                "The memory file does not support shared mappings.");
+                return broker_error_set_errno(e, -error, "Cannot map the memory file");
+        }
+
+        r->n_ref = 1;
+        r->dev = info->dev;
+        r->ino = info->ino;
+        r->prot = prot;
+        r->length = length;
+        r->next = pool->regions;
+        pool->regions = r;
+        pool->n_regions++;
+
+        *ret = r;
+        *ret_vaddr = (uint64_t) (uintptr_t) r->addr + offset;
+        TAKE_PTR(r);
+        return 0;
+}
+
+void memory_pool_release(MemoryPool *pool, MemoryRegion *region) {
+        assert(pool);
+        assert(region);
+        assert(region->n_ref > 0);
+
+        if (--region->n_ref > 0)
+                return;
+
+        for (MemoryRegion **p = &pool->regions; *p; p = &(*p)->next)
+                if (*p == region) {
+                        *p = region->next;
+                        break;
+                }
+        pool->n_regions--;
+        memory_region_free(region);
+}
+
+size_t memory_pool_size(const MemoryPool *pool) {
+        return pool->n_regions;
+}
+
+int memory_region_fd(const MemoryRegion *region) {
+        return region->fd;
+}
