@@ -393,6 +393,7 @@ int container_map(Container *c, int fd, uint64_t offset, uint64_t size, uint64_t
 
         r = mapping_table_insert(&c->mappings, &m->node, NULL);
         assert(r == 0); /* checked above */
+        (void) r;
         TAKE_PTR(m);
 
         (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES);

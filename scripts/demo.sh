@@ -57,7 +57,7 @@ for _ in $(seq 100); do [ -s "$tmp/address" ] && break; sleep 0.05; done
 export DBUS_SYSTEM_BUS_ADDRESS=$(head -n 1 "$tmp/address")
 
 echo "== vfio-brokerd --backend=sim"
-"$builddir/daemon/vfio-brokerd" --backend=sim ${CONFIG:+--config="$CONFIG"} 2>&1 | sed 's/^/   [daemon] /' &
+"$builddir/daemon/vfio-brokerd" --backend=sim ${CONFIG:+--config="$CONFIG"} 2>&1 | sed -u 's/^/   [daemon] /' &
 pids+=($!)
 for _ in $(seq 200); do
         busctl --system status org.vfiobroker.Broker1 >/dev/null 2>&1 && break

@@ -1,0 +1,405 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+/* The sim backend: an in-memory model of a VFIO type1v2 container, for developing a VMM without VFIO
+ * hardware and for fast tests, like libvirt's test driver. Its rules follow Linux 6.1's
+ * drivers/vfio/vfio_main.c and vfio_iommu_type1.c, and tests/vm holds it to the same contract tests
+ * as the real kernel:
+ *  - a group is in at most one container (EBUSY), and only a viable group can join one (EPERM);
+ *  - the first group sets the IOMMU; when the last group leaves, the IOMMU and every DMA mapping go;
+ *  - MAP_DMA: READ/WRITE flags only, iova/size/vaddr aligned to the smallest IOMMU page (EINVAL), inside
+ *    the IOVA ranges (EINVAL), no overlap (EEXIST), at most dma_entry_limit mappings (ENOSPC);
+ *  - UNMAP_DMA (v2 semantics): a range that starts or ends inside a mapping is EINVAL; otherwise every
+ *    mapping inside goes and the size unmapped is reported (0 when none);
+ *  - device fds are real fds (a socketpair end). While the VMM holds any copy, the group cannot be
+ *    detached, and a group whose container closed stays busy until the VMM closes them: the kernel's
+ *    device fds hold the group the same way. */
+
+#include <assert.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "backend-sim.h"
+#include "config.h"
+#include "mapping-table.h"
+
+typedef struct SimContainer SimContainer;
+
+typedef struct SimGroup {
+        const SimGroupConfig *config;
+        SimContainer *container;
+        int *device_ends; /* our end of every device fd handed out */
+        size_t n_device_ends;
+} SimGroup;
+
+typedef struct SimBackend {
+        Backend base;
+        const BrokerConfig *config;
+        SimGroup *groups;
+        size_t n_groups;
+        uint64_t pinned_bytes;
+} SimBackend;
+
+typedef struct SimDma {
+        MappingTableNode node;
+        uint64_t vaddr;
+        uint32_t flags;
+} SimDma;
+
+struct SimContainer {
+        BackendContainer base;
+        SimBackend *sim;
+        bool iommu_set;
+        size_t n_groups;
+        MappingTable dma;
+};
+
+static SimGroup *sim_find_group(SimBackend *s, unsigned id) {
+        for (size_t i = 0; i < s->n_groups; i++)
+                if (s->groups[i].config->id == id)
+                        return &s->groups[i];
+        return NULL;
+}
+
+/* Drops ends whose peer (every copy of the VMM's fd) is closed; returns how many are still open. */
+static size_t sim_group_prune_devices(SimGroup *g) {
+        size_t j = 0;
+
+        for (size_t i = 0; i < g->n_device_ends; i++) {
+                struct pollfd p = { .fd = g->device_ends[i], .events = POLLIN };
+
+                if (poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLERR | POLLNVAL)))
+                        safe_close(g->device_ends[i]);
+                else
+                        g->device_ends[j++] = g->device_ends[i];
+        }
+        g->n_device_ends = j;
+        return j;
+}
+
+static int group_info_fill(const SimGroupConfig *gc, BackendGroupInfo *info) {
+        size_t n = strv_length(gc->devices);
+
+        info->id = gc->id;
+        info->viable = gc->viable;
+        info->devices = calloc(n + 1, sizeof(char *));
+        if (!info->devices)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                info->devices[i] = strdup(gc->devices[i]);
+                if (!info->devices[i]) {
+                        info->devices = strv_free(info->devices);
+                        return -ENOMEM;
+                }
+        }
+        return 0;
+}
+
+static int sim_list_groups(Backend *b, BackendGroupInfo **ret, size_t *ret_n) {
+        SimBackend *s = (SimBackend *) b;
+        BackendGroupInfo *infos;
+        int r;
+
+        infos = calloc(s->n_groups ? s->n_groups : 1, sizeof(BackendGroupInfo));
+        if (!infos)
+                return -ENOMEM;
+        for (size_t i = 0; i < s->n_groups; i++) {
+                r = group_info_fill(s->groups[i].config, &infos[i]);
+                if (r < 0) {
+                        backend_group_info_free_many(infos, i);
+                        return r;
+                }
+        }
+        *ret = infos;
+        *ret_n = s->n_groups;
+        return 0;
+}
+
+static int sim_get_group(Backend *b, unsigned id, BackendGroupInfo *ret) {
+        SimGroup *g = sim_find_group((SimBackend *) b, id);
+
+        if (!g)
+                return -ENOENT;
+        return group_info_fill(g->config, ret);
+}
+
+static int sim_container_new(Backend *b, BackendContainer **ret, BrokerError *e) {
+        SimContainer *c = calloc(1, sizeof(SimContainer));
+
+        if (!c)
+                return -ENOMEM;
+        c->base.backend = b;
+        c->sim = (SimBackend *) b;
+        c->dma = MAPPING_TABLE_INIT;
+        *ret = &c->base;
+        return 0;
+}
+
+static void sim_dma_remove(SimContainer *c, MappingTableNode *node) {
+        mapping_table_remove(&c->dma, node);
+        c->sim->pinned_bytes -= mapping_table_node_size(node);
+        free(container_of(node, SimDma, node));
+}
+
+/* What the kernel does when the last group leaves: the IOMMU is released with every mapping. */
+static void sim_container_release_iommu(SimContainer *c) {
+        MappingTableNode *node, *next;
+
+        MAPPING_TABLE_FOREACH_SAFE(node, next, &c->dma)
+                sim_dma_remove(c, node);
+        c->iommu_set = false;
+}
+
+static void sim_container_free(BackendContainer *bc) {
+        SimContainer *c = (SimContainer *) bc;
+
+        sim_container_release_iommu(c);
+        for (size_t i = 0; i < c->sim->n_groups; i++)
+                if (c->sim->groups[i].container == c)
+                        c->sim->groups[i].container = NULL; /* device ends stay: the group stays busy */
+        free(c);
+}
+
+static int sim_container_attach_group(BackendContainer *bc, unsigned id, BrokerError *e) {
+        SimContainer *c = (SimContainer *) bc;
+        SimGroup *g = sim_find_group(c->sim, id);
+
+        if (!g)
+                return broker_error_set(e, BROKER_ERROR_NO_SUCH_GROUP, "sim: there is no group %u.", id);
+        if (g->container)
+                return broker_error_set(e, BROKER_ERROR_BUSY, "sim: group %u is already in a container.", id);
+        if (sim_group_prune_devices(g) > 0)
+                return broker_error_set(e, BROKER_ERROR_BUSY,
+                                        "sim: group %u still has %zu device fds open from an earlier container.",
+                                        id, g->n_device_ends);
+        if (!g->config->viable)
+                return broker_error_set(e, BROKER_ERROR_NOT_VIABLE, "sim: group %u is not viable.", id);
+
+        g->container = c;
+        c->n_groups++;
+        c->iommu_set = true;
+        return 0;
+}
+
+static int sim_container_detach_group(BackendContainer *bc, unsigned id, BrokerError *e) {
+        SimContainer *c = (SimContainer *) bc;
+        SimGroup *g = sim_find_group(c->sim, id);
+
+        if (!g || g->container != c) {
+                broker_error_set(e, BROKER_ERROR_NO_SUCH_GROUP, "sim: group %u is not in this container.", id);
+                return -EINVAL;
+        }
+        if (sim_group_prune_devices(g) > 0) {
+                broker_error_set(e, BROKER_ERROR_BUSY, "sim: group %u has %zu device fds open.", id,
+                                 g->n_device_ends);
+                return -EBUSY;
+        }
+        g->container = NULL;
+        if (--c->n_groups == 0)
+                sim_container_release_iommu(c);
+        return 0;
+}
+
+static int sim_container_get_iommu_info(BackendContainer *bc, BackendIommuInfo *ret, BrokerError *e) {
+        SimContainer *c = (SimContainer *) bc;
+        const SimConfig *sc = &c->sim->config->sim;
+
+        if (!c->iommu_set) {
+                broker_error_set(e, BROKER_ERROR_NO_GROUPS, "sim: no IOMMU is set on this container.");
+                return -EINVAL;
+        }
+        ret->ranges = calloc(sc->n_iova_ranges ? sc->n_iova_ranges : 1, sizeof(IovaRange));
+        if (!ret->ranges)
+                return -ENOMEM;
+        memcpy(ret->ranges, sc->iova_ranges, sc->n_iova_ranges * sizeof(IovaRange));
+        ret->n_ranges = sc->n_iova_ranges;
+        ret->page_sizes = sc->page_sizes;
+        ret->dma_available = sc->dma_entry_limit - (uint32_t) mapping_table_size(&c->dma);
+        return 0;
+}
+
+static uint64_t sim_min_page(const SimContainer *c) {
+        uint64_t p = c->sim->config->sim.page_sizes;
+        return p & -p;
+}
+
+static bool sim_iova_valid(const SimContainer *c, uint64_t first, uint64_t last) {
+        const SimConfig *sc = &c->sim->config->sim;
+
+        for (size_t i = 0; i < sc->n_iova_ranges; i++)
+                if (first >= sc->iova_ranges[i].first && last <= sc->iova_ranges[i].last)
+                        return true;
+        return false;
+}
+
+static int sim_einval(BrokerError *e, BrokerErrorCode code, const char *what) {
+        broker_error_set(e, code, "sim: %s.", what);
+        return -EINVAL;
+}
+
+static int sim_container_map(BackendContainer *bc, uint64_t vaddr, uint64_t iova, uint64_t size,
+                             uint32_t flags, BrokerError *e) {
+        SimContainer *c = (SimContainer *) bc;
+        uint64_t mask = sim_min_page(c) - 1;
+        SimDma *d;
+
+        if (flags == 0 || (flags & ~UINT32_C(3)))
+                return sim_einval(e, BROKER_ERROR_INVALID_ARGS, "invalid DMA flags");
+        if (!c->iommu_set)
+                return sim_einval(e, BROKER_ERROR_NO_GROUPS, "no IOMMU set");
+        if (size == 0 || ((size | iova | vaddr) & mask))
+                return sim_einval(e, BROKER_ERROR_UNALIGNED, "size, iova and vaddr must be page aligned");
+        if (iova + (size - 1) < iova || vaddr + (size - 1) < vaddr)
+                return sim_einval(e, BROKER_ERROR_OUT_OF_RANGE, "range overflows");
+        if (!sim_iova_valid(c, iova, iova + (size - 1)))
+                return sim_einval(e, BROKER_ERROR_OUT_OF_RANGE, "IOVA range outside the usable ranges");
+        if (mapping_table_first_intersecting(&c->dma, iova, iova + (size - 1))) {
+                broker_error_set(e, BROKER_ERROR_OVERLAP, "sim: IOVA range overlaps an existing DMA mapping.");
+                return -EEXIST;
+        }
+        if (mapping_table_size(&c->dma) >= c->sim->config->sim.dma_entry_limit) {
+                broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED, "sim: the DMA entry limit (%" PRIu32 ") is reached.",
+                                 c->sim->config->sim.dma_entry_limit);
+                return -ENOSPC;
+        }
+
+        d = calloc(1, sizeof(*d));
+        if (!d)
+                return -ENOMEM;
+        mapping_table_node_init(&d->node, iova, size);
+        d->vaddr = vaddr;
+        d->flags = flags;
+        int r = mapping_table_insert(&c->dma, &d->node, NULL);
+        assert(r == 0); /* checked above */
+        (void) r;
+        c->sim->pinned_bytes += size;
+        return 0;
+}
+
+static int sim_container_unmap(BackendContainer *bc, uint64_t iova, uint64_t size, uint64_t *ret_unmapped,
+                               BrokerError *e) {
+        SimContainer *c = (SimContainer *) bc;
+        uint64_t mask = sim_min_page(c) - 1, last, unmapped = 0;
+        MappingTableNode *node, *next;
+
+        if (!c->iommu_set)
+                return sim_einval(e, BROKER_ERROR_NO_GROUPS, "no IOMMU set");
+        if (size == 0 || ((size | iova) & mask))
+                return sim_einval(e, BROKER_ERROR_UNALIGNED, "size and iova must be page aligned");
+        if (iova + (size - 1) < iova)
+                return sim_einval(e, BROKER_ERROR_OUT_OF_RANGE, "range overflows");
+        last = iova + (size - 1);
+
+        node = mapping_table_find(&c->dma, iova);
+        if (node && node->first < iova)
+                return sim_einval(e, BROKER_ERROR_WOULD_SPLIT, "unmap range starts inside a mapping");
+        node = mapping_table_find(&c->dma, last);
+        if (node && node->last > last)
+                return sim_einval(e, BROKER_ERROR_WOULD_SPLIT, "unmap range ends inside a mapping");
+
+        for (node = mapping_table_first_intersecting(&c->dma, iova, last); node && node->first <= last; node = next) {
+                next = mapping_table_next(node);
+                unmapped += mapping_table_node_size(node);
+                sim_dma_remove(c, node);
+        }
+        if (ret_unmapped)
+                *ret_unmapped = unmapped;
+        return 0;
+}
+
+static int sim_container_open_device(BackendContainer *bc, unsigned id, const char *device, BrokerError *e) {
+        SimContainer *c = (SimContainer *) bc;
+        SimGroup *g = sim_find_group(c->sim, id);
+        int pair[2], *a;
+        bool found = false;
+
+        if (!g || g->container != c)
+                return sim_einval(e, BROKER_ERROR_NO_SUCH_GROUP, "group not in this container");
+        for (char **d = g->config->devices; d && *d && !found; d++)
+                found = strcmp(*d, device) == 0;
+        if (!found)
+                return broker_error_set(e, BROKER_ERROR_NO_SUCH_DEVICE, "sim: no device %s in group %u.", device, id);
+
+        (void) sim_group_prune_devices(g);
+        a = realloc(g->device_ends, (g->n_device_ends + 1) * sizeof(int));
+        if (!a)
+                return -ENOMEM;
+        g->device_ends = a;
+
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
+                return broker_error_set_errno(e, -errno, "sim: cannot create a device fd");
+        g->device_ends[g->n_device_ends++] = pair[0];
+        return pair[1];
+}
+
+static void sim_free(Backend *b) {
+        SimBackend *s = (SimBackend *) b;
+
+        for (size_t i = 0; i < s->n_groups; i++) {
+                for (size_t j = 0; j < s->groups[i].n_device_ends; j++)
+                        safe_close(s->groups[i].device_ends[j]);
+                free(s->groups[i].device_ends);
+        }
+        free(s->groups);
+        free(s);
+}
+
+static const BackendOps sim_ops = {
+        .name = "sim",
+        .free = sim_free,
+        .list_groups = sim_list_groups,
+        .get_group = sim_get_group,
+        .container_new = sim_container_new,
+        .container_free = sim_container_free,
+        .container_attach_group = sim_container_attach_group,
+        .container_detach_group = sim_container_detach_group,
+        .container_get_iommu_info = sim_container_get_iommu_info,
+        .container_map = sim_container_map,
+        .container_unmap = sim_container_unmap,
+        .container_open_device = sim_container_open_device,
+};
+
+static int group_config_compare(const void *a, const void *b) {
+        const SimGroup *x = a, *y = b;
+        return x->config->id < y->config->id ? -1 : x->config->id > y->config->id;
+}
+
+int backend_sim_new(const BrokerConfig *config, Backend **ret, BrokerError *e) {
+        SimBackend *s;
+
+        assert(config);
+        assert(ret);
+
+        s = calloc(1, sizeof(*s));
+        if (!s)
+                return -ENOMEM;
+        s->base.ops = &sim_ops;
+        s->config = config;
+        s->groups = calloc(config->sim.n_groups ? config->sim.n_groups : 1, sizeof(SimGroup));
+        if (!s->groups) {
+                free(s);
+                return -ENOMEM;
+        }
+        for (size_t i = 0; i < config->sim.n_groups; i++)
+                s->groups[i].config = &config->sim.groups[i];
+        s->n_groups = config->sim.n_groups;
+        qsort(s->groups, s->n_groups, sizeof(SimGroup), group_config_compare);
+
+        *ret = &s->base;
+        return 0;
+}
+
+uint64_t backend_sim_pinned_bytes(Backend *b) {
+        assert(b->ops == &sim_ops);
+        return ((SimBackend *) b)->pinned_bytes;
+}
+
+size_t backend_sim_open_device_fds(Backend *b, unsigned group) {
+        SimGroup *g;
+
+        assert(b->ops == &sim_ops);
+        g = sim_find_group((SimBackend *) b, group);
+        return g ? sim_group_prune_devices(g) : 0;
+}

@@ -1,0 +1,532 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+/* The vfio backend: the legacy VFIO container with the type1v2 IOMMU (include/uapi/linux/vfio.h).
+ *
+ * Groups are the IOMMU groups (/sys/kernel/iommu_groups/N) that have a /dev/vfio/N, i.e. at least one
+ * device bound to a VFIO driver. A group fd is opened when the group is attached and closed when it is
+ * detached, so free groups stay usable by anybody else the administrator allows. */
+
+#include <assert.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/vfio.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "log.h"
+
+#define VFIO_CONTAINER_PATH "/dev/vfio/vfio"
+#define VFIO_DEV_DIR "/dev/vfio"
+#define IOMMU_GROUPS_DIR "/sys/kernel/iommu_groups"
+
+typedef struct VfioBackend {
+        Backend base;
+} VfioBackend;
+
+typedef struct VfioGroupFd {
+        unsigned id;
+        int fd;
+} VfioGroupFd;
+
+typedef struct VfioContainer {
+        BackendContainer base;
+        int fd;
+        bool iommu_set;
+        VfioGroupFd *groups;
+        size_t n_groups;
+} VfioContainer;
+
+static int string_compare(const void *a, const void *b) {
+        return strcmp(*(char * const *) a, *(char * const *) b);
+}
+
+static int read_group_devices(unsigned id, char ***ret) {
+        char path[128];
+        _cleanup_strv_free_ char **l = NULL;
+        size_t n = 0;
+        DIR *d;
+        struct dirent *de;
+
+        snprintf(path, sizeof(path), IOMMU_GROUPS_DIR "/%u/devices", id);
+        d = opendir(path);
+        if (!d)
+                return -errno;
+
+        l = calloc(1, sizeof(char *));
+        if (!l) {
+                closedir(d);
+                return -ENOMEM;
+        }
+        while ((de = readdir(d))) {
+                char **a;
+
+                if (de->d_name[0] == '.')
+                        continue;
+                a = realloc(l, (n + 2) * sizeof(char *));
+                if (!a) {
+                        closedir(d);
+                        return -ENOMEM;
+                }
+                l = a;
+                l[n] = strdup(de->d_name);
+                l[n + 1] = NULL;
+                if (!l[n]) {
+                        closedir(d);
+                        return -ENOMEM;
+                }
+                n++;
+        }
+        closedir(d);
+        qsort(l, n, sizeof(char *), string_compare);
+        *ret = TAKE_PTR(l);
+        return 0;
+}
+
+/* Used only when the group is open elsewhere and VFIO_GROUP_GET_STATUS cannot be asked: the kernel's
+ * rule is that every device is bound to a vfio driver or to no driver (vfio_dev_driver_allowed(),
+ * which also accepts pci-stub/pcieport bridges; we stay conservative). */
+static bool sysfs_group_viable(char **devices) {
+        for (char **d = devices; d && *d; d++) {
+                char path[256], target[256];
+                ssize_t n;
+
+                snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/driver", *d);
+                n = readlink(path, target, sizeof(target) - 1);
+                if (n < 0)
+                        continue; /* no driver */
+                target[n] = 0;
+                const char *name = strrchr(target, '/');
+                name = name ? name + 1 : target;
+                if (strncmp(name, "vfio", 4) != 0 && strcmp(name, "pci-stub") != 0)
+                        return false;
+        }
+        return true;
+}
+
+static int group_status_viable(int fd, bool *ret) {
+        struct vfio_group_status status = { .argsz = sizeof(status) };
+
+        if (ioctl(fd, VFIO_GROUP_GET_STATUS, &status) < 0)
+                return -errno;
+        *ret = status.flags & VFIO_GROUP_FLAGS_VIABLE;
+        return 0;
+}
+
+static int vfio_get_group(Backend *b, unsigned id, BackendGroupInfo *ret) {
+        char path[64];
+        _cleanup_strv_free_ char **devices = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        bool viable = false;
+        int r;
+
+        snprintf(path, sizeof(path), VFIO_DEV_DIR "/%u", id);
+        if (access(path, F_OK) < 0)
+                return -ENOENT;
+
+        r = read_group_devices(id, &devices);
+        if (r < 0)
+                return r;
+
+        /* A group's fd can be open only once; when we or someone else holds it, the kernel cannot be
+         * asked through a second open (EBUSY), so fall back to what sysfs says. */
+        fd = open(path, O_RDWR | O_CLOEXEC);
+        if (fd >= 0)
+                r = group_status_viable(fd, &viable);
+        if (fd < 0 || r < 0)
+                viable = sysfs_group_viable(devices);
+
+        ret->id = id;
+        ret->viable = viable;
+        ret->devices = TAKE_PTR(devices);
+        return 0;
+}
+
+static int unsigned_compare(const void *a, const void *b) {
+        unsigned x = *(const unsigned *) a, y = *(const unsigned *) b;
+        return x < y ? -1 : x > y;
+}
+
+static int vfio_list_groups(Backend *b, BackendGroupInfo **ret, size_t *ret_n) {
+        _cleanup_free_ unsigned *ids = NULL;
+        BackendGroupInfo *infos;
+        size_t n = 0, n_infos = 0;
+        struct dirent *de;
+        DIR *d;
+        int r;
+
+        d = opendir(VFIO_DEV_DIR);
+        if (!d) {
+                if (errno != ENOENT)
+                        return -errno;
+        } else {
+                while ((de = readdir(d))) {
+                        char *end;
+                        unsigned long id;
+                        unsigned *a;
+
+                        if (de->d_name[0] < '0' || de->d_name[0] > '9')
+                                continue; /* "vfio", the container device */
+                        id = strtoul(de->d_name, &end, 10);
+                        if (*end != 0 || id > UINT32_MAX)
+                                continue;
+                        a = realloc(ids, (n + 1) * sizeof(unsigned));
+                        if (!a) {
+                                closedir(d);
+                                return -ENOMEM;
+                        }
+                        ids = a;
+                        ids[n++] = (unsigned) id;
+                }
+                closedir(d);
+        }
+        qsort(ids, n, sizeof(unsigned), unsigned_compare);
+
+        infos = calloc(n ? n : 1, sizeof(BackendGroupInfo));
+        if (!infos)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                r = vfio_get_group(b, ids[i], &infos[n_infos]);
+                if (r == -ENOENT)
+                        continue; /* vanished meanwhile */
+                if (r < 0) {
+                        backend_group_info_free_many(infos, n_infos);
+                        return r;
+                }
+                n_infos++;
+        }
+        *ret = infos;
+        *ret_n = n_infos;
+        return 0;
+}
+
+static int vfio_container_new(Backend *b, BackendContainer **ret, BrokerError *e) {
+        _cleanup_close_ int fd = -EBADF;
+        VfioContainer *c;
+        int r;
+
+        fd = open(VFIO_CONTAINER_PATH, O_RDWR | O_CLOEXEC);
+        if (fd < 0)
+                return broker_error_set_errno(e, -errno, "Cannot open " VFIO_CONTAINER_PATH);
+        r = ioctl(fd, VFIO_GET_API_VERSION);
+        if (r != VFIO_API_VERSION)
+                return broker_error_set_errno(e, -EPROTO, "Unsupported VFIO API version %d", r);
+        if (ioctl(fd, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU) <= 0)
+                return broker_error_set_errno(e, -EOPNOTSUPP,
+                                              "The kernel's VFIO has no type1v2 IOMMU (load vfio_iommu_type1)");
+
+        c = calloc(1, sizeof(*c));
+        if (!c)
+                return -ENOMEM;
+        c->base.backend = b;
+        c->fd = TAKE_FD(fd);
+        *ret = &c->base;
+        return 0;
+}
+
+static ssize_t vfio_container_group_index(VfioContainer *c, unsigned id) {
+        for (size_t i = 0; i < c->n_groups; i++)
+                if (c->groups[i].id == id)
+                        return (ssize_t) i;
+        return -1;
+}
+
+static void vfio_container_unmap_all(VfioContainer *c) {
+        struct vfio_iommu_type1_dma_unmap unmap = { .argsz = sizeof(unmap), .flags = VFIO_DMA_UNMAP_FLAG_ALL };
+
+        if (!c->iommu_set)
+                return;
+        if (ioctl(c->fd, VFIO_CHECK_EXTENSION, VFIO_UNMAP_ALL) > 0) {
+                if (ioctl(c->fd, VFIO_IOMMU_UNMAP_DMA, &unmap) < 0)
+                        log_warning("VFIO_IOMMU_UNMAP_DMA(ALL) failed: %m");
+                return;
+        }
+        /* Older kernels: [0, 2^63) and [2^63, 2^64-1] cover every mapping whole. */
+        unmap = (struct vfio_iommu_type1_dma_unmap) { .argsz = sizeof(unmap), .iova = 0, .size = UINT64_C(1) << 63 };
+        (void) ioctl(c->fd, VFIO_IOMMU_UNMAP_DMA, &unmap);
+        unmap = (struct vfio_iommu_type1_dma_unmap) { .argsz = sizeof(unmap), .iova = UINT64_C(1) << 63,
+                                                      .size = (UINT64_C(1) << 63) - 4096 };
+        (void) ioctl(c->fd, VFIO_IOMMU_UNMAP_DMA, &unmap);
+}
+
+static void vfio_container_free(BackendContainer *bc) {
+        VfioContainer *c = (VfioContainer *) bc;
+
+        /* Unpin now, even if a VMM still holds a device fd that keeps the group (and so the
+         * container) alive in the kernel after we close our fds. */
+        vfio_container_unmap_all(c);
+
+        for (size_t i = 0; i < c->n_groups; i++) {
+                /* EBUSY while device fds are open: closing the group fd then leaves the group bound
+                 * to the container until the VMM closes them. Nothing is mapped any more. */
+                (void) ioctl(c->groups[i].fd, VFIO_GROUP_UNSET_CONTAINER);
+                safe_close(c->groups[i].fd);
+        }
+        free(c->groups);
+        safe_close(c->fd);
+        free(c);
+}
+
+static int vfio_container_attach_group(BackendContainer *bc, unsigned id, BrokerError *e) {
+        VfioContainer *c = (VfioContainer *) bc;
+        _cleanup_close_ int fd = -EBADF;
+        char path[64];
+        bool viable = false;
+        VfioGroupFd *a;
+        int r;
+
+        if (vfio_container_group_index(c, id) >= 0)
+                return broker_error_set(e, BROKER_ERROR_BUSY, "VFIO group %u is already in this container.", id);
+
+        a = realloc(c->groups, (c->n_groups + 1) * sizeof(VfioGroupFd));
+        if (!a)
+                return -ENOMEM;
+        c->groups = a;
+
+        snprintf(path, sizeof(path), VFIO_DEV_DIR "/%u", id);
+        fd = open(path, O_RDWR | O_CLOEXEC);
+        if (fd < 0) {
+                if (errno == ENOENT)
+                        return broker_error_set(e, BROKER_ERROR_NO_SUCH_GROUP, "There is no %s.", path);
+                if (errno == EBUSY) {
+                        broker_error_set(e, BROKER_ERROR_BUSY,
+                                         "VFIO group %u is open elsewhere (another VMM, or a closed container "
+                                         "whose device fds are still open).", id);
+                        return -EBUSY;
+                }
+                return broker_error_set_errno(e, -errno, "Cannot open %s", path);
+        }
+
+        r = group_status_viable(fd, &viable);
+        if (r < 0)
+                return broker_error_set_errno(e, r, "VFIO_GROUP_GET_STATUS on group %u failed", id);
+        if (!viable) {
+                broker_error_set(e, BROKER_ERROR_NOT_VIABLE,
+                                 "VFIO group %u is not viable: bind every device in it to vfio-pci.", id);
+                return -EPERM;
+        }
+
+        if (ioctl(fd, VFIO_GROUP_SET_CONTAINER, &c->fd) < 0)
+                return broker_error_set_errno(e, -errno, "VFIO_GROUP_SET_CONTAINER for group %u failed", id);
+
+        if (!c->iommu_set) {
+                if (ioctl(c->fd, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU) < 0) {
+                        r = -errno;
+                        (void) ioctl(fd, VFIO_GROUP_UNSET_CONTAINER);
+                        if (r == -EPERM)
+                                return broker_error_set_errno(e, r, "The IOMMU refused group %u (no interrupt "
+                                                              "remapping? see dmesg; allow_unsafe_interrupts)", id);
+                        return broker_error_set_errno(e, r, "VFIO_SET_IOMMU(TYPE1v2) failed");
+                }
+                c->iommu_set = true;
+        }
+
+        c->groups[c->n_groups++] = (VfioGroupFd) { .id = id, .fd = TAKE_FD(fd) };
+        return 0;
+}
+
+static int vfio_container_detach_group(BackendContainer *bc, unsigned id, BrokerError *e) {
+        VfioContainer *c = (VfioContainer *) bc;
+        ssize_t i = vfio_container_group_index(c, id);
+
+        if (i < 0) {
+                broker_error_set(e, BROKER_ERROR_NO_SUCH_GROUP, "VFIO group %u is not in this container.", id);
+                return -EINVAL;
+        }
+        if (ioctl(c->groups[i].fd, VFIO_GROUP_UNSET_CONTAINER) < 0) {
+                int r = -errno;
+                if (r == -EBUSY)
+                        return r; /* device fds open; the caller words it */
+                return broker_error_set_errno(e, r, "VFIO_GROUP_UNSET_CONTAINER for group %u failed", id);
+        }
+        safe_close(c->groups[i].fd);
+        memmove(c->groups + i, c->groups + i + 1, (c->n_groups - i - 1) * sizeof(VfioGroupFd));
+        c->n_groups--;
+        /* The kernel released the IOMMU with the last group; the next attach sets it again. */
+        if (c->n_groups == 0)
+                c->iommu_set = false;
+        return 0;
+}
+
+static int vfio_container_get_iommu_info(BackendContainer *bc, BackendIommuInfo *ret, BrokerError *e) {
+        VfioContainer *c = (VfioContainer *) bc;
+        _cleanup_free_ struct vfio_iommu_type1_info *info = NULL;
+        size_t argsz = sizeof(*info);
+        BackendIommuInfo out = { .dma_available = UINT32_MAX };
+
+        /* Grow argsz until the capability chain fits, as the kernel asks. */
+        for (;;) {
+                struct vfio_iommu_type1_info *n = realloc(info, argsz);
+                if (!n)
+                        return -ENOMEM;
+                info = n;
+                memset(info, 0, argsz);
+                info->argsz = (uint32_t) argsz;
+                if (ioctl(c->fd, VFIO_IOMMU_GET_INFO, info) < 0)
+                        return broker_error_set_errno(e, -errno, "VFIO_IOMMU_GET_INFO failed");
+                if (info->argsz <= argsz)
+                        break;
+                if (info->argsz > 1024 * 1024)
+                        return broker_error_set_errno(e, -E2BIG, "VFIO_IOMMU_GET_INFO wants %u bytes", info->argsz);
+                argsz = info->argsz;
+        }
+
+        out.page_sizes = info->flags & VFIO_IOMMU_INFO_PGSIZES ? info->iova_pgsizes : 0;
+
+        if (info->flags & VFIO_IOMMU_INFO_CAPS) {
+                uint32_t off = info->cap_offset;
+                unsigned hops = 0;
+
+                /* Every offset is checked against argsz: never follow the chain blindly. */
+                while (off != 0 && hops++ < 64) {
+                        struct vfio_info_cap_header *h;
+
+                        if (off < sizeof(*info) || off > argsz - sizeof(*h))
+                                break;
+                        h = (struct vfio_info_cap_header *) ((char *) info + off);
+                        if (h->id == VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE &&
+                            off + sizeof(struct vfio_iommu_type1_info_cap_iova_range) <= argsz) {
+                                struct vfio_iommu_type1_info_cap_iova_range *cap = (void *) h;
+                                size_t max = (argsz - off - sizeof(*cap)) / sizeof(struct vfio_iova_range);
+                                size_t n = cap->nr_iovas < max ? cap->nr_iovas : max;
+
+                                free(out.ranges);
+                                out.ranges = calloc(n ? n : 1, sizeof(IovaRange));
+                                if (!out.ranges)
+                                        return -ENOMEM;
+                                for (size_t i = 0; i < n; i++)
+                                        out.ranges[i] = (IovaRange) { cap->iova_ranges[i].start,
+                                                                      cap->iova_ranges[i].end };
+                                out.n_ranges = n;
+                        } else if (h->id == VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL &&
+                                   off + sizeof(struct vfio_iommu_type1_info_dma_avail) <= argsz) {
+                                out.dma_available = ((struct vfio_iommu_type1_info_dma_avail *) h)->avail;
+                        }
+                        if (h->next != 0 && h->next <= off)
+                                break; /* chains only go forward */
+                        off = h->next;
+                }
+        }
+
+        /* Kernels without the IOVA capability: the whole space, as they accept it. */
+        if (!out.ranges) {
+                out.ranges = calloc(1, sizeof(IovaRange));
+                if (!out.ranges)
+                        return -ENOMEM;
+                out.ranges[0] = (IovaRange) { 0, UINT64_MAX };
+                out.n_ranges = 1;
+        }
+
+        *ret = out;
+        return 0;
+}
+
+static int vfio_container_map(BackendContainer *bc, uint64_t vaddr, uint64_t iova, uint64_t size, uint32_t flags,
+                              BrokerError *e) {
+        VfioContainer *c = (VfioContainer *) bc;
+        struct vfio_iommu_type1_dma_map map = {
+                .argsz = sizeof(map),
+                .flags = flags & (VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE),
+                .vaddr = vaddr,
+                .iova = iova,
+                .size = size,
+        };
+
+        if (ioctl(c->fd, VFIO_IOMMU_MAP_DMA, &map) < 0) {
+                int r = -errno;
+                switch (r) {
+                case -EEXIST:
+                        broker_error_set(e, BROKER_ERROR_OVERLAP, "The kernel reports an overlapping DMA mapping.");
+                        return r;
+                case -ENOSPC:
+                        return r; /* the entry limit; the caller words it */
+                case -ENOMEM:
+                        return broker_error_set_errno(e, r, "Pinning the memory failed (the daemon's "
+                                                      "RLIMIT_MEMLOCK, or host memory)");
+                default:
+                        return broker_error_set_errno(e, r, "VFIO_IOMMU_MAP_DMA failed");
+                }
+        }
+        return 0;
+}
+
+static int vfio_container_unmap(BackendContainer *bc, uint64_t iova, uint64_t size, uint64_t *ret_unmapped,
+                                BrokerError *e) {
+        VfioContainer *c = (VfioContainer *) bc;
+        struct vfio_iommu_type1_dma_unmap unmap = { .argsz = sizeof(unmap), .iova = iova, .size = size };
+
+        if (ioctl(c->fd, VFIO_IOMMU_UNMAP_DMA, &unmap) < 0)
+                return broker_error_set_errno(e, -errno, "VFIO_IOMMU_UNMAP_DMA failed");
+        if (ret_unmapped)
+                *ret_unmapped = unmap.size;
+        return 0;
+}
+
+static int vfio_container_open_device(BackendContainer *bc, unsigned id, const char *device, BrokerError *e) {
+        VfioContainer *c = (VfioContainer *) bc;
+        ssize_t i = vfio_container_group_index(c, id);
+        int fd;
+
+        if (i < 0)
+                return broker_error_set(e, BROKER_ERROR_NO_SUCH_GROUP, "VFIO group %u is not in this container.", id);
+
+        fd = ioctl(c->groups[i].fd, VFIO_GROUP_GET_DEVICE_FD, device);
+        if (fd < 0) {
+                int r = -errno;
+                if (r == -ENODEV || r == -EINVAL)
+                        return broker_error_set(e, BROKER_ERROR_NO_SUCH_DEVICE, "There is no device %s in VFIO "
+                                                "group %u.", device, id);
+                return broker_error_set_errno(e, r, "VFIO_GROUP_GET_DEVICE_FD(%s) failed", device);
+        }
+        /* Never leak a device fd into a child of the daemon. */
+        (void) fcntl(fd, F_SETFD, FD_CLOEXEC);
+        return fd;
+}
+
+static void vfio_free(Backend *b) {
+        free(b);
+}
+
+static const BackendOps vfio_ops = {
+        .name = "vfio-type1",
+        .free = vfio_free,
+        .list_groups = vfio_list_groups,
+        .get_group = vfio_get_group,
+        .container_new = vfio_container_new,
+        .container_free = vfio_container_free,
+        .container_attach_group = vfio_container_attach_group,
+        .container_detach_group = vfio_container_detach_group,
+        .container_get_iommu_info = vfio_container_get_iommu_info,
+        .container_map = vfio_container_map,
+        .container_unmap = vfio_container_unmap,
+        .container_open_device = vfio_container_open_device,
+};
+
+int backend_vfio_new(const BrokerConfig *config, Backend **ret, BrokerError *e) {
+        _cleanup_close_ int fd = -EBADF;
+        VfioBackend *b;
+
+        fd = open(VFIO_CONTAINER_PATH, O_RDWR | O_CLOEXEC);
+        if (fd < 0) {
+                if (errno == ENOENT)
+                        return broker_error_set_errno(e, -ENOENT, "No " VFIO_CONTAINER_PATH ": load the vfio and "
+                                                      "vfio_iommu_type1 modules");
+                return broker_error_set_errno(e, -errno, "Cannot open " VFIO_CONTAINER_PATH);
+        }
+        if (ioctl(fd, VFIO_GET_API_VERSION) != VFIO_API_VERSION)
+                return broker_error_set_errno(e, -EPROTO, "Unsupported VFIO API version");
+        if (ioctl(fd, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU) <= 0)
+                return broker_error_set_errno(e, -EOPNOTSUPP, "No type1v2 IOMMU: load vfio_iommu_type1");
+
+        b = calloc(1, sizeof(*b));
+        if (!b)
+                return -ENOMEM;
+        b->base.ops = &vfio_ops;
+        *ret = &b->base;
+        return 0;
+}
