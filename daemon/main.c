@@ -114,9 +114,10 @@ static void raise_limits(void) {
         struct rlimit rl = { RLIM_INFINITY, RLIM_INFINITY };
 
         if (setrlimit(RLIMIT_MEMLOCK, &rl) < 0) {
+                int error = -errno;
                 if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0)
-                        log_warning("Cannot raise RLIMIT_MEMLOCK (%m); pinning is limited to %llu bytes.",
-                                    (unsigned long long) rl.rlim_cur);
+                        log_warning_errno(error, "Cannot raise RLIMIT_MEMLOCK (%m); the kernel will pin at most "
+                                          "%llu bytes for all VMs together.", (unsigned long long) rl.rlim_cur);
         }
 
         /* Every memory region keeps an fd, every group too. */

@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Runs a test against the real daemon on a private, system-like dbus-daemon.
+
+The bus is configured like Debian's system bus (default deny for method calls and name ownership)
+plus the project's own policy file, so the test exercises the policy that is installed. The daemon
+runs as root on the chosen backend and is waited for through sd_notify READY=1 on a NOTIFY_SOCKET we
+own, never with sleeps. After the test the daemon gets SIGTERM and must exit 0 within 10 s, without
+any sanitizer report.
+
+  harness.py --daemon PATH --policy PATH [--backend sim] [--config JSON] [--polkit DIR] -- CMD ARGS...
+
+The test command gets DBUS_SYSTEM_BUS_ADDRESS and VFIO_BROKER_DAEMON_PID in its environment.
+"""
+
+import argparse
+import glob
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+  </policy>
+  <include>{policy}</include>
+{extra}
+</busconfig>
+"""
+
+
+def log(msg):
+    print("# harness: " + msg, flush=True)
+
+
+def start_bus(tmp, policy, extra=""):
+    sock = os.path.join(tmp, "system_bus_socket")
+    conf = os.path.join(tmp, "bus.conf")
+    with open(conf, "w") as f:
+        f.write(BUS_CONF.format(socket=sock, policy=os.path.abspath(policy), extra=extra))
+    r, w = os.pipe()
+    bus = subprocess.Popen(["dbus-daemon", "--nofork", "--config-file=" + conf, "--print-address=%d" % w],
+                           pass_fds=(w,), stderr=subprocess.DEVNULL)
+    os.close(w)
+    with os.fdopen(r) as f:
+        address = f.readline().strip()  # blocks until the bus listens
+    if not address:
+        raise RuntimeError("dbus-daemon did not print its address")
+    return bus, address
+
+
+def start_daemon(tmp, daemon, backend, config, env):
+    notify_path = os.path.join(tmp, "notify")
+    ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ns.bind(notify_path)
+    ns.settimeout(60)
+    env = dict(env, NOTIFY_SOCKET=notify_path)
+    args = [daemon, "--backend=" + backend]
+    if config:
+        args.append("--config=" + config)
+    log("starting " + " ".join(args))
+    proc = subprocess.Popen(args, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            msg = ns.recv(4096).decode()
+        except socket.timeout:
+            break
+        if "READY=1" in msg.split("\n"):
+            ns.close()
+            return proc
+        if proc.poll() is not None:
+            break
+    ns.close()
+    proc.kill()
+    raise RuntimeError("vfio-brokerd did not become ready (exit status %s)" % proc.poll())
+
+
+def sanitizer_reports(tmp):
+    found = []
+    for path in glob.glob(os.path.join(tmp, "sanitizer*")):
+        with open(path, errors="replace") as f:
+            text = f.read()
+        if text.strip():
+            found.append((path, text))
+    return found
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--daemon", required=True)
+    ap.add_argument("--policy", required=True)
+    ap.add_argument("--backend", default="sim")
+    ap.add_argument("--config")
+    ap.add_argument("--config-json", help="configuration text, written to a temporary file")
+    ap.add_argument("cmd", nargs=argparse.REMAINDER)
+    a = ap.parse_args()
+    cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
+    if not cmd:
+        ap.error("no test command")
+
+    tmp = tempfile.mkdtemp(prefix="vfio-broker-test-")
+    os.chmod(tmp, 0o1777)  # unprivileged test clients connect and write sanitizer logs here
+    env = dict(os.environ)
+    # Sanitizer reports of every process go to files we check afterwards.
+    san = "log_path=%s/sanitizer:halt_on_error=1:abort_on_error=0" % tmp
+    env["ASAN_OPTIONS"] = san + ":detect_leaks=1"
+    env["UBSAN_OPTIONS"] = san + ":print_stacktrace=1"
+
+    config = a.config
+    if a.config_json:
+        config = os.path.join(tmp, "config.json")
+        with open(config, "w") as f:
+            f.write(a.config_json)
+
+    bus = daemon = None
+    status = 1
+    try:
+        bus, address = start_bus(tmp, a.policy)
+        env["DBUS_SYSTEM_BUS_ADDRESS"] = address
+        daemon = start_daemon(tmp, a.daemon, a.backend, config, env)
+        env["VFIO_BROKER_DAEMON_PID"] = str(daemon.pid)
+        status = subprocess.call(cmd, env=env)
+        if daemon.poll() is not None:
+            log("FAIL: the daemon died during the test (status %s)" % daemon.returncode)
+            status = status or 1
+        else:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                rc = daemon.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                rc = "hung"
+            if rc != 0:
+                log("FAIL: the daemon exited with %s on SIGTERM" % rc)
+                status = status or 1
+    finally:
+        if daemon and daemon.poll() is None:
+            daemon.kill()
+        if bus:
+            bus.terminate()
+            bus.wait()
+    for path, text in sanitizer_reports(tmp):
+        log("FAIL: sanitizer report in %s:\n%s" % (path, text))
+        status = status or 1
+    subprocess.call(["rm", "-rf", tmp])
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
