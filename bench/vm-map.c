@@ -152,6 +152,8 @@ int main(int argc, char *argv[]) {
         ram = mmap(NULL, BIG, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
         if (ram == MAP_FAILED)
                 die("mmap");
+        /* Allocate every page first, so both sides measure pinning, not first-touch allocation. */
+        memset(ram, 0, BIG);
 
         direct((unsigned) atoi(argv[1]), memfd, ram, pairs, &d_big, &d_pair);
         brokered((unsigned) atoi(argv[2]), memfd, pairs, &b_big, &b_pair);

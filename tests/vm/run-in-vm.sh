@@ -1,0 +1,65 @@
+#!/bin/sh
+# SPDX-License-Identifier: LGPL-2.1-or-later
+# Runs inside the VM: a system-like dbus-daemon with the installed policy, vfio-brokerd on the real
+# kernel, then the tests. Results go to the serial console as "VMTAP: ok|not ok - name" lines that
+# the host turns into one TAP stream.
+prefix=/usr/local
+export ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:log_path=/tmp/sanitizer
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=/tmp/sanitizer
+
+tap() { # status name
+        if [ "$1" = 0 ]; then echo "VMTAP: ok - $2"; else echo "VMTAP: not ok - $2"; fi
+}
+
+mkdir -p /run/dbus
+sed "s|@POLICY@|$prefix/share/dbus-1/system.d/org.vfiobroker.Broker1.conf|" /tests/bus.conf.in > /run/bus.conf
+dbus-daemon --config-file=/run/bus.conf --fork --print-address=3 3>/run/bus.address
+export DBUS_SYSTEM_BUS_ADDRESS=$(head -n 1 /run/bus.address)
+
+start_daemon() {
+        $prefix/sbin/vfio-brokerd --backend=vfio > /tmp/daemon.log 2>&1 &
+        DAEMON_PID=$!
+        export VFIO_BROKER_DAEMON_PID=$DAEMON_PID
+        i=0
+        while [ $i -lt 300 ]; do
+                busctl --system get-property org.vfiobroker.Broker1 /org/vfiobroker/Broker1 org.vfiobroker.Broker1.Manager Version >/dev/null 2>&1 && return 0
+                kill -0 $DAEMON_PID 2>/dev/null || break
+                sleep 0.1
+                i=$((i + 1))
+        done
+        return 1
+}
+
+start_daemon
+tap $? "vfio-brokerd --backend=vfio starts on the real kernel"
+busctl --system get-property org.vfiobroker.Broker1 /org/vfiobroker/Broker1 org.vfiobroker.Broker1.Manager Backend | grep -q vfio-type1
+tap $? "the Backend property is vfio-type1"
+busctl --system tree --list org.vfiobroker.Broker1 | sed 's/^/VMLOG: /'
+
+# The same contract tests as on the host's sim backend.
+CMOCKA_MESSAGE_OUTPUT=TAP /tests/test-broker > /tmp/contract.log 2>&1
+tap $? "contract: the whole suite passes against vfio-type1"
+awk '/^ok [0-9]+ - / { sub(/^ok [0-9]+ - /, ""); print "VMTAP: ok - contract: " $0; next }
+     /^not ok [0-9]+ - / { sub(/^not ok [0-9]+ - /, ""); print "VMTAP: not ok - contract: " $0; next }
+     { print "VMLOG: " $0 }' /tmp/contract.log
+
+# Device DMA through the broker's mappings.
+/tests/test-dma 2>&1
+
+# Benchmark: figures, not a pass/fail test.
+groups=$(ls /dev/vfio | grep -v vfio | sort -n | head -n 2 | tr '\n' ' ')
+/tests/vm-map $groups 1000 2>&1 | sed 's/^/VMBENCH: /'
+
+kill -TERM $DAEMON_PID
+i=0
+while kill -0 $DAEMON_PID 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+wait $DAEMON_PID
+tap $? "vfio-brokerd exits cleanly on SIGTERM"
+sed 's/^/VMLOG: daemon: /' /tmp/daemon.log
+if ls /tmp/sanitizer* >/dev/null 2>&1; then
+        cat /tmp/sanitizer* | sed 's/^/VMLOG: /'
+        tap 1 "no sanitizer reports"
+else
+        tap 0 "no sanitizer reports"
+fi
+dmesg | grep -i -E 'DMAR|vfio' | tail -n 20 | sed 's/^/VMLOG: dmesg: /'
