@@ -1,0 +1,201 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* The sim backend's rules, which must be the kernel's (tests/vm holds both to the same contract). */
+
+#include <errno.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "backend-sim.h"
+#include "config.h"
+
+#define MiB (UINT64_C(1) << 20)
+
+typedef struct Fixture {
+        BrokerConfig *config;
+        Backend *backend;
+} Fixture;
+
+static int setup(void **state) {
+        Fixture *f = calloc(1, sizeof(Fixture));
+        BrokerError e = BROKER_ERROR_INIT;
+
+        assert_int_equal(broker_config_parse("{\"sim\": {\"dma_entry_limit\": 8}}", &f->config, &e), 0);
+        assert_int_equal(backend_sim_new(f->config, &f->backend, &e), 0);
+        *state = f;
+        return 0;
+}
+
+static int teardown(void **state) {
+        Fixture *f = *state;
+        backend_free(f->backend);
+        broker_config_free(f->config);
+        free(f);
+        return 0;
+}
+
+static const BackendOps *ops(Fixture *f) {
+        return f->backend->ops;
+}
+
+static BackendContainer *new_container(Fixture *f) {
+        BackendContainer *c = NULL;
+        assert_int_equal(ops(f)->container_new(f->backend, &c, NULL), 0);
+        return c;
+}
+
+static void test_groups(void **state) {
+        Fixture *f = *state;
+        BackendGroupInfo *infos;
+        size_t n;
+
+        assert_string_equal(ops(f)->name, "sim");
+        assert_int_equal(ops(f)->list_groups(f->backend, &infos, &n), 0);
+        assert_int_equal(n, 6);
+        for (size_t i = 0; i < n; i++)
+                assert_int_equal(infos[i].id, i + 1);
+        assert_string_equal(infos[4].devices[1], "0000:00:05.1");
+        assert_false(infos[5].viable);
+        backend_group_info_free_many(infos, n);
+
+        BackendGroupInfo one = {};
+        assert_int_equal(ops(f)->get_group(f->backend, 2, &one), 0);
+        assert_true(one.viable);
+        strv_free(one.devices);
+        assert_int_equal(ops(f)->get_group(f->backend, 77, &one), -ENOENT);
+}
+
+static void test_attach_rules(void **state) {
+        Fixture *f = *state;
+        BackendContainer *a = new_container(f), *b = new_container(f);
+        BackendIommuInfo info = {};
+
+        /* No IOMMU before the first group. */
+        assert_int_equal(ops(f)->container_get_iommu_info(a, &info, NULL), -EINVAL);
+        assert_int_equal(ops(f)->container_map(a, 0x10000000, 0, 4096, 3, NULL), -EINVAL);
+
+        assert_int_equal(ops(f)->container_attach_group(a, 1, NULL), 0);
+        assert_int_equal(ops(f)->container_attach_group(b, 1, NULL), -EBUSY);   /* one container per group */
+        assert_int_equal(ops(f)->container_attach_group(b, 6, NULL), -EPERM);   /* not viable */
+        assert_true(ops(f)->container_attach_group(b, 99, NULL) < 0);          /* no such group */
+
+        assert_int_equal(ops(f)->container_get_iommu_info(a, &info, NULL), 0);
+        assert_int_equal(info.n_ranges, 2);
+        assert_int_equal(info.ranges[0].last, 0xfedfffff);
+        assert_int_equal(info.ranges[1].first, 0xfef00000);
+        assert_int_equal(info.page_sizes, 0x40201000);
+        assert_int_equal(info.dma_available, 8);
+        backend_iommu_info_done(&info);
+
+        assert_int_equal(ops(f)->container_detach_group(b, 1, NULL), -EINVAL);  /* not in b */
+        backend_container_free(a);
+        assert_int_equal(ops(f)->container_attach_group(b, 1, NULL), 0);        /* free again */
+        backend_container_free(b);
+}
+
+static void test_map_rules(void **state) {
+        Fixture *f = *state;
+        BackendContainer *c = new_container(f);
+        uint64_t unmapped = 0;
+        const uint64_t va = 0x7f0000000000;
+
+        assert_int_equal(ops(f)->container_attach_group(c, 2, NULL), 0);
+
+        assert_int_equal(ops(f)->container_map(c, va, 0, 0, 3, NULL), -EINVAL);             /* size 0 */
+        assert_int_equal(ops(f)->container_map(c, va, 0, 4096, 0, NULL), -EINVAL);          /* no flags */
+        assert_int_equal(ops(f)->container_map(c, va, 0, 4096, 4, NULL), -EINVAL);          /* unknown flag */
+        assert_int_equal(ops(f)->container_map(c, va + 1, 0, 4096, 3, NULL), -EINVAL);      /* vaddr */
+        assert_int_equal(ops(f)->container_map(c, va, 0x800, 4096, 3, NULL), -EINVAL);      /* iova */
+        assert_int_equal(ops(f)->container_map(c, va, 0, 4095, 3, NULL), -EINVAL);          /* size */
+        assert_int_equal(ops(f)->container_map(c, va, 0xfee00000, 4096, 3, NULL), -EINVAL); /* MSI window */
+        assert_int_equal(ops(f)->container_map(c, va, 0xfed00000, 0x200000, 3, NULL), -EINVAL); /* straddles it */
+        assert_int_equal(ops(f)->container_map(c, va, 0x8000000000, 4096, 3, NULL), -EINVAL);  /* above 39 bits */
+        assert_int_equal(ops(f)->container_map(c, va, UINT64_MAX - 4095, 8192, 3, NULL), -EINVAL); /* wraps */
+        assert_int_equal(backend_sim_pinned_bytes(f->backend), 0);
+
+        assert_int_equal(ops(f)->container_map(c, va, 2 * MiB, 2 * MiB, 3, NULL), 0);
+        assert_int_equal(ops(f)->container_map(c, va, 3 * MiB, 4096, 3, NULL), -EEXIST);
+        assert_int_equal(ops(f)->container_map(c, va, 4 * MiB, 2 * MiB, 1, NULL), 0);       /* touching is fine */
+        assert_int_equal(backend_sim_pinned_bytes(f->backend), 4 * MiB);
+
+        /* type1v2: no partial unmap; an empty range unmaps nothing, successfully. */
+        assert_int_equal(ops(f)->container_unmap(c, 3 * MiB, 2 * MiB, &unmapped, NULL), -EINVAL);
+        assert_int_equal(ops(f)->container_unmap(c, 1 * MiB, 2 * MiB, &unmapped, NULL), -EINVAL);
+        assert_int_equal(ops(f)->container_unmap(c, 64 * MiB, 2 * MiB, &unmapped, NULL), 0);
+        assert_int_equal(unmapped, 0);
+        assert_int_equal(ops(f)->container_unmap(c, 0, 8 * MiB, &unmapped, NULL), 0);
+        assert_int_equal(unmapped, 4 * MiB);
+        assert_int_equal(backend_sim_pinned_bytes(f->backend), 0);
+
+        /* The entry limit (8 here, 65535 by default) is ENOSPC. */
+        for (uint64_t i = 0; i < 8; i++)
+                assert_int_equal(ops(f)->container_map(c, va, i * 4096, 4096, 3, NULL), 0);
+        assert_int_equal(ops(f)->container_map(c, va, 8 * 4096, 4096, 3, NULL), -ENOSPC);
+        BackendIommuInfo info = {};
+        assert_int_equal(ops(f)->container_get_iommu_info(c, &info, NULL), 0);
+        assert_int_equal(info.dma_available, 0);
+        backend_iommu_info_done(&info);
+
+        /* The last group leaving releases the IOMMU and every mapping with it, as the kernel does. */
+        assert_int_equal(ops(f)->container_detach_group(c, 2, NULL), 0);
+        assert_int_equal(backend_sim_pinned_bytes(f->backend), 0);
+        assert_int_equal(ops(f)->container_map(c, va, 0, 4096, 3, NULL), -EINVAL);
+        backend_container_free(c);
+}
+
+static bool hung_up(int fd) {
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        return poll(&p, 1, 0) > 0 && (p.revents & POLLHUP);
+}
+
+static void test_device_fds(void **state) {
+        Fixture *f = *state;
+        BackendContainer *a = new_container(f), *b = new_container(f);
+        BrokerError e = BROKER_ERROR_INIT;
+        int fd, copy;
+
+        assert_int_equal(ops(f)->container_attach_group(a, 5, NULL), 0);
+        assert_int_equal(ops(f)->container_open_device(a, 5, "0000:00:01.0", &e), -ENODEV);
+        assert_int_equal(e.code, BROKER_ERROR_NO_SUCH_DEVICE);
+        assert_true(ops(f)->container_open_device(a, 4, "0000:00:04.0", NULL) < 0); /* not attached */
+
+        fd = ops(f)->container_open_device(a, 5, "0000:00:05.1", NULL);
+        assert_true(fd >= 0);
+        assert_false(hung_up(fd));
+        copy = dup(fd);
+        assert_int_equal(backend_sim_open_device_fds(f->backend, 5), 1);
+
+        /* Busy while any copy of the VMM's fd is open. */
+        assert_int_equal(ops(f)->container_detach_group(a, 5, NULL), -EBUSY);
+        close(fd);
+        assert_int_equal(ops(f)->container_detach_group(a, 5, NULL), -EBUSY);
+        close(copy);
+        assert_int_equal(backend_sim_open_device_fds(f->backend, 5), 0);
+        assert_int_equal(ops(f)->container_detach_group(a, 5, NULL), 0);
+
+        /* A closed container's device fd keeps the group busy until the VMM closes it. */
+        assert_int_equal(ops(f)->container_attach_group(a, 5, NULL), 0);
+        fd = ops(f)->container_open_device(a, 5, "0000:00:05.0", NULL);
+        assert_true(fd >= 0);
+        backend_container_free(a);
+        assert_int_equal(ops(f)->container_attach_group(b, 5, NULL), -EBUSY);
+        close(fd);
+        assert_int_equal(ops(f)->container_attach_group(b, 5, NULL), 0);
+        backend_container_free(b);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test_setup_teardown(test_groups, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_attach_rules, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_map_rules, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_device_fds, setup, teardown),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
