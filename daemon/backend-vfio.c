@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <linux/vfio.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -382,34 +383,44 @@ static int vfio_container_get_iommu_info(BackendContainer *bc, BackendIommuInfo 
                 uint32_t off = info->cap_offset;
                 unsigned hops = 0;
 
-                /* Every offset is checked against argsz: never follow the chain blindly. */
+                /* Every offset is checked against argsz: never follow the chain blindly. The kernel
+                 * packs capabilities at 4-byte offsets, so read them with memcpy(), not through
+                 * pointers to the 8-byte-aligned uapi structs. */
                 while (off != 0 && hops++ < 64) {
-                        struct vfio_info_cap_header *h;
+                        struct vfio_info_cap_header h;
+                        const char *p = (const char *) info + off;
 
-                        if (off < sizeof(*info) || off > argsz - sizeof(*h))
+                        if (off < sizeof(*info) || off > argsz - sizeof(h))
                                 break;
-                        h = (struct vfio_info_cap_header *) ((char *) info + off);
-                        if (h->id == VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE &&
+                        memcpy(&h, p, sizeof(h));
+                        if (h.id == VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE &&
                             off + sizeof(struct vfio_iommu_type1_info_cap_iova_range) <= argsz) {
-                                struct vfio_iommu_type1_info_cap_iova_range *cap = (void *) h;
-                                size_t max = (argsz - off - sizeof(*cap)) / sizeof(struct vfio_iova_range);
-                                size_t n = cap->nr_iovas < max ? cap->nr_iovas : max;
+                                const size_t base = offsetof(struct vfio_iommu_type1_info_cap_iova_range, iova_ranges);
+                                size_t max = (argsz - off - base) / sizeof(struct vfio_iova_range), n;
+                                uint32_t nr;
 
+                                memcpy(&nr, p + offsetof(struct vfio_iommu_type1_info_cap_iova_range, nr_iovas),
+                                       sizeof(nr));
+                                n = nr < max ? nr : max;
                                 free(out.ranges);
                                 out.ranges = calloc(n ? n : 1, sizeof(IovaRange));
                                 if (!out.ranges)
                                         return -ENOMEM;
-                                for (size_t i = 0; i < n; i++)
-                                        out.ranges[i] = (IovaRange) { cap->iova_ranges[i].start,
-                                                                      cap->iova_ranges[i].end };
+                                for (size_t i = 0; i < n; i++) {
+                                        struct vfio_iova_range range;
+                                        memcpy(&range, p + base + i * sizeof(range), sizeof(range));
+                                        out.ranges[i] = (IovaRange) { range.start, range.end };
+                                }
                                 out.n_ranges = n;
-                        } else if (h->id == VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL &&
+                        } else if (h.id == VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL &&
                                    off + sizeof(struct vfio_iommu_type1_info_dma_avail) <= argsz) {
-                                out.dma_available = ((struct vfio_iommu_type1_info_dma_avail *) h)->avail;
+                                memcpy(&out.dma_available,
+                                       p + offsetof(struct vfio_iommu_type1_info_dma_avail, avail),
+                                       sizeof(out.dma_available));
                         }
-                        if (h->next != 0 && h->next <= off)
+                        if (h.next != 0 && h.next <= off)
                                 break; /* chains only go forward */
-                        off = h->next;
+                        off = h.next;
                 }
         }
 

@@ -200,9 +200,12 @@ int main(void) {
                 /* The kernel's IOVA capability, found by walking the chain. */
                 for (uint32_t off = (buf.info.flags & VFIO_IOMMU_INFO_CAPS) ? buf.info.cap_offset : 0;
                      off >= sizeof(buf.info) && off < sizeof(buf) - 16;) {
-                        struct vfio_info_cap_header *h = (void *) ((char *) &buf + off);
+                        /* Capabilities sit at 4-byte offsets: copy one out before reading it. */
+                        static union { struct vfio_info_cap_header h; uint64_t align; char bytes[4096]; } copy;
+                        memcpy(copy.bytes, (char *) &buf + off, sizeof(buf) - off);
+                        struct vfio_info_cap_header *h = &copy.h;
                         if (h->id == VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE) {
-                                struct vfio_iommu_type1_info_cap_iova_range *cap = (void *) h;
+                                struct vfio_iommu_type1_info_cap_iova_range *cap = (void *) copy.bytes;
                                 ok = sd_bus_get_property(bus, BUS_NAME, path, CONTAINER, "IovaRanges", NULL, &m, "a(tt)") >= 0 &&
                                      sd_bus_message_enter_container(m, 'a', "(tt)") >= 0;
                                 for (unsigned i = 0; ok && i < cap->nr_iovas; i++) {
