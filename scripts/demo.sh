@@ -22,31 +22,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cat > "$tmp/bus.conf" <<CONF
-<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path=$tmp/system_bus_socket</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
-  </policy>
-  <include>$top/systemd/org.vfiobroker.Broker1.conf</include>
-</busconfig>
-CONF
+sed -e "s|@SOCKET@|$tmp/system_bus_socket|" -e "s|@POLICY@|$top/systemd/org.vfiobroker.Broker1.conf|" \
+        tests/system-bus.conf.in > "$tmp/bus.conf"
 
 echo "== A private system bus with the project's policy ($tmp/system_bus_socket)"
 exec 5> "$tmp/address"

@@ -23,42 +23,20 @@ import sys
 import tempfile
 import time
 
-BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
-  </policy>
-  <include>{policy}</include>
-{extra}
-</busconfig>
-"""
+BUS_CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "system-bus.conf.in")
 
 
 def log(msg):
     print("# harness: " + msg, flush=True)
 
 
-def start_bus(tmp, policy, extra=""):
+def start_bus(tmp, policy):
     sock = os.path.join(tmp, "system_bus_socket")
     conf = os.path.join(tmp, "bus.conf")
+    with open(BUS_CONF) as f:
+        text = f.read().replace("@SOCKET@", sock).replace("@POLICY@", os.path.abspath(policy))
     with open(conf, "w") as f:
-        f.write(BUS_CONF.format(socket=sock, policy=os.path.abspath(policy), extra=extra))
+        f.write(text)
     r, w = os.pipe()
     bus = subprocess.Popen(["dbus-daemon", "--nofork", "--config-file=" + conf, "--print-address=%d" % w],
                            pass_fds=(w,), stderr=subprocess.DEVNULL)

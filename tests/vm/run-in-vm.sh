@@ -12,7 +12,8 @@ tap() { # status name
 }
 
 mkdir -p /run/dbus
-sed "s|@POLICY@|$prefix/share/dbus-1/system.d/org.vfiobroker.Broker1.conf|" /tests/bus.conf.in > /run/bus.conf
+sed -e "s|@POLICY@|$prefix/share/dbus-1/system.d/org.vfiobroker.Broker1.conf|" \
+    -e "s|@SOCKET@|/run/dbus/system_bus_socket|" /tests/system-bus.conf.in > /run/bus.conf
 dbus-daemon --config-file=/run/bus.conf --fork --print-address=3 3>/run/bus.address
 export DBUS_SYSTEM_BUS_ADDRESS=$(head -n 1 /run/bus.address)
 

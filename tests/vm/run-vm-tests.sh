@@ -40,7 +40,7 @@ DESTDIR=$root meson install -C "$builddir" --no-rebuild --quiet >/dev/null || ba
 
 install -m 0755 "$here/init.sh" "$root/init"
 install -m 0755 "$here/run-in-vm.sh" "$root/tests/run.sh"
-install -m 0644 "$here/bus.conf.in" "$root/tests/bus.conf.in"
+install -m 0644 "$here/../system-bus.conf.in" "$root/tests/system-bus.conf.in"
 bins=(/usr/bin/dbus-daemon /usr/bin/busctl)
 for t in tests/integration/test-broker tests/vm/test-dma bench/vm-map; do
         [ -x "$builddir/$t" ] || bail "$builddir/$t was not built"
