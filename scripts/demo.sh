@@ -46,7 +46,18 @@ busctl --system tree org.vfiobroker.Broker1
 echo "== busctl --system introspect org.vfiobroker.Broker1 /org/vfiobroker/Broker1/group/1"
 busctl --system introspect org.vfiobroker.Broker1 /org/vfiobroker/Broker1/group/1 org.vfiobroker.Broker1.Group
 
-echo "== the mini VMM"
+echo "== vfio-brokerctl status / groups"
+"$builddir/client/vfio-brokerctl" status
+"$builddir/client/vfio-brokerctl" groups
+
+echo "== a balloon agent follows the Manager's BalloonInhibited (GLib/GDBus)"
+"$builddir/client/vfio-broker-balloon-agent" --count=2 \
+        --exec='echo "   [agent action] balloon inflation $([ $VFIO_BROKER_BALLOON_INHIBITED = 1 ] && echo paused || echo allowed)"' \
+        > "$tmp/agent.log" 2>&1 &
+agent=$!
+for _ in $(seq 100); do grep -q '^state' "$tmp/agent.log" && break; sleep 0.05; done
+
+echo "== the mini VMM (libvfio-broker)"
 mkfifo "$tmp/hold"
 "$builddir/client/mini-vmm" --label=demo-vm --group=1 --ram-mib=256 --hold="$tmp/hold" > "$tmp/vmm.log" 2>&1 &
 vmm=$!
@@ -55,8 +66,14 @@ sed 's/^/   [vmm] /' "$tmp/vmm.log"
 echo "== while the VMM holds its container: busctl introspect"
 container=$(busctl --system tree --list org.vfiobroker.Broker1 | grep container/ | head -n 1)
 busctl --system introspect org.vfiobroker.Broker1 "$container" org.vfiobroker.Broker1.Container | grep -E '^NAME|property' || true
+echo "== vfio-brokerctl list / show while the VMM holds its container"
+"$builddir/client/vfio-brokerctl" list
+"$builddir/client/vfio-brokerctl" show "${container##*/}"
 lines=$(wc -l < "$tmp/vmm.log")
 echo x > "$tmp/hold"
 wait "$vmm"
 tail -n +$((lines + 1)) "$tmp/vmm.log" | sed 's/^/   [vmm] /'
+wait "$agent"
+echo "== what the balloon agent saw"
+sed 's/^/   [agent] /' "$tmp/agent.log"
 echo "== done: BalloonInhibited is $(busctl --system get-property org.vfiobroker.Broker1 /org/vfiobroker/Broker1 org.vfiobroker.Broker1.Manager BalloonInhibited)"

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* A miniature VMM: guest RAM in a memfd, one container, one VFIO group, the RAM mapped for DMA, a
- * device fd, and the balloon state watched throughout. It is an unprivileged-style client of
- * vfio-brokerd: it never opens /dev/vfio itself. */
+/* A miniature VMM on libvfio-broker: guest RAM in a memfd, one container, one VFIO group, the RAM
+ * mapped for DMA, a device fd, and the balloon state watched throughout. It is an unprivileged-style
+ * client of vfio-brokerd: it never opens /dev/vfio itself. Build against an installed tree with
+ *   cc mini-vmm.c $(pkg-config --cflags --libs vfio-broker) */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -13,133 +14,76 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <systemd/sd-bus.h>
 
-#include "macro.h"
+#include <vfio-broker/vfio-broker.h>
 
-#define BUS_NAME "org.vfiobroker.Broker1"
-#define ROOT "/org/vfiobroker/Broker1"
-
-static int print_balloon(sd_bus *bus, const char *when) {
-        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-        int inhibited = 0;
-        uint32_t n = 0;
-        int r;
-
-        r = sd_bus_get_property_trivial(bus, BUS_NAME, ROOT, BUS_NAME ".Manager", "BalloonInhibited", &error, 'b',
-                                        &inhibited);
-        if (r >= 0)
-                r = sd_bus_get_property_trivial(bus, BUS_NAME, ROOT, BUS_NAME ".Manager", "BalloonInhibitors",
-                                                &error, 'u', &n);
-        if (r < 0) {
-                fprintf(stderr, "Reading the balloon state failed: %s\n", error.message ?: strerror(-r));
-                return r;
-        }
-        printf("balloon %-28s BalloonInhibited=%s BalloonInhibitors=%" PRIu32 "\n", when,
-               inhibited ? "true" : "false", n);
-        return 0;
+static void on_balloon(vfio_broker *b, bool inhibited, uint32_t inhibitors, void *userdata) {
+        printf("signal  Manager BalloonInhibited=%s BalloonInhibitors=%" PRIu32 "\n", inhibited ? "true" : "false",
+               inhibitors);
 }
 
-static int on_properties_changed(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
-        const char *interface;
-        int r;
-
-        r = sd_bus_message_read(m, "s", &interface);
-        if (r < 0)
-                return 0;
-        r = sd_bus_message_enter_container(m, 'a', "{sv}");
-        if (r < 0)
-                return 0;
-        while (sd_bus_message_enter_container(m, 'e', "sv") > 0) {
-                const char *name;
-                if (sd_bus_message_read(m, "s", &name) < 0)
-                        return 0;
-                if (strcmp(name, "BalloonInhibited") == 0) {
-                        int b;
-                        if (sd_bus_message_read(m, "v", "b", &b) >= 0)
-                                printf("signal  PropertiesChanged %s BalloonInhibited=%s\n",
-                                       sd_bus_message_get_path(m), b ? "true" : "false");
-                } else
-                        (void) sd_bus_message_skip(m, "v");
-                (void) sd_bus_message_exit_container(m);
-        }
-        return 0;
+static void on_container_balloon(vfio_broker_container *c, bool inhibited, void *userdata) {
+        printf("signal  %s BalloonInhibited=%s\n", vfio_broker_container_get_path(c), inhibited ? "true" : "false");
 }
 
-static void drain(sd_bus *bus) {
-        /* Deliver signals that arrived so far; the reply to each call came after its signals. */
-        while (sd_bus_process(bus, NULL) > 0)
+/* Deliver the signals that arrived with the last reply (the broker sends them before it answers). */
+static void drain(vfio_broker *b) {
+        while (vfio_broker_process(b) > 0)
                 ;
 }
 
-static int call(sd_bus *bus, const char *path, const char *member, sd_bus_message **reply, const char *types,
-                ...) {
-        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
-        va_list ap;
-        int r;
-
-        r = sd_bus_message_new_method_call(bus, &m, BUS_NAME, path,
-                                           strcmp(path, ROOT) == 0 ? BUS_NAME ".Manager" : BUS_NAME ".Container",
-                                           member);
-        if (r < 0)
-                return r;
-        va_start(ap, types);
-        r = sd_bus_message_appendv(m, types, ap);
-        va_end(ap);
-        if (r < 0)
-                return r;
-        r = sd_bus_call(bus, m, 0, &error, reply);
-        if (r < 0)
-                fprintf(stderr, "%s failed: %s: %s\n", member, error.name, error.message);
-        return r;
+static int fail(vfio_broker *b, const char *what, int r) {
+        fprintf(stderr, "%s failed: %s (%s, %s)\n", what, vfio_broker_error_message(b), vfio_broker_error_name(b),
+                strerror(-r));
+        return EXIT_FAILURE;
 }
 
 int main(int argc, char *argv[]) {
-        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-        _cleanup_close_ int memfd = -EBADF, device = -EBADF;
-        _cleanup_free_ char *path = NULL;
-        const char *label = "mini-vmm", *hold_fifo = NULL, *p;
+        const char *label = "mini-vmm", *hold_fifo = NULL, *device_name = NULL;
         uint64_t ram = 64ULL << 20;
         uint32_t group = 1;
-        const char *device_name = NULL;
-        struct stat st;
-        int r, c;
+        vfio_broker *b = NULL;
+        vfio_broker_container *c = NULL;
+        vfio_broker_status status;
+        vfio_broker_container_info info;
+        char device_buf[64];
+        int memfd, device, r, opt;
 
         static const struct option options[] = {
-                { "label",  required_argument, NULL, 'l' },
-                { "group",  required_argument, NULL, 'g' },
-                { "device", required_argument, NULL, 'd' },
+                { "label",   required_argument, NULL, 'l' },
+                { "group",   required_argument, NULL, 'g' },
+                { "device",  required_argument, NULL, 'd' },
                 { "ram-mib", required_argument, NULL, 'm' },
-                { "hold",   required_argument, NULL, 'H' },
+                { "hold",    required_argument, NULL, 'H' },
                 {}
         };
-        while ((c = getopt_long(argc, argv, "", options, NULL)) >= 0)
-                switch (c) {
+        while ((opt = getopt_long(argc, argv, "", options, NULL)) >= 0)
+                switch (opt) {
                 case 'l': label = optarg; break;
                 case 'g': group = (uint32_t) strtoul(optarg, NULL, 0); break;
                 case 'd': device_name = optarg; break;
                 case 'm': ram = strtoull(optarg, NULL, 0) << 20; break;
                 case 'H': hold_fifo = optarg; break;
                 default:
-                        fprintf(stderr, "Usage: %s [--label=S] [--group=N] [--device=NAME] [--ram-mib=N] "
-                                        "[--hold=FIFO]\n", argv[0]);
+                        fprintf(stderr, "Usage: %s [--label=S] [--group=N] [--device=NAME] [--ram-mib=N] [--hold=FIFO]\n",
+                                argv[0]);
                         return EXIT_FAILURE;
                 }
 
-        r = sd_bus_open_system(&bus);
+        r = vfio_broker_open(&b);
         if (r < 0) {
                 fprintf(stderr, "Cannot connect to the system bus: %s\n", strerror(-r));
                 return EXIT_FAILURE;
         }
-        r = sd_bus_match_signal(bus, NULL, BUS_NAME, NULL, "org.freedesktop.DBus.Properties", "PropertiesChanged",
-                                on_properties_changed, NULL);
+        r = vfio_broker_watch_balloon(b, on_balloon, NULL);
         if (r < 0)
-                return EXIT_FAILURE;
-
-        if (print_balloon(bus, "at start:") < 0)
-                return EXIT_FAILURE;
+                return fail(b, "watching the balloon state", r);
+        r = vfio_broker_get_status(b, &status);
+        if (r < 0)
+                return fail(b, "reading the broker's status", r);
+        printf("broker  %s on the %s backend; BalloonInhibited=%s\n", status.version, status.backend,
+               status.balloon_inhibited ? "true" : "false");
+        vfio_broker_status_clear(&status);
 
         /* Guest RAM: a memfd, as QEMU's memory-backend-memfd. */
         memfd = memfd_create("guest-ram", MFD_CLOEXEC);
@@ -148,57 +92,46 @@ int main(int argc, char *argv[]) {
                 return EXIT_FAILURE;
         }
 
-        r = call(bus, ROOT, "CreateContainer", &reply, "a{sv}", 1, "Label", "s", label);
+        r = vfio_broker_container_new(b, label, &c);
         if (r < 0)
-                return EXIT_FAILURE;
-        r = sd_bus_message_read(reply, "o", &p);
-        if (r < 0 || !(path = strdup(p)))
-                return EXIT_FAILURE;
-        reply = sd_bus_message_unref(reply);
-        printf("created container %s (label %s)\n", path, label);
+                return fail(b, "CreateContainer", r);
+        printf("created container %s (label %s)\n", vfio_broker_container_get_path(c), label);
+        (void) vfio_broker_container_watch_balloon(c, on_container_balloon, NULL);
 
-        if (call(bus, path, "AttachGroup", NULL, "u", group) < 0)
-                return EXIT_FAILURE;
+        r = vfio_broker_container_attach_group(c, group);
+        if (r < 0)
+                return fail(b, "AttachGroup", r);
         printf("attached VFIO group %" PRIu32 "\n", group);
-        drain(bus);
-        (void) print_balloon(bus, "after AttachGroup:");
+        drain(b);
 
-        if (call(bus, path, "Map", NULL, "htttu", memfd, UINT64_C(0), ram, UINT64_C(0), UINT32_C(3)) < 0)
-                return EXIT_FAILURE;
+        r = vfio_broker_container_map(c, memfd, 0, ram, 0, VFIO_BROKER_MAP_READ | VFIO_BROKER_MAP_WRITE);
+        if (r < 0)
+                return fail(b, "Map", r);
         printf("mapped %" PRIu64 " MiB of guest RAM at IOVA 0x0 (device may read and write)\n", ram >> 20);
 
         if (!device_name) {
-                /* The first device of the group. */
-                _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-                _cleanup_strv_free_ char **devices = NULL;
-                char gpath[128];
-                snprintf(gpath, sizeof(gpath), ROOT "/group/%" PRIu32, group);
-                r = sd_bus_get_property_strv(bus, BUS_NAME, gpath, BUS_NAME ".Group", "Devices", &error, &devices);
-                if (r < 0 || !devices || !devices[0]) {
-                        fprintf(stderr, "Cannot read the group's devices: %s\n", error.message ?: "none");
-                        return EXIT_FAILURE;
-                }
-                device_name = strdupa(devices[0]);
+                vfio_broker_group *groups;
+                size_t n;
+                r = vfio_broker_list_groups(b, &groups, &n);
+                if (r < 0)
+                        return fail(b, "listing groups", r);
+                for (size_t i = 0; i < n; i++)
+                        if (groups[i].id == group && groups[i].devices && groups[i].devices[0])
+                                snprintf(device_buf, sizeof(device_buf), "%s", groups[i].devices[0]);
+                vfio_broker_groups_free(groups, n);
+                device_name = device_buf;
         }
-        if (call(bus, path, "OpenDevice", &reply, "s", device_name) < 0)
-                return EXIT_FAILURE;
-        r = sd_bus_message_read(reply, "h", &device);
-        if (r < 0)
-                return EXIT_FAILURE;
-        device = fcntl(device, F_DUPFD_CLOEXEC, 3);
-        reply = sd_bus_message_unref(reply);
-        if (device < 0 || fstat(device, &st) < 0)
-                return EXIT_FAILURE;
+        device = vfio_broker_container_open_device(c, device_name);
+        if (device < 0)
+                return fail(b, "OpenDevice", device);
         printf("opened device %s: fd %d\n", device_name, device);
 
-        {
-                _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-                uint32_t n = 0;
-                uint64_t bytes = 0;
-                (void) sd_bus_get_property_trivial(bus, BUS_NAME, path, BUS_NAME ".Container", "Mappings", &error, 'u', &n);
-                (void) sd_bus_get_property_trivial(bus, BUS_NAME, path, BUS_NAME ".Container", "MappedBytes", &error, 't', &bytes);
-                printf("container: Mappings=%" PRIu32 " MappedBytes=%" PRIu64 "\n", n, bytes);
-        }
+        r = vfio_broker_container_get_info(c, &info);
+        if (r < 0)
+                return fail(b, "reading the container", r);
+        printf("container: Mappings=%" PRIu32 " MappedBytes=%" PRIu64 " BalloonInhibited=%s\n", info.mappings,
+               info.mapped_bytes, info.balloon_inhibited ? "true" : "false");
+        vfio_broker_container_info_clear(&info);
 
         if (hold_fifo) {
                 /* Let the caller look at the broker while we hold everything. */
@@ -207,23 +140,28 @@ int main(int argc, char *argv[]) {
                 fflush(stdout);
                 int fd = open(hold_fifo, O_RDONLY | O_CLOEXEC);
                 if (fd >= 0) {
-                        (void) read(fd, buf, sizeof(buf));
+                        (void) !read(fd, buf, sizeof(buf));
                         close(fd);
                 }
         }
+        drain(b);
 
-        if (call(bus, path, "Unmap", NULL, "tt", UINT64_C(0), ram) < 0)
-                return EXIT_FAILURE;
+        r = vfio_broker_container_unmap(c, 0, ram);
+        if (r < 0)
+                return fail(b, "Unmap", r);
         printf("unmapped guest RAM\n");
-        device = safe_close(device);
-        if (call(bus, path, "DetachGroup", NULL, "u", group) < 0)
-                return EXIT_FAILURE;
+        close(device);
+        r = vfio_broker_container_detach_group(c, group);
+        if (r < 0)
+                return fail(b, "DetachGroup", r);
         printf("closed the device fd and detached group %" PRIu32 "\n", group);
-        drain(bus);
-        (void) print_balloon(bus, "after DetachGroup:");
+        drain(b);
 
-        if (call(bus, path, "Close", NULL, "") < 0)
-                return EXIT_FAILURE;
+        r = vfio_broker_container_close(c);
+        if (r < 0)
+                return fail(b, "Close", r);
         printf("closed the container\n");
+        close(memfd);
+        vfio_broker_unref(b);
         return EXIT_SUCCESS;
 }

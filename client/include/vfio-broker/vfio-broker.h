@@ -1,0 +1,151 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#ifndef VFIO_BROKER_H
+#define VFIO_BROKER_H
+
+/* libvfio-broker: the client side of vfio-brokerd (org.vfiobroker.Broker1 on the system bus).
+ *
+ * A VMM creates a container, attaches VFIO groups, maps its guest RAM (memfd, tmpfs or hugetlbfs
+ * fds) and opens device fds, without root and without touching /dev/vfio. Everything the VMM holds
+ * is released by the daemon when the VMM's bus connection goes away.
+ *
+ * Conventions:
+ *  - Functions return 0 (or a non-negative value such as an fd) on success and a negative errno on
+ *    failure. Each broker error has one errno: NoSuchGroup -ENOENT, NoSuchDevice -ENODEV,
+ *    NotViable -EPERM, Busy -EBUSY, NoGroups -ENXIO, Overlap -EEXIST, WouldSplit -EXDEV,
+ *    OutOfRange -ERANGE, Unaligned -EFAULT, NotMapped -ESRCH, BadMemory -EBADF, QuotaExceeded -EDQUOT,
+ *    Kernel -EIO, InvalidArgs -EINVAL, AccessDenied -EACCES.
+ *  - After a failure, vfio_broker_error_name() and vfio_broker_error_message() return the D-Bus error
+ *    name and the broker's message (meant for people: log it) until the next call on that handle.
+ *  - Calls block until the broker answers. Signals (balloon changes) are delivered when the
+ *    connection is processed: attach it to an sd-event loop (vfio_broker_attach_event()), to a GLib
+ *    main context (vfio-broker-glib.h), or drive it by hand (vfio_broker_get_fd(),
+ *    vfio_broker_get_events(), vfio_broker_get_timeout(), vfio_broker_process()).
+ *  - A handle is not thread-safe; use one per thread, or lock around it.
+ */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct sd_bus sd_bus;
+typedef struct sd_event sd_event;
+
+typedef struct vfio_broker vfio_broker;
+typedef struct vfio_broker_container vfio_broker_container;
+
+/* Map flags (VFIO_DMA_MAP_FLAG_READ/WRITE): the device may read / write the memory. */
+#define VFIO_BROKER_MAP_READ  1u
+#define VFIO_BROKER_MAP_WRITE 2u
+
+/* --- connections ------------------------------------------------------------------------------ */
+
+/* Connects to the system bus ($DBUS_SYSTEM_BUS_ADDRESS is honoured). */
+int vfio_broker_open(vfio_broker **ret);
+/* Uses a bus connection the VMM already has (a reference is taken). Containers belong to that
+ * connection: they close when it does. */
+int vfio_broker_open_with_bus(sd_bus *bus, vfio_broker **ret);
+vfio_broker *vfio_broker_ref(vfio_broker *b);
+/* Drops a reference. The last one closes the connection if vfio_broker_open() opened it, and with
+ * it every container it created; a bus given to vfio_broker_open_with_bus() is only unreferenced. */
+vfio_broker *vfio_broker_unref(vfio_broker *b);
+
+const char *vfio_broker_error_name(const vfio_broker *b);
+const char *vfio_broker_error_message(const vfio_broker *b);
+
+/* The event-loop hooks. */
+int vfio_broker_attach_event(vfio_broker *b, sd_event *event, int priority);
+int vfio_broker_get_fd(vfio_broker *b);
+int vfio_broker_get_events(vfio_broker *b);              /* poll() events to wait for */
+int vfio_broker_get_timeout(vfio_broker *b, uint64_t *usec); /* CLOCK_MONOTONIC, UINT64_MAX: none */
+int vfio_broker_process(vfio_broker *b);                 /* > 0: call again */
+sd_bus *vfio_broker_get_bus(vfio_broker *b);
+
+/* --- the manager ---------------------------------------------------------------------------------- */
+
+typedef struct vfio_broker_status {
+        char *version;
+        char *backend;          /* "vfio-type1" or "sim" */
+        bool balloon_inhibited;
+        uint32_t balloon_inhibitors;
+} vfio_broker_status;
+
+int vfio_broker_get_status(vfio_broker *b, vfio_broker_status *ret);
+void vfio_broker_status_clear(vfio_broker_status *s);
+
+/* Called with the Manager's balloon state whenever it changes (and not before the first change). */
+typedef void (*vfio_broker_balloon_handler)(vfio_broker *b, bool inhibited, uint32_t inhibitors, void *userdata);
+int vfio_broker_watch_balloon(vfio_broker *b, vfio_broker_balloon_handler handler, void *userdata);
+
+typedef struct vfio_broker_group {
+        uint32_t id;
+        char **devices;         /* NULL-terminated */
+        bool viable;
+        char *container;        /* object path, or NULL when free */
+} vfio_broker_group;
+
+int vfio_broker_list_groups(vfio_broker *b, vfio_broker_group **ret, size_t *ret_n);
+void vfio_broker_groups_free(vfio_broker_group *groups, size_t n);
+
+typedef struct vfio_broker_iova_range {
+        uint64_t first, last;   /* inclusive */
+} vfio_broker_iova_range;
+
+typedef struct vfio_broker_container_info {
+        char *path;
+        char *owner;            /* unique bus name */
+        uint32_t uid;
+        char *label;
+        uint32_t *groups;
+        size_t n_groups;
+        uint32_t mappings;
+        uint64_t mapped_bytes;
+        bool balloon_inhibited;
+        vfio_broker_iova_range *iova_ranges;
+        size_t n_iova_ranges;
+        uint64_t page_sizes;
+} vfio_broker_container_info;
+
+/* Every container on the host (everyone may read them). */
+int vfio_broker_list_containers(vfio_broker *b, vfio_broker_container_info **ret, size_t *ret_n);
+/* One container by object path or by id ("3"). */
+int vfio_broker_get_container_info(vfio_broker *b, const char *path_or_id, vfio_broker_container_info *ret);
+void vfio_broker_container_info_clear(vfio_broker_container_info *info);
+void vfio_broker_container_infos_free(vfio_broker_container_info *infos, size_t n);
+
+/* Closes any container (administrators: root, or the polkit action org.vfiobroker.broker1.manage). */
+int vfio_broker_close_container(vfio_broker *b, const char *path_or_id);
+
+/* --- containers --------------------------------------------------------------------------------- */
+
+/* A new container owned by this connection. label may be NULL. */
+int vfio_broker_container_new(vfio_broker *b, const char *label, vfio_broker_container **ret);
+const char *vfio_broker_container_get_path(const vfio_broker_container *c);
+
+int vfio_broker_container_attach_group(vfio_broker_container *c, uint32_t group);
+int vfio_broker_container_detach_group(vfio_broker_container *c, uint32_t group);
+/* Returns a new device fd (O_CLOEXEC), owned by the caller. */
+int vfio_broker_container_open_device(vfio_broker_container *c, const char *device);
+int vfio_broker_container_map(vfio_broker_container *c, int memory_fd, uint64_t offset, uint64_t size,
+                              uint64_t iova, uint32_t flags);
+int vfio_broker_container_unmap(vfio_broker_container *c, uint64_t iova, uint64_t size);
+int vfio_broker_container_get_info(vfio_broker_container *c, vfio_broker_container_info *ret);
+
+/* Called with the container's BalloonInhibited whenever it changes. */
+typedef void (*vfio_broker_container_balloon_handler)(vfio_broker_container *c, bool inhibited, void *userdata);
+int vfio_broker_container_watch_balloon(vfio_broker_container *c, vfio_broker_container_balloon_handler handler,
+                                        void *userdata);
+
+/* Close(): unmaps everything, detaches every group, and frees the handle (also on failure). */
+int vfio_broker_container_close(vfio_broker_container *c);
+/* Frees the handle only; the container lives on until Close() or the connection's end. */
+vfio_broker_container *vfio_broker_container_free(vfio_broker_container *c);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
