@@ -4,6 +4,9 @@
  * client of vfio-brokerd: it never opens /dev/vfio itself. Build against an installed tree with
  *   cc mini-vmm.c $(pkg-config --cflags --libs vfio-broker) */
 
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* memfd_create() */
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>

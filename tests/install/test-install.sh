@@ -35,8 +35,13 @@ for f in sbin/vfio-brokerd bin/vfio-brokerctl include/vfio-broker/vfio-broker.h 
 done
 check "installs vfio-brokerd.service" bash -c "find '$dest' -name vfio-brokerd.service | grep -q ."
 
-pcdir=$(dirname "$(find "$dest" -name vfio-broker.pc | head -n 1)")
-export PKG_CONFIG_PATH=$pcdir PKG_CONFIG_SYSROOT_DIR=$dest
+# The .pc files name prefix=/usr/local; point them at the staging tree (a sysroot would move glib's
+# paths too).
+mkdir -p "$dest/pc"
+for pc in $(find "$dest" -name 'vfio-broker*.pc'); do
+        sed "s|^prefix=.*|prefix=$dest/usr/local|" "$pc" > "$dest/pc/$(basename "$pc")"
+done
+export PKG_CONFIG_PATH=$dest/pc
 check "pkg-config finds vfio-broker" pkg-config --exists vfio-broker
 lib=$(dirname "$(find "$dest" -name 'libvfio-broker.so.0' | head -n 1)")
 check "the library's SONAME is libvfio-broker.so.0" bash -c "objdump -p '$lib/libvfio-broker.so.0' | grep -q 'SONAME *libvfio-broker.so.0'"
