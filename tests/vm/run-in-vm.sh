@@ -47,6 +47,20 @@ awk '/^ok [0-9]+ - / { sub(/^ok [0-9]+ - /, ""); print "VMTAP: ok - contract: " 
 # Device DMA through the broker's mappings.
 /tests/test-dma 2>&1
 
+# The client library and the command-line tool on the real kernel.
+export LD_LIBRARY_PATH=$prefix/lib/x86_64-linux-gnu:$prefix/lib
+group=$(ls /dev/vfio | grep -v vfio | sort -n | head -n 1)
+/tests/mini-vmm --group=$group --ram-mib=64 > /tmp/mini-vmm.log 2>&1
+tap $? "libvfio-broker: the mini VMM maps 64 MiB, opens its device and cleans up on vfio-type1"
+sed 's/^/VMLOG: mini-vmm: /' /tmp/mini-vmm.log
+grep -q '^signal  Manager BalloonInhibited=true BalloonInhibitors=1' /tmp/mini-vmm.log &&
+        grep -q '^signal  Manager BalloonInhibited=false BalloonInhibitors=0' /tmp/mini-vmm.log
+tap $? "libvfio-broker: balloon callbacks follow attach and detach on vfio-type1"
+$prefix/bin/vfio-brokerctl --json groups > /tmp/groups.json 2>&1 && grep -q '"viable": true' /tmp/groups.json
+tap $? "vfio-brokerctl --json groups lists the edu groups"
+$prefix/bin/vfio-brokerctl status | grep -q 'Backend: *vfio-type1'
+tap $? "vfio-brokerctl status shows the vfio-type1 backend"
+
 # Benchmark: figures, not a pass/fail test.
 groups=$(ls /dev/vfio | grep -v vfio | sort -n | head -n 2 | tr '\n' ' ')
 /tests/vm-map $groups 1000 2>&1 | sed 's/^/VMBENCH: /'

@@ -42,12 +42,12 @@ install -m 0755 "$here/init.sh" "$root/init"
 install -m 0755 "$here/run-in-vm.sh" "$root/tests/run.sh"
 install -m 0644 "$here/../system-bus.conf.in" "$root/tests/system-bus.conf.in"
 bins=(/usr/bin/dbus-daemon /usr/bin/busctl)
-for t in tests/integration/test-broker tests/vm/test-dma bench/vm-map; do
+for t in tests/integration/test-broker tests/vm/test-dma bench/vm-map client/mini-vmm; do
         [ -x "$builddir/$t" ] || bail "$builddir/$t was not built"
         cp "$builddir/$t" "$root/tests/"
         bins+=("$builddir/$t")
 done
-bins+=("$root/usr/local/sbin/vfio-brokerd")
+bins+=("$root/usr/local/sbin/vfio-brokerd" "$builddir/client/vfio-brokerctl" "$builddir/client/libvfio-broker.so.0")
 cp /usr/bin/dbus-daemon /usr/bin/busctl "$root/usr/bin/"
 
 # Shared libraries (and the dynamic loader) of every binary.
