@@ -77,3 +77,10 @@ wait "$agent"
 echo "== what the balloon agent saw"
 sed 's/^/   [agent] /' "$tmp/agent.log"
 echo "== done: BalloonInhibited is $(busctl --system get-property org.vfiobroker.Broker1 /org/vfiobroker/Broker1 org.vfiobroker.Broker1.Manager BalloonInhibited)"
+
+if [ "${VM:-0}" = 1 ]; then
+        echo "== the same on the real kernel: the test VM (QEMU, intel-iommu, edu devices bound to vfio-pci)"
+        [ -f "$builddir/build.ninja" ] && meson configure "$builddir" -Dvm_tests=enabled >/dev/null
+        meson compile -C "$builddir" >/dev/null
+        tests/vm/run-vm-tests.sh "$builddir" 2>/dev/null | grep -E '^(ok|not ok|#)'
+fi
