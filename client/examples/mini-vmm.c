@@ -35,9 +35,14 @@ static void drain(vfio_broker *b) {
                 ;
 }
 
+static vfio_broker_container *c;
+
 static int fail(vfio_broker *b, const char *what, int r) {
         fprintf(stderr, "%s failed: %s (%s, %s)\n", what, vfio_broker_error_message(b), vfio_broker_error_name(b),
                 strerror(-r));
+        /* Dropping the connection is enough for the broker to release everything; free our side. */
+        c = vfio_broker_container_free(c);
+        vfio_broker_unref(b);
         return EXIT_FAILURE;
 }
 
@@ -46,7 +51,6 @@ int main(int argc, char *argv[]) {
         uint64_t ram = 64ULL << 20;
         uint32_t group = 1;
         vfio_broker *b = NULL;
-        vfio_broker_container *c = NULL;
         vfio_broker_status status;
         vfio_broker_container_info info;
         char device_buf[64];
@@ -161,6 +165,7 @@ int main(int argc, char *argv[]) {
         drain(b);
 
         r = vfio_broker_container_close(c);
+        c = NULL; /* freed, also on failure */
         if (r < 0)
                 return fail(b, "Close", r);
         printf("closed the container\n");
