@@ -30,11 +30,18 @@ def log(msg):
     print("# harness: " + msg, flush=True)
 
 
-def start_bus(tmp, policy):
+POLKIT_BUS_POLICY = """<include ignore_missing="yes">/usr/share/dbus-1/system.d/org.freedesktop.PolicyKit1.conf</include>
+  <policy user="root"><allow own="org.freedesktop.PolicyKit1"/></policy>
+  <policy context="default"><allow send_destination="org.freedesktop.PolicyKit1"/></policy>"""
+
+
+def start_bus(tmp, policy, polkit=False):
     sock = os.path.join(tmp, "system_bus_socket")
     conf = os.path.join(tmp, "bus.conf")
     with open(BUS_CONF) as f:
         text = f.read().replace("@SOCKET@", sock).replace("@POLICY@", os.path.abspath(policy))
+        if polkit:
+            text = text.replace("<!-- @EXTRA@ -->", POLKIT_BUS_POLICY)
     with open(conf, "w") as f:
         f.write(text)
     r, w = os.pipe()
@@ -75,6 +82,49 @@ def start_daemon(tmp, daemon, backend, config, env):
     raise RuntimeError("vfio-brokerd did not become ready (exit status %s)" % proc.poll())
 
 
+def start_polkitd(tmp, actions, rules, env):
+    """The real polkitd on the private bus, in a private mount namespace where the project's .policy
+    and the test's rules are all it sees. It drops to the polkitd user itself."""
+    dirs = {}
+    for name, files in (("actions", actions), ("rules", rules), ("empty", [])):
+        d = os.path.join(tmp, "polkit-" + name)
+        os.mkdir(d)
+        os.chmod(d, 0o755)
+        for f in files:
+            with open(f) as src, open(os.path.join(d, os.path.basename(f)), "w") as dst:
+                dst.write(src.read())
+            os.chmod(os.path.join(d, os.path.basename(f)), 0o644)
+        dirs[name] = d
+    script = ("mount --bind {actions} /usr/share/polkit-1/actions && "
+              "mount --bind {rules} /etc/polkit-1/rules.d && "
+              "mount --bind {empty} /usr/share/polkit-1/rules.d && "
+              "exec /usr/lib/polkit-1/polkitd --no-debug").format(**dirs)
+    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], env=env)
+    wait_for_name(env, "org.freedesktop.PolicyKit1", proc)
+    return proc
+
+
+def start_polkit_mock(env):
+    """python3-dbusmock's polkitd template: answers as told (SetAllowed), or hangs (SimulateHang)."""
+    proc = subprocess.Popen(["/usr/bin/python3", "-m", "dbusmock", "--system", "--template", "polkitd"], env=env,
+                            stdout=subprocess.DEVNULL)
+    wait_for_name(env, "org.freedesktop.PolicyKit1", proc)
+    return proc
+
+
+def wait_for_name(env, name, proc):
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        r = subprocess.run(["busctl", "--system", "call", "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                            "org.freedesktop.DBus", "NameHasOwner", "s", name], env=env, capture_output=True, text=True)
+        if r.stdout.strip() == "b true":
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise RuntimeError("%s did not appear on the bus" % name)
+
+
 def sanitizer_reports(tmp):
     found = []
     for path in glob.glob(os.path.join(tmp, "sanitizer*")):
@@ -92,6 +142,10 @@ def main():
     ap.add_argument("--backend", default="sim")
     ap.add_argument("--config")
     ap.add_argument("--config-json", help="configuration text, written to a temporary file")
+    ap.add_argument("--polkitd", action="store_true", help="run the real polkitd with --polkit-policy/--polkit-rules")
+    ap.add_argument("--polkit-policy", action="append", default=[])
+    ap.add_argument("--polkit-rules", action="append", default=[])
+    ap.add_argument("--polkit-mock", action="store_true", help="run python3-dbusmock's polkitd template")
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     a = ap.parse_args()
     cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
@@ -112,11 +166,17 @@ def main():
         with open(config, "w") as f:
             f.write(a.config_json)
 
-    bus = daemon = None
+    bus = daemon = polkit = None
     status = 1
     try:
-        bus, address = start_bus(tmp, a.policy)
+        bus, address = start_bus(tmp, a.policy, polkit=a.polkitd or a.polkit_mock)
         env["DBUS_SYSTEM_BUS_ADDRESS"] = address
+        if a.polkitd:
+            polkit = start_polkitd(tmp, a.polkit_policy, a.polkit_rules, env)
+        elif a.polkit_mock:
+            polkit = start_polkit_mock(env)
+        if polkit:
+            env["VFIO_BROKER_POLKIT_PID"] = str(polkit.pid)
         daemon = start_daemon(tmp, a.daemon, a.backend, config, env)
         env["VFIO_BROKER_DAEMON_PID"] = str(daemon.pid)
         status = subprocess.call(cmd, env=env)
@@ -136,6 +196,9 @@ def main():
     finally:
         if daemon and daemon.poll() is None:
             daemon.kill()
+        if polkit and polkit.poll() is None:
+            polkit.terminate()
+            polkit.wait()
         if bus:
             bus.terminate()
             bus.wait()
