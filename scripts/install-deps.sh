@@ -8,7 +8,7 @@ packages=(
         # build
         gcc meson ninja-build pkg-config libsystemd-dev libjson-c-dev libglib2.0-dev libglib2.0-bin
         # tests: cmocka, a real bus and polkitd, busctl/gdbus, sanitizers and fuzzers, manual lint
-        libcmocka-dev dbus-daemon dbus-bin polkitd systemd python3 clang libclang-rt-14-dev mandoc
+        libcmocka-dev dbus-daemon dbus-bin polkitd systemd python3 python3-dbusmock clang libclang-rt-14-dev mandoc
         util-linux
         # the real-kernel VM tests: QEMU (TCG), busybox for the initramfs, cpio, kmod tools
         qemu-system-x86 busybox-static cpio xz-utils kmod
