@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config.h"
 
@@ -92,10 +93,13 @@ int broker_config_new_default(BrokerConfig **ret) {
         c->sim.page_sizes = UINT64_C(0x40201000); /* 4K | 2M | 1G */
         c->sim.dma_entry_limit = 65535;           /* vfio_iommu_type1's dma_entry_limit default */
 
+        /* Out of the box, no user may pin more than half of the host's memory, however many VMs it
+         * starts; root is not limited unless named in "users" (see quota.c). */
+        long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
         c->default_limits = (LimitConfig) {
-                .containers = 64,
+                .containers = 16,
                 .mappings = 65535,
-                .pinned_bytes = UINT64_MAX,
+                .pinned_bytes = pages > 0 && page_size > 0 ? (uint64_t) pages * (uint64_t) page_size / 2 : UINT64_MAX,
         };
 
         *ret = TAKE_PTR(c);

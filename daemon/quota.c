@@ -44,6 +44,13 @@ void quota_resolve_limits(const BrokerConfig *config, uid_t uid, LimitConfig *re
                         return;
                 }
 
+        /* Root can pin memory without the broker anyway: limiting it protects nothing, and would
+         * break a root VMM (libvirt's QEMU) out of the box. An explicit "users" entry still applies. */
+        if (uid == 0) {
+                *ret = (LimitConfig) { UINT64_MAX, UINT64_MAX, UINT64_MAX };
+                return;
+        }
+
         if (pwp && config->n_group_limits > 0 &&
             getgrouplist(pwp->pw_name, pwp->pw_gid, groups, &n_groups) >= 0) {
                 LimitConfig best = {};

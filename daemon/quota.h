@@ -5,7 +5,8 @@
  * pinned bytes, charged to the uid of the container's owner (like dbus-broker's user.c charges every
  * connection to its uid). The limits come from the configuration: a "users" entry for the uid (by
  * name or number) wins; otherwise the most generous "groups" entry among the user's unix groups;
- * otherwise "default". Limits are resolved when a user's first object is charged. */
+ * otherwise "default"; root is unlimited unless it has a "users" entry. Limits are resolved when a
+ * user's first object is charged. */
 
 #include <stdint.h>
 #include <sys/types.h>

@@ -23,7 +23,10 @@ static void test_defaults(void **state) {
         assert_int_equal(c->sim.n_iova_ranges, 2);
         assert_int_equal(c->sim.page_sizes, 0x40201000);
         assert_int_equal(c->sim.dma_entry_limit, 65535);
-        assert_int_equal(c->default_limits.containers, 64);
+        assert_int_equal(c->default_limits.containers, 16);
+        /* Half the host's memory. */
+        assert_int_equal(c->default_limits.pinned_bytes,
+                         (uint64_t) sysconf(_SC_PHYS_PAGES) * (uint64_t) sysconf(_SC_PAGESIZE) / 2);
         broker_config_free(c);
 
         /* An empty object is the defaults too. */
