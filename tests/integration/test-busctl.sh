@@ -32,6 +32,15 @@ check "gdbus introspect (GDBus over the same bus) sees the Manager and ObjectMan
         bash -c "gdbus introspect --system --dest $B --object-path $R | grep -q 'interface org.vfiobroker.Broker1.Manager' &&
                  gdbus introspect --system --dest $B --object-path $R | grep -q 'interface org.freedesktop.DBus.ObjectManager'"
 
+check "the bus policy lets only root own org.vfiobroker.Broker1" \
+        bash -c "setpriv --reuid=65534 --regid=65534 --clear-groups busctl --system call org.freedesktop.DBus \
+                 /org/freedesktop/DBus org.freedesktop.DBus RequestName su $B.Impostor 0 2>&1 | grep -q -i 'denied' &&
+                 setpriv --reuid=65534 --regid=65534 --clear-groups busctl --system call org.freedesktop.DBus \
+                 /org/freedesktop/DBus org.freedesktop.DBus RequestName su $B 0 2>&1 | grep -q -i 'denied'"
+check "everyone may call it: an unprivileged user reads the Manager" \
+        bash -c "setpriv --reuid=65534 --regid=65534 --clear-groups busctl --system get-property $B $R $B.Manager Backend |
+                 grep -x 's \"sim\"'"
+
 # A container created by busctl lives as long as busctl's connection: it is gone right after.
 path=$(busctl --system call $B $R $B.Manager CreateContainer 'a{sv}' 1 Label s from-busctl | awk '{ print $2 }' | tr -d '"')
 check "busctl call CreateContainer returns a container path" bash -c "[[ '$path' == $R/container/* ]]"
