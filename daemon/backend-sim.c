@@ -17,6 +17,7 @@
 #include <assert.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -334,6 +335,92 @@ static int sim_container_open_device(BackendContainer *bc, unsigned id, const ch
         return pair[1];
 }
 
+/* Only the device fds are real in the sim: they keep a group busy across a restart as in the kernel.
+ * Its DMA state comes back from the broker's state through container_restore_mapping(). */
+static int sim_container_get_fds(BackendContainer *bc, BackendFd **ret, size_t *ret_n) {
+        SimContainer *c = (SimContainer *) bc;
+        BackendFd *fds = NULL;
+        size_t n = 0;
+
+        for (size_t i = 0; i < c->sim->n_groups; i++) {
+                SimGroup *g = &c->sim->groups[i];
+                if (g->container != c)
+                        continue;
+                (void) sim_group_prune_devices(g);
+                for (size_t k = 0; k < g->n_device_ends; k++) {
+                        BackendFd *a = realloc(fds, (n + 1) * sizeof(BackendFd));
+                        if (!a) {
+                                free(fds);
+                                return -ENOMEM;
+                        }
+                        fds = a;
+                        fds[n] = (BackendFd) { .fd = g->device_ends[k], .poll = true };
+                        snprintf(fds[n].name, sizeof(fds[n].name), "device-%u-%zu", g->config->id, k);
+                        n++;
+                }
+        }
+        *ret = fds;
+        *ret_n = n;
+        return 0;
+}
+
+static int sim_container_restore(Backend *b, BackendFd *fds, size_t n_fds, const unsigned *groups, size_t n_groups,
+                                 BackendContainer **ret, BrokerError *e) {
+        SimBackend *s = (SimBackend *) b;
+        BackendContainer *bc;
+        SimContainer *c;
+        int r;
+
+        r = sim_container_new(b, &bc, e);
+        if (r < 0)
+                return r;
+        c = (SimContainer *) bc;
+        for (size_t i = 0; i < n_groups; i++) {
+                SimGroup *g = sim_find_group(s, groups[i]);
+                if (!g || g->container) {
+                        sim_container_free(bc);
+                        return broker_error_set(e, BROKER_ERROR_NO_SUCH_GROUP, "sim: group %u cannot be restored.",
+                                                groups[i]);
+                }
+                g->container = c;
+                c->n_groups++;
+                c->iommu_set = true;
+        }
+        for (size_t i = 0; i < n_fds; i++) {
+                unsigned id;
+                size_t k;
+                SimGroup *g;
+                int *a;
+
+                if (sscanf(fds[i].name, "device-%u-%zu", &id, &k) != 2 || !(g = sim_find_group(s, id)) ||
+                    g->container != c)
+                        continue;
+                a = realloc(g->device_ends, (g->n_device_ends + 1) * sizeof(int));
+                if (!a)
+                        continue;
+                g->device_ends = a;
+                g->device_ends[g->n_device_ends++] = fds[i].fd;
+                fds[i].fd = -EBADF;
+        }
+        *ret = bc;
+        return 0;
+}
+
+static int sim_container_restore_mapping(BackendContainer *bc, uint64_t vaddr, uint64_t iova, uint64_t size,
+                                         uint32_t flags, BrokerError *e) {
+        return sim_container_map(bc, vaddr, iova, size, flags, e);
+}
+
+static int sim_container_invalidate_vaddr(BackendContainer *bc, uint64_t iova, uint64_t size) {
+        return 0;
+}
+
+/* The simulated kernel state lives in this process: nothing outlives it but the device fds in the
+ * store; the next instance rebuilds the rest from the broker's state. */
+static void sim_container_abandon(BackendContainer *bc) {
+        sim_container_free(bc);
+}
+
 static void sim_free(Backend *b) {
         SimBackend *s = (SimBackend *) b;
 
@@ -359,6 +446,11 @@ static const BackendOps sim_ops = {
         .container_map = sim_container_map,
         .container_unmap = sim_container_unmap,
         .container_open_device = sim_container_open_device,
+        .container_get_fds = sim_container_get_fds,
+        .container_restore = sim_container_restore,
+        .container_restore_mapping = sim_container_restore_mapping,
+        .container_invalidate_vaddr = sim_container_invalidate_vaddr,
+        .container_abandon = sim_container_abandon,
 };
 
 static int group_config_compare(const void *a, const void *b) {

@@ -499,6 +499,107 @@ static int vfio_container_open_device(BackendContainer *bc, unsigned id, const c
         return fd;
 }
 
+static int vfio_container_get_fds(BackendContainer *bc, BackendFd **ret, size_t *ret_n) {
+        VfioContainer *c = (VfioContainer *) bc;
+        BackendFd *fds = calloc(c->n_groups + 1, sizeof(BackendFd));
+
+        if (!fds)
+                return -ENOMEM;
+        fds[0] = (BackendFd) { .name = "container", .fd = c->fd, .poll = false };
+        for (size_t i = 0; i < c->n_groups; i++) {
+                /* VFIO group fds have no poll(): tell the fd store not to watch them. */
+                fds[i + 1] = (BackendFd) { .fd = c->groups[i].fd, .poll = false };
+                snprintf(fds[i + 1].name, sizeof(fds[i + 1].name), "group-%u", c->groups[i].id);
+        }
+        *ret = fds;
+        *ret_n = c->n_groups + 1;
+        return 0;
+}
+
+static int vfio_container_restore(Backend *b, BackendFd *fds, size_t n_fds, const unsigned *groups, size_t n_groups,
+                                  BackendContainer **ret, BrokerError *e) {
+        VfioContainer *c;
+        ssize_t container = -1;
+
+        for (size_t i = 0; i < n_fds; i++)
+                if (strcmp(fds[i].name, "container") == 0)
+                        container = (ssize_t) i;
+        if (container < 0)
+                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "The container's fd was not kept.");
+        /* Repointing the kernel at the new daemon's addresses needs VFIO_UPDATE_VADDR (Linux 5.12). */
+        if (ioctl(fds[container].fd, VFIO_CHECK_EXTENSION, VFIO_UPDATE_VADDR) <= 0)
+                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS,
+                                        "The kernel cannot update DMA addresses (no VFIO_UPDATE_VADDR).");
+
+        c = calloc(1, sizeof(*c));
+        if (!c)
+                return -ENOMEM;
+        c->groups = calloc(n_groups ? n_groups : 1, sizeof(VfioGroupFd));
+        if (!c->groups) {
+                free(c);
+                return -ENOMEM;
+        }
+        c->base.backend = b;
+        c->fd = fds[container].fd;
+        fds[container].fd = -EBADF;
+        c->iommu_set = n_groups > 0;
+
+        for (size_t g = 0; g < n_groups; g++) {
+                char name[48];
+                ssize_t found = -1;
+
+                snprintf(name, sizeof(name), "group-%u", groups[g]);
+                for (size_t i = 0; i < n_fds; i++)
+                        if (fds[i].fd >= 0 && strcmp(fds[i].name, name) == 0)
+                                found = (ssize_t) i;
+                if (found < 0) {
+                        vfio_container_free(&c->base);
+                        return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "The fd of group %u was not kept.",
+                                                groups[g]);
+                }
+                c->groups[c->n_groups++] = (VfioGroupFd) { .id = groups[g], .fd = fds[found].fd };
+                fds[found].fd = -EBADF;
+        }
+        *ret = &c->base;
+        return 0;
+}
+
+static int vfio_container_invalidate_vaddr(BackendContainer *bc, uint64_t iova, uint64_t size) {
+        VfioContainer *c = (VfioContainer *) bc;
+        struct vfio_iommu_type1_dma_unmap unmap = {
+                .argsz = sizeof(unmap), .flags = VFIO_DMA_UNMAP_FLAG_VADDR, .iova = iova, .size = size,
+        };
+
+        return ioctl(c->fd, VFIO_IOMMU_UNMAP_DMA, &unmap) < 0 ? -errno : 0;
+}
+
+static int vfio_container_restore_mapping(BackendContainer *bc, uint64_t vaddr, uint64_t iova, uint64_t size,
+                                          uint32_t flags, BrokerError *e) {
+        VfioContainer *c = (VfioContainer *) bc;
+        struct vfio_iommu_type1_dma_map map = {
+                .argsz = sizeof(map), .flags = VFIO_DMA_MAP_FLAG_VADDR, .vaddr = vaddr, .iova = iova, .size = size,
+        };
+
+        if (ioctl(c->fd, VFIO_IOMMU_MAP_DMA, &map) == 0)
+                return 0;
+        /* After a crash the old addresses were never invalidated: do it now, then repoint. The
+         * mapping and its pins stay throughout; only the kernel's idea of the daemon's address moves. */
+        if (errno == EINVAL && vfio_container_invalidate_vaddr(bc, iova, size) == 0 &&
+            ioctl(c->fd, VFIO_IOMMU_MAP_DMA, &map) == 0)
+                return 0;
+        return broker_error_set_errno(e, -errno, "VFIO_IOMMU_MAP_DMA(VADDR) for IOVA 0x%" PRIx64 " failed", iova);
+}
+
+static void vfio_container_abandon(BackendContainer *bc) {
+        VfioContainer *c = (VfioContainer *) bc;
+
+        for (size_t i = 0; i < c->n_groups; i++)
+                safe_close(c->groups[i].fd);
+        free(c->groups);
+        safe_close(c->fd);
+        free(c);
+}
+
 static void vfio_free(Backend *b) {
         free(b);
 }
@@ -516,6 +617,11 @@ static const BackendOps vfio_ops = {
         .container_map = vfio_container_map,
         .container_unmap = vfio_container_unmap,
         .container_open_device = vfio_container_open_device,
+        .container_get_fds = vfio_container_get_fds,
+        .container_restore = vfio_container_restore,
+        .container_restore_mapping = vfio_container_restore_mapping,
+        .container_invalidate_vaddr = vfio_container_invalidate_vaddr,
+        .container_abandon = vfio_container_abandon,
 };
 
 int backend_vfio_new(const BrokerConfig *config, Backend **ret, BrokerError *e) {

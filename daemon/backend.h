@@ -48,6 +48,14 @@ typedef struct BackendIommuInfo {
 
 void backend_iommu_info_done(BackendIommuInfo *info);
 
+/* An fd that carries kernel state across a daemon restart, under a name stable within its container
+ * ("container", "group-3", "device-3-0"): the broker keeps it in systemd's fd store. */
+typedef struct BackendFd {
+        char name[48];
+        int fd;       /* owned by the backend */
+        bool poll;    /* false for VFIO group fds, which are not pollable (FDPOLL=0) */
+} BackendFd;
+
 typedef struct BackendOps {
         const char *name; /* the Manager's Backend property: "vfio-type1" or "sim" */
 
@@ -87,6 +95,28 @@ typedef struct BackendOps {
         /* Returns a new device fd (O_CLOEXEC) for a device of an attached group. */
         int (*container_open_device)(BackendContainer *c, unsigned group, const char *device,
                                      BrokerError *e);
+
+        /* --- restart (state.c) --- */
+
+        /* The fds to keep across a restart; *ret is a new array of borrowed fds. */
+        int (*container_get_fds)(BackendContainer *c, BackendFd **ret, size_t *ret_n);
+
+        /* Rebuilds a container a previous instance of the daemon left behind, from the fds it stored
+         * (the backend takes the fds it uses and sets their fd to -1) and the groups it had attached. */
+        int (*container_restore)(Backend *b, BackendFd *fds, size_t n_fds, const unsigned *groups,
+                                 size_t n_groups, BackendContainer **ret, BrokerError *e);
+
+        /* After container_restore(): one mapping as it was, now at this daemon's address of the same
+         * memory (type1: VFIO_DMA_MAP_FLAG_VADDR; DMA never stopped). */
+        int (*container_restore_mapping)(BackendContainer *c, uint64_t vaddr, uint64_t iova, uint64_t size,
+                                         uint32_t flags, BrokerError *e);
+
+        /* Before an orderly exit that leaves the container to the next instance: the kernel forgets the
+         * daemon's address of the mapping but keeps the DMA going (VFIO_DMA_UNMAP_FLAG_VADDR). */
+        int (*container_invalidate_vaddr)(BackendContainer *c, uint64_t iova, uint64_t size);
+
+        /* Frees the backend's side without touching the kernel objects, which the fd store keeps. */
+        void (*container_abandon)(BackendContainer *c);
 } BackendOps;
 
 struct Backend {

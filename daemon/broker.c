@@ -13,6 +13,7 @@
 #include "manager-dbus.h"
 #include "polkit.h"
 #include "quota.h"
+#include "state.h"
 
 int broker_new(sd_event *event, Backend *backend, BrokerConfig *config, Broker **ret) {
         _cleanup_(broker_freep) Broker *b = NULL;
@@ -55,6 +56,7 @@ Broker *broker_free(Broker *b) {
         }
         backend_free(b->backend);
         broker_config_free(b->config);
+        free(b->state_dir);
         sd_event_unref(b->event);
         free(b);
         return NULL;
@@ -191,6 +193,11 @@ int broker_connect_bus(Broker *b) {
         r = sd_bus_set_exit_on_disconnect(b->bus, true);
         if (r < 0)
                 return log_error_errno(r, "Failed to set exit-on-disconnect: %m");
+
+        /* Containers a previous instance left behind come back before anybody can call us. */
+        r = state_restore(b);
+        if (r < 0)
+                return r;
 
         r = sd_bus_request_name(b->bus, BROKER_BUS_NAME, 0);
         if (r < 0)

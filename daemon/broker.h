@@ -41,6 +41,9 @@ typedef struct Broker {
 
         unsigned balloon_inhibitors; /* groups attached to containers, summed over all containers */
 
+        char *state_dir;      /* persistence across restarts, NULL when off (state.c) */
+        bool handing_over;    /* exiting with every container left to the next instance */
+
         PolkitQuery *polkit_queries; /* authorization checks in flight, see polkit.c */
 } Broker;
 

@@ -313,7 +313,7 @@ static int container_track_handler(sd_bus_track *track, void *userdata) {
         return 0;
 }
 
-int container_dbus_attach(Container *c, sd_bus_message *m) {
+int container_dbus_track(Container *c, const char *owner) {
         int r;
 
         if (!c->broker->bus)
@@ -322,11 +322,15 @@ int container_dbus_attach(Container *c, sd_bus_message *m) {
         r = sd_bus_track_new(c->broker->bus, &c->track, container_track_handler, c);
         if (r < 0)
                 return r;
-        r = sd_bus_track_add_sender(c->track, m);
+        r = sd_bus_track_add_name(c->track, owner);
         if (r < 0)
                 return r;
 
         return sd_bus_emit_object_added(c->broker->bus, c->path);
+}
+
+int container_dbus_attach(Container *c, sd_bus_message *m) {
+        return container_dbus_track(c, sd_bus_message_get_sender(m));
 }
 
 void container_dbus_close(Container *c) {

@@ -9,6 +9,9 @@ int container_dbus_register(Broker *b);
 /* Starts tracking the owner (the sender of m) and announces the object. */
 int container_dbus_attach(Container *c, sd_bus_message *m);
 
+/* Starts tracking owner (a unique name, e.g. of a container restored after a restart). */
+int container_dbus_track(Container *c, const char *owner);
+
 /* Close(): announce removal, then free everything (container_free()). */
 void container_dbus_close(Container *c);
 

@@ -12,58 +12,88 @@
 #include "group-dbus.h"
 #include "log.h"
 #include "quota.h"
+#include "state.h"
 
-int container_new(Broker *b, const char *owner, uid_t uid, const char *label, Container **ret,
-                  BrokerError *e) {
+static int container_alloc(Broker *b, uint64_t id, const char *owner, uid_t uid, const char *label,
+                           Container **ret) {
         _cleanup_free_ Container *c = NULL;
-        _cleanup_(backend_container_freep) BackendContainer *bc = NULL;
         _cleanup_(memory_pool_freep) MemoryPool *pool = NULL;
         _cleanup_free_ char *path = NULL, *owner_copy = NULL, *label_copy = NULL;
-        int r;
-
-        assert(b);
-        assert(owner);
-        assert(ret);
 
         c = calloc(1, sizeof(*c));
         if (!c)
                 return -ENOMEM;
-
         pool = memory_pool_new();
         owner_copy = strdup(owner);
         label_copy = strdup(label ?: "");
         if (!pool || !owner_copy || !label_copy)
                 return -ENOMEM;
-        if (asprintf(&path, BROKER_CONTAINER_PREFIX "/%" PRIu64, b->next_container_id) < 0)
+        if (asprintf(&path, BROKER_CONTAINER_PREFIX "/%" PRIu64, id) < 0)
                 return -ENOMEM;
 
-        r = quota_charge(b, uid, 1, 0, 0, e);
-        if (r < 0)
-                return r;
-
-        r = b->backend->ops->container_new(b->backend, &bc, e);
-        if (r < 0) {
-                quota_release(b, uid, 1, 0, 0);
-                return r;
-        }
-
         c->broker = b;
-        c->id = b->next_container_id++;
+        c->id = id;
         c->path = TAKE_PTR(path);
         c->owner = TAKE_PTR(owner_copy);
         c->label = TAKE_PTR(label_copy);
         c->uid = uid;
-        c->backend = TAKE_PTR(bc);
         c->memory = TAKE_PTR(pool);
         c->mappings = MAPPING_TABLE_INIT;
+        *ret = TAKE_PTR(c);
+        return 0;
+}
+
+static void container_link(Container *c) {
+        Broker *b = c->broker;
 
         c->next = b->containers;
         if (b->containers)
                 b->containers->prev = c;
         b->containers = c;
         b->n_containers++;
+        if (c->id >= b->next_container_id)
+                b->next_container_id = c->id + 1;
+}
 
-        *ret = TAKE_PTR(c);
+static void container_unalloc(Container *c) {
+        memory_pool_free(c->memory);
+        free(c->path);
+        free(c->owner);
+        free(c->label);
+        free(c);
+}
+
+int container_new(Broker *b, const char *owner, uid_t uid, const char *label, Container **ret,
+                  BrokerError *e) {
+        _cleanup_(backend_container_freep) BackendContainer *bc = NULL;
+        Container *c;
+        int r;
+
+        assert(b);
+        assert(owner);
+        assert(ret);
+
+        r = container_alloc(b, b->next_container_id, owner, uid, label, &c);
+        if (r < 0)
+                return r;
+
+        r = quota_charge(b, uid, 1, 0, 0, e);
+        if (r < 0) {
+                container_unalloc(c);
+                return r;
+        }
+
+        r = b->backend->ops->container_new(b->backend, &bc, e);
+        if (r < 0) {
+                quota_release(b, uid, 1, 0, 0);
+                container_unalloc(c);
+                return r;
+        }
+        c->backend = TAKE_PTR(bc);
+        container_link(c);
+        (void) state_save_container(c);
+
+        *ret = c;
         return 0;
 }
 
@@ -89,9 +119,15 @@ Container *container_free(Container *c) {
                 c->next->prev = c->prev;
         b->n_containers--;
 
-        /* The backend unmaps (unpins) and detaches everything first; only then may the memory the
-         * IOMMU pointed at be unmapped from the daemon. */
-        backend_container_free(c->backend);
+        if (b->handing_over)
+                /* The next instance takes over: leave every kernel object as it is. */
+                c->backend->backend->ops->container_abandon(c->backend);
+        else {
+                /* The backend unmaps (unpins) and detaches everything first; only then may the memory
+                 * the IOMMU pointed at be unmapped from the daemon. */
+                backend_container_free(c->backend);
+                state_forget_container(c);
+        }
 
         for (size_t i = 0; i < c->n_groups; i++) {
                 Group *g = broker_find_group(b, c->groups[i]);
@@ -113,6 +149,7 @@ Container *container_free(Container *c) {
         quota_release(b, c->uid, 1, 0, 0);
 
         sd_bus_track_unref(c->track);
+        strv_free(c->stored_fds);
         free(c->path);
         free(c->owner);
         free(c->label);
@@ -213,6 +250,7 @@ int container_attach_group(Container *c, unsigned id, BrokerError *e) {
         g->container = c;
         log_info("Container %" PRIu64 " (%s, uid %u): attached VFIO group %u.", c->id, c->label, c->uid, id);
 
+        (void) state_save_container(c);
         (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_GROUPS |
                                               CONTAINER_PROPERTY_IOVA_RANGES |
                                               CONTAINER_PROPERTY_PAGE_SIZES |
@@ -263,6 +301,7 @@ int container_detach_group(Container *c, unsigned id, BrokerError *e) {
         }
         log_info("Container %" PRIu64 " (%s, uid %u): detached VFIO group %u.", c->id, c->label, c->uid, id);
 
+        (void) state_save_container(c);
         (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_GROUPS |
                                               CONTAINER_PROPERTY_IOVA_RANGES |
                                               CONTAINER_PROPERTY_PAGE_SIZES |
@@ -396,6 +435,7 @@ int container_map(Container *c, int fd, uint64_t offset, uint64_t size, uint64_t
         (void) r;
         TAKE_PTR(m);
 
+        (void) state_save_container(c);
         (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES);
         return 0;
 }
@@ -446,6 +486,90 @@ int container_unmap(Container *c, uint64_t iova, uint64_t size, BrokerError *e) 
                 mapping_free(c, container_of(node, Mapping, node));
         }
 
+        (void) state_save_container(c);
         (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES);
+        return 0;
+}
+
+int container_new_restored(Broker *b, uint64_t id, const char *owner, uid_t uid, const char *label,
+                           BackendContainer *bc, const unsigned *groups, size_t n_groups, Container **ret,
+                           BrokerError *e) {
+        Container *c;
+        int r;
+
+        if (broker_find_container(b, id))
+                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "Container %" PRIu64 " exists twice.", id);
+        for (size_t i = 0; i < n_groups; i++) {
+                Group *g = broker_find_group(b, groups[i]);
+                if (!g || g->container)
+                        return broker_error_set(e, BROKER_ERROR_NO_SUCH_GROUP,
+                                                "VFIO group %u of container %" PRIu64 " is gone or taken.",
+                                                groups[i], id);
+        }
+
+        r = container_alloc(b, id, owner, uid, label, &c);
+        if (r < 0)
+                return r;
+        c->groups = calloc(n_groups ? n_groups : 1, sizeof(unsigned));
+        if (!c->groups) {
+                container_unalloc(c);
+                return -ENOMEM;
+        }
+        /* Accounted as before the restart; limits may have changed meanwhile, but what is held is held. */
+        r = quota_charge_force(b, uid, 1, 0, 0);
+        if (r < 0) {
+                container_unalloc(c);
+                return r;
+        }
+        c->backend = bc;
+        memcpy(c->groups, groups, n_groups * sizeof(unsigned));
+        c->n_groups = n_groups;
+        qsort(c->groups, c->n_groups, sizeof(unsigned), unsigned_compare);
+        container_link(c);
+
+        for (size_t i = 0; i < n_groups; i++)
+                broker_find_group(b, groups[i])->container = c;
+        if (n_groups > 0)
+                broker_balloon_inhibitors_changed(b, (int) n_groups);
+        (void) container_refresh_iommu(c, NULL);
+
+        *ret = c;
+        return 0;
+}
+
+int container_restore_mapping(Container *c, unsigned region, uint64_t offset, uint64_t size, uint64_t iova,
+                              uint32_t flags, BrokerError *e) {
+        _cleanup_free_ Mapping *m = NULL;
+        uint64_t vaddr;
+        int r;
+
+        if (size == 0 || iova + (size - 1) < iova || (flags & ~(BROKER_MAP_READ | BROKER_MAP_WRITE)) || !flags)
+                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "Malformed mapping in the state.");
+        if (mapping_table_first_intersecting(&c->mappings, iova, iova + (size - 1)))
+                return broker_error_set(e, BROKER_ERROR_OVERLAP, "Overlapping mappings in the state.");
+
+        m = calloc(1, sizeof(*m));
+        if (!m)
+                return -ENOMEM;
+        mapping_table_node_init(&m->node, iova, size);
+        m->offset = offset;
+        m->flags = flags;
+
+        r = memory_pool_acquire_id(c->memory, region, offset, size, &m->region, &vaddr, e);
+        if (r < 0)
+                return r;
+        r = c->broker->backend->ops->container_restore_mapping(c->backend, vaddr, iova, size, flags, e);
+        if (r < 0) {
+                memory_pool_release(c->memory, m->region);
+                return r;
+        }
+        r = quota_charge_force(c->broker, c->uid, 0, 1, size);
+        if (r < 0) {
+                memory_pool_release(c->memory, m->region);
+                return r;
+        }
+        r = mapping_table_insert(&c->mappings, &m->node, NULL);
+        assert(r == 0);
+        TAKE_PTR(m);
         return 0;
 }

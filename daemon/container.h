@@ -42,6 +42,8 @@ struct Container {
 
         MappingTable mappings;
         MemoryPool *memory;
+
+        char **stored_fds;    /* names this container has in the fd store (state.c) */
 };
 
 /* Property bits for change notification. */
@@ -56,6 +58,14 @@ typedef enum ContainerProperty {
 
 int container_new(Broker *b, const char *owner, uid_t uid, const char *label, Container **ret,
                   BrokerError *e);
+
+/* A container a previous instance left behind (state.c): id and backend container given. */
+int container_new_restored(Broker *b, uint64_t id, const char *owner, uid_t uid, const char *label,
+                           BackendContainer *bc, const unsigned *groups, size_t n_groups, Container **ret,
+                           BrokerError *e);
+/* Re-adds one mapping of a restored container. */
+int container_restore_mapping(Container *c, unsigned region, uint64_t offset, uint64_t size, uint64_t iova,
+                              uint32_t flags, BrokerError *e);
 
 /* Unmaps everything, detaches every group, releases the memory, unlinks from the broker and frees.
  * The D-Bus side (object removal, track) is done by container_dbus_close() which calls this. */

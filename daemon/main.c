@@ -15,6 +15,7 @@
 #include "group-dbus.h"
 #include "log.h"
 #include "manager-dbus.h"
+#include "state.h"
 
 typedef enum BackendKind {
         BACKEND_AUTO,
@@ -25,6 +26,7 @@ typedef enum BackendKind {
 typedef struct Arguments {
         BackendKind backend;
         const char *config_path;
+        const char *state_dir;
         bool check_config;
 } Arguments;
 
@@ -38,6 +40,8 @@ static void help(void) {
                "                          Kernel VFIO type1 (auto: when /dev/vfio/vfio exists)\n"
                "                          or the in-memory simulation\n"
                "     --config=PATH        Configuration file (default " DEFAULT_CONFIG_PATH ")\n"
+               "     --state-dir=PATH     Where to keep container state for restarts\n"
+               "                          (default /run/vfio-broker; used under a service manager)\n"
                "     --check-config[=PATH]\n"
                "                          Validate a configuration file and exit\n"
                "     --debug              Log debug messages\n"
@@ -50,6 +54,7 @@ static int parse_argv(int argc, char *argv[], Arguments *args) {
                 ARG_BACKEND,
                 ARG_CONFIG,
                 ARG_CHECK_CONFIG,
+                ARG_STATE_DIR,
                 ARG_DEBUG,
         };
         static const struct option options[] = {
@@ -58,6 +63,7 @@ static int parse_argv(int argc, char *argv[], Arguments *args) {
                 { "backend",      required_argument, NULL, ARG_BACKEND      },
                 { "config",       required_argument, NULL, ARG_CONFIG       },
                 { "check-config", optional_argument, NULL, ARG_CHECK_CONFIG },
+                { "state-dir",    required_argument, NULL, ARG_STATE_DIR    },
                 { "debug",        no_argument,       NULL, ARG_DEBUG        },
                 {}
         };
@@ -90,6 +96,9 @@ static int parse_argv(int argc, char *argv[], Arguments *args) {
                         args->check_config = true;
                         if (optarg)
                                 args->config_path = optarg;
+                        break;
+                case ARG_STATE_DIR:
+                        args->state_dir = optarg;
                         break;
                 case ARG_DEBUG:
                         log_set_max_level(7);
@@ -157,7 +166,8 @@ static int on_vfio_dir_change(sd_event_source *s, const struct inotify_event *ev
 }
 
 static int run(int argc, char *argv[]) {
-        Arguments args = { .backend = BACKEND_AUTO, .config_path = DEFAULT_CONFIG_PATH };
+        Arguments args = { .backend = BACKEND_AUTO, .config_path = DEFAULT_CONFIG_PATH,
+                           .state_dir = "/run/vfio-broker" };
         _cleanup_(broker_config_freep) BrokerConfig *config = NULL;
         _cleanup_(backend_freep) Backend *backend = NULL;
         _cleanup_(broker_freep) Broker *broker = NULL;
@@ -211,6 +221,10 @@ static int run(int argc, char *argv[]) {
         if (r < 0)
                 return r;
 
+        r = state_setup(broker, args.state_dir);
+        if (r < 0)
+                return r;
+
         if (strcmp(backend_name(broker->backend), "sim") != 0 && access("/dev/vfio", F_OK) == 0) {
                 r = sd_event_add_inotify(event, NULL, "/dev/vfio", IN_CREATE | IN_DELETE | IN_ONLYDIR,
                                          on_vfio_dir_change, broker);
@@ -230,7 +244,10 @@ static int run(int argc, char *argv[]) {
         (void) sd_notify(false, "STOPPING=1\nSTATUS=Shutting down.");
         if (r < 0)
                 return log_error_errno(r, "Event loop failed: %m");
-        log_info("Shutting down.");
+        /* Under a service manager that keeps our fds, an orderly stop hands the VMs over to the next
+         * instance (systemd closes the fds, and so tears everything down, if none follows). */
+        if (!state_hand_over(broker))
+                log_info("Shutting down.");
         return 0;
 }
 

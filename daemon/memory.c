@@ -15,6 +15,7 @@
 
 struct MemoryRegion {
         MemoryRegion *next;
+        unsigned id;
         unsigned n_ref;
         dev_t dev;
         ino_t ino;
@@ -27,6 +28,7 @@ struct MemoryRegion {
 struct MemoryPool {
         MemoryRegion *regions;
         size_t n_regions;
+        unsigned next_id;
 };
 
 static const char *file_type_name(mode_t mode) {
@@ -194,6 +196,7 @@ int memory_pool_acquire(MemoryPool *pool, int fd, const MemoryFileInfo *info, ui
         }
 
         r->n_ref = 1;
+        r->id = pool->next_id++;
         r->dev = info->dev;
         r->ino = info->ino;
         r->prot = prot;
@@ -231,4 +234,91 @@ size_t memory_pool_size(const MemoryPool *pool) {
 
 int memory_region_fd(const MemoryRegion *region) {
         return region->fd;
+}
+
+unsigned memory_region_id(const MemoryRegion *region) {
+        return region->id;
+}
+
+uint32_t memory_region_flags(const MemoryRegion *region) {
+        return region->prot & PROT_WRITE ? BROKER_MAP_READ | BROKER_MAP_WRITE : BROKER_MAP_READ;
+}
+
+MemoryRegion *memory_pool_first(MemoryPool *pool) {
+        return pool->regions;
+}
+
+MemoryRegion *memory_region_next(MemoryRegion *region) {
+        return region->next;
+}
+
+int memory_pool_adopt(MemoryPool *pool, int fd, unsigned id, uint32_t flags, BrokerError *e) {
+        MemoryFileInfo info;
+        MemoryRegion *r;
+        uint64_t length;
+        int ret;
+
+        assert(pool);
+
+        for (MemoryRegion *i = pool->regions; i; i = i->next)
+                if (i->id == id)
+                        return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "Memory region %u appears twice.", id);
+
+        ret = memory_check_fd(fd, flags, &info, e);
+        if (ret < 0)
+                return ret;
+        length = info.file_size - info.file_size % info.page_size;
+        if (length == 0)
+                return broker_error_set(e, BROKER_ERROR_BAD_MEMORY, "Memory region %u is empty.", id);
+
+        r = calloc(1, sizeof(*r));
+        if (!r)
+                return -ENOMEM;
+        r->addr = mmap(NULL, length, prot_for(flags), MAP_SHARED | MAP_NORESERVE, fd, 0);
+        if (r->addr == MAP_FAILED) {
+                ret = -errno;
+                free(r);
+                return broker_error_set_errno(e, ret, "Cannot map memory region %u again", id);
+        }
+        r->fd = fd;
+        r->id = id;
+        r->dev = info.dev;
+        r->ino = info.ino;
+        r->prot = prot_for(flags);
+        r->length = length;
+        r->next = pool->regions;
+        pool->regions = r;
+        pool->n_regions++;
+        if (id >= pool->next_id)
+                pool->next_id = id + 1;
+        return 0;
+}
+
+int memory_pool_acquire_id(MemoryPool *pool, unsigned id, uint64_t offset, uint64_t size, MemoryRegion **ret,
+                           uint64_t *ret_vaddr, BrokerError *e) {
+        for (MemoryRegion *r = pool->regions; r; r = r->next) {
+                if (r->id != id)
+                        continue;
+                if (offset + size < offset || offset + size > r->length)
+                        return broker_error_set(e, BROKER_ERROR_OUT_OF_RANGE,
+                                                "Mapping at offset 0x%" PRIx64 " no longer fits memory region %u.",
+                                                offset, id);
+                r->n_ref++;
+                *ret = r;
+                *ret_vaddr = (uint64_t) (uintptr_t) r->addr + offset;
+                return 0;
+        }
+        return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "Memory region %u was not kept.", id);
+}
+
+void memory_pool_prune(MemoryPool *pool) {
+        for (MemoryRegion **p = &pool->regions; *p;) {
+                MemoryRegion *r = *p;
+                if (r->n_ref == 0) {
+                        *p = r->next;
+                        pool->n_regions--;
+                        memory_region_free(r);
+                } else
+                        p = &r->next;
+        }
 }

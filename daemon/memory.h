@@ -65,3 +65,18 @@ size_t memory_pool_size(const MemoryPool *pool);
 
 /* The fd the region keeps (owned by the region; do not close). */
 int memory_region_fd(const MemoryRegion *region);
+
+/* Restart support (state.c): regions have ids, unique within the pool, that name their fd in the fd
+ * store; a new daemon adopts the fds and maps them again. */
+unsigned memory_region_id(const MemoryRegion *region);
+/* BROKER_MAP_READ, or READ|WRITE for a writable mapping. */
+uint32_t memory_region_flags(const MemoryRegion *region);
+MemoryRegion *memory_pool_first(MemoryPool *pool);
+MemoryRegion *memory_region_next(MemoryRegion *region);
+
+/* Takes fd as region id (mapping the whole file with the protection flags need). The region has no
+ * reference until memory_pool_acquire_id(); memory_pool_prune() drops those that got none. */
+int memory_pool_adopt(MemoryPool *pool, int fd, unsigned id, uint32_t flags, BrokerError *e);
+int memory_pool_acquire_id(MemoryPool *pool, unsigned id, uint64_t offset, uint64_t size, MemoryRegion **ret,
+                           uint64_t *ret_vaddr, BrokerError *e);
+void memory_pool_prune(MemoryPool *pool);

@@ -91,22 +91,41 @@ static bool exceeds(uint64_t used, uint64_t add, uint64_t limit) {
         return add > 0 && (used + add < used || used + add > limit);
 }
 
+static UserUsage *quota_get_or_add(Broker *b, uid_t uid) {
+        UserUsage *u = quota_find(b, uid);
+
+        if (u)
+                return u;
+        u = calloc(1, sizeof(*u));
+        if (!u)
+                return NULL;
+        u->uid = uid;
+        quota_resolve_limits(b->config, uid, &u->limits);
+        u->next = b->usage;
+        b->usage = u;
+        return u;
+}
+
+int quota_charge_force(Broker *b, uid_t uid, uint64_t containers, uint64_t mappings, uint64_t bytes) {
+        UserUsage *u = quota_get_or_add(b, uid);
+
+        if (!u)
+                return -ENOMEM;
+        u->containers += containers;
+        u->mappings += mappings;
+        u->pinned_bytes += bytes;
+        return 0;
+}
+
 int quota_charge(Broker *b, uid_t uid, uint64_t containers, uint64_t mappings, uint64_t bytes,
                  BrokerError *e) {
         UserUsage *u;
 
         assert(b);
 
-        u = quota_find(b, uid);
-        if (!u) {
-                u = calloc(1, sizeof(*u));
-                if (!u)
-                        return -ENOMEM;
-                u->uid = uid;
-                quota_resolve_limits(b->config, uid, &u->limits);
-                u->next = b->usage;
-                b->usage = u;
-        }
+        u = quota_get_or_add(b, uid);
+        if (!u)
+                return -ENOMEM;
 
         if (exceeds(u->containers, containers, u->limits.containers))
                 return broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED,

@@ -26,6 +26,8 @@ struct UserUsage {
 /* Charges all three or nothing; QuotaExceeded names the limit and its value. */
 int quota_charge(Broker *b, uid_t uid, uint64_t containers, uint64_t mappings, uint64_t bytes,
                  BrokerError *e);
+/* Charges without checking: what a restarted broker finds held stays held, whatever the limits now. */
+int quota_charge_force(Broker *b, uid_t uid, uint64_t containers, uint64_t mappings, uint64_t bytes);
 void quota_release(Broker *b, uid_t uid, uint64_t containers, uint64_t mappings, uint64_t bytes);
 
 /* NULL when the user holds nothing. */

@@ -14,6 +14,8 @@ The test command gets DBUS_SYSTEM_BUS_ADDRESS and VFIO_BROKER_DAEMON_PID in its 
 """
 
 import argparse
+import array
+import threading
 import glob
 import os
 import signal
@@ -55,31 +57,118 @@ def start_bus(tmp, policy, polkit=False):
     return bus, address
 
 
-def start_daemon(tmp, daemon, backend, config, env):
-    notify_path = os.path.join(tmp, "notify")
-    ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    ns.bind(notify_path)
-    ns.settimeout(60)
-    env = dict(env, NOTIFY_SOCKET=notify_path)
-    args = [daemon, "--backend=" + backend]
+class FdStore:
+    """The NOTIFY_SOCKET side of systemd's fd store: keeps what the daemon stores (FDSTORE=1, FDNAME=),
+    forgets what it removes (FDSTOREREMOVE=1), and hands everything back to the next instance with
+    LISTEN_FDS/LISTEN_FDNAMES/LISTEN_PID, as systemd does for a restarted service."""
+
+    def __init__(self, tmp):
+        self.path = os.path.join(tmp, "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.fds = []  # (name, fd)
+        self.ready = threading.Event()
+        self.lock = threading.Lock()
+        threading.Thread(target=self.loop, daemon=True).start()
+
+    def loop(self):
+        while True:
+            try:
+                msg, anc, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(64 * 4))
+            except OSError:
+                return
+            fds = []
+            for level, kind, data in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    a = array.array("i")
+                    a.frombytes(data[:len(data) - len(data) % a.itemsize])
+                    fds.extend(a)
+            fields = dict(l.split("=", 1) for l in msg.decode(errors="replace").split("\n") if "=" in l)
+            with self.lock:
+                if fields.get("FDSTORE") == "1":
+                    for fd in fds:
+                        self.fds.append((fields.get("FDNAME", "stored"), fd))
+                    fds = []
+                elif fields.get("FDSTOREREMOVE") == "1":
+                    keep = []
+                    for name, fd in self.fds:
+                        if name == fields.get("FDNAME"):
+                            os.close(fd)
+                        else:
+                            keep.append((name, fd))
+                    self.fds = keep
+                if fields.get("READY") == "1":
+                    self.ready.set()
+            for fd in fds:
+                os.close(fd)
+
+    def names(self):
+        with self.lock:
+            return [n for n, _ in self.fds]
+
+
+def start_daemon(tmp, daemon, backend, config, env, store):
+    env = dict(env, NOTIFY_SOCKET=store.path)
+    args = [daemon, "--backend=" + backend, "--state-dir=" + os.path.join(tmp, "state")]
     if config:
         args.append("--config=" + config)
-    log("starting " + " ".join(args))
-    proc = subprocess.Popen(args, env=env)
+    with store.lock:
+        stored = list(store.fds)
+    if stored:
+        env["LISTEN_FDS"] = str(len(stored))
+        env["LISTEN_FDNAMES"] = ":".join(n for n, _ in stored)
+
+    def move_fds():
+        # Stored fds become 3, 4, ... in the child (via numbers above any target), the rest closes.
+        for i, (_, fd) in enumerate(stored):
+            os.dup2(fd, 1000 + i)
+        for i in range(len(stored)):
+            os.dup2(1000 + i, 3 + i)
+        os.closerange(3 + len(stored), 4096)
+
+    store.ready.clear()
+    log("starting " + " ".join(args) + (" with %d stored fds" % len(stored) if stored else ""))
+    # LISTEN_PID must be the daemon's pid: let a shell set it and exec the daemon in place.
+    proc = subprocess.Popen(["/bin/sh", "-c", 'LISTEN_PID=$$ exec "$0" "$@"'] + args, env=env,
+                            preexec_fn=move_fds, close_fds=False)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            msg = ns.recv(4096).decode()
-        except socket.timeout:
-            break
-        if "READY=1" in msg.split("\n"):
-            ns.close()
-            return proc
+    while time.monotonic() < deadline and not store.ready.wait(0.05):
         if proc.poll() is not None:
             break
-    ns.close()
-    proc.kill()
-    raise RuntimeError("vfio-brokerd did not become ready (exit status %s)" % proc.poll())
+    if not store.ready.is_set():
+        proc.kill()
+        raise RuntimeError("vfio-brokerd did not become ready (exit status %s)" % proc.poll())
+    return proc
+
+
+class Control:
+    """Lets a test kill, stop and restart the daemon: it writes a command line to $VFIO_BROKER_HARNESS/cmd
+    and reads the answer from $VFIO_BROKER_HARNESS/ack.
+      kill9   SIGKILL the daemon (its fds stay in the store)
+      term    SIGTERM, and wait for its exit status (0 expected)
+      start   start a new instance with the stored fds
+      fds     list the names in the store"""
+
+    def __init__(self, tmp, run):
+        self.dir = os.path.join(tmp, "control")
+        os.mkdir(self.dir)
+        os.chmod(self.dir, 0o755)
+        os.mkfifo(os.path.join(self.dir, "cmd"))
+        os.mkfifo(os.path.join(self.dir, "ack"))
+        self.run = run
+        threading.Thread(target=self.loop, daemon=True).start()
+
+    def loop(self):
+        while True:
+            with open(os.path.join(self.dir, "cmd")) as f:
+                lines = f.read().split()
+            for cmd in lines:
+                try:
+                    answer = self.run(cmd)
+                except Exception as e:  # reported to the test, which fails
+                    answer = "error " + str(e)
+                with open(os.path.join(self.dir, "ack"), "w") as f:
+                    f.write(answer + "\n")
 
 
 def start_polkitd(tmp, actions, rules, env):
@@ -177,9 +266,31 @@ def main():
             polkit = start_polkit_mock(env)
         if polkit:
             env["VFIO_BROKER_POLKIT_PID"] = str(polkit.pid)
-        daemon = start_daemon(tmp, a.daemon, a.backend, config, env)
+        store = FdStore(tmp)
+        daemon = start_daemon(tmp, a.daemon, a.backend, config, env, store)
         env["VFIO_BROKER_DAEMON_PID"] = str(daemon.pid)
+        env["VFIO_BROKER_STATE_DIR"] = os.path.join(tmp, "state")
+        current = {"daemon": daemon}
+
+        def control(cmd):
+            d = current["daemon"]
+            if cmd == "kill9":
+                d.kill()
+                d.wait()
+                return "killed"
+            if cmd == "term":
+                d.send_signal(signal.SIGTERM)
+                return "exited %d" % d.wait(timeout=30)
+            if cmd == "start":
+                current["daemon"] = start_daemon(tmp, a.daemon, a.backend, config, env, store)
+                return "started %d" % current["daemon"].pid
+            if cmd == "fds":
+                return " ".join(store.names()) or "-"
+            return "unknown"
+
+        env["VFIO_BROKER_HARNESS"] = Control(tmp, control).dir
         status = subprocess.call(cmd, env=env)
+        daemon = current["daemon"]
         if daemon.poll() is not None:
             log("FAIL: the daemon died during the test (status %s)" % daemon.returncode)
             status = status or 1

@@ -1,0 +1,456 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <assert.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <systemd/sd-daemon.h>
+
+#include "container.h"
+#include "container-dbus.h"
+#include "group.h"
+#include "log.h"
+#include "state.h"
+
+#define STATE_VERSION 1
+
+int state_setup(Broker *b, const char *state_dir) {
+        /* Without a service manager nobody would keep the fds, and a state file alone cannot bring a
+         * container back. */
+        if (!getenv("NOTIFY_SOCKET") || !state_dir)
+                return 0;
+        if (mkdir(state_dir, 0700) < 0 && errno != EEXIST)
+                return log_warning_errno(-errno, "Cannot create %s, restarts will not keep VMs: %m", state_dir);
+        b->state_dir = strdup(state_dir);
+        return b->state_dir ? 1 : -ENOMEM;
+}
+
+static int fdstore_push(const char *name, int fd, bool poll) {
+        char msg[160];
+        int r;
+
+        snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=%s%s", name, poll ? "" : "\nFDPOLL=0");
+        r = sd_pid_notify_with_fds(0, false, msg, &fd, 1);
+        if (r < 0)
+                log_debug_errno(r, "Cannot store fd %s: %m", name);
+        return r;
+}
+
+static void fdstore_remove(const char *name) {
+        char msg[160];
+
+        snprintf(msg, sizeof(msg), "FDSTOREREMOVE=1\nFDNAME=%s", name);
+        (void) sd_notify(false, msg);
+}
+
+static bool strv_contains(char **l, const char *s) {
+        for (; l && *l; l++)
+                if (strcmp(*l, s) == 0)
+                        return true;
+        return false;
+}
+
+static int strv_push(char ***l, const char *s) {
+        size_t n = strv_length(*l);
+        char **a = realloc(*l, (n + 2) * sizeof(char *));
+        if (!a)
+                return -ENOMEM;
+        *l = a;
+        a[n] = strdup(s);
+        a[n + 1] = NULL;
+        return a[n] ? 0 : -ENOMEM;
+}
+
+static char *state_file(Broker *b, uint64_t id) {
+        char *p;
+        return asprintf(&p, "%s/container-%" PRIu64 ".json", b->state_dir, id) < 0 ? NULL : p;
+}
+
+/* Pushes the fds c needs and drops the ones it no longer has. Names: c<id>-container,
+ * c<id>-group-<n>, c<id>-mem-<region>, c<id>-device-<n>-<k>. */
+static int state_sync_fds(Container *c) {
+        BackendFd *fds = NULL;
+        size_t n_fds = 0;
+        char **want = NULL;
+        char name[96];
+        int r;
+
+        r = c->broker->backend->ops->container_get_fds(c->backend, &fds, &n_fds);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < n_fds; i++) {
+                snprintf(name, sizeof(name), "c%" PRIu64 "-%s", c->id, fds[i].name);
+                (void) strv_push(&want, name);
+                if (!strv_contains(c->stored_fds, name) && fdstore_push(name, fds[i].fd, fds[i].poll) >= 0)
+                        (void) strv_push(&c->stored_fds, name);
+        }
+        for (MemoryRegion *m = memory_pool_first(c->memory); m; m = memory_region_next(m)) {
+                snprintf(name, sizeof(name), "c%" PRIu64 "-mem-%u", c->id, memory_region_id(m));
+                (void) strv_push(&want, name);
+                if (!strv_contains(c->stored_fds, name) && fdstore_push(name, memory_region_fd(m), true) >= 0)
+                        (void) strv_push(&c->stored_fds, name);
+        }
+        free(fds);
+
+        /* Whatever is stored but no longer wanted leaves the store. */
+        char **keep = NULL;
+        for (char **s = c->stored_fds; s && *s; s++) {
+                if (strv_contains(want, *s))
+                        (void) strv_push(&keep, *s);
+                else
+                        fdstore_remove(*s);
+        }
+        strv_free(c->stored_fds);
+        c->stored_fds = keep;
+        strv_free(want);
+        return 0;
+}
+
+static json_object *json_u64(uint64_t v) {
+        /* json-c integers are int64: larger values (IOVAs near 2^64) are written as strings. */
+        if (v <= INT64_MAX)
+                return json_object_new_int64((int64_t) v);
+        char buf[32];
+        snprintf(buf, sizeof(buf), "0x%" PRIx64, v);
+        return json_object_new_string(buf);
+}
+
+static int parse_u64(json_object *o, uint64_t *ret) {
+        if (json_object_is_type(o, json_type_int)) {
+                int64_t v = json_object_get_int64(o);
+                if (v < 0)
+                        return -EINVAL;
+                *ret = (uint64_t) v;
+                return 0;
+        }
+        if (json_object_is_type(o, json_type_string)) {
+                char *end;
+                errno = 0;
+                *ret = strtoull(json_object_get_string(o), &end, 0);
+                return errno || *end ? -EINVAL : 0;
+        }
+        return -EINVAL;
+}
+
+int state_save_container(Container *c) {
+        Broker *b = c->broker;
+        _cleanup_free_ char *path = NULL, *tmp = NULL;
+        json_object *root, *groups, *regions, *mappings;
+        MappingTableNode *node;
+        FILE *f;
+        int r;
+
+        if (!b->state_dir)
+                return 0;
+
+        r = state_sync_fds(c);
+        if (r < 0)
+                return log_warning_errno(r, "Container %" PRIu64 ": cannot store its fds: %m", c->id);
+
+        root = json_object_new_object();
+        json_object_object_add(root, "version", json_object_new_int(STATE_VERSION));
+        json_object_object_add(root, "backend", json_object_new_string(backend_name(b->backend)));
+        json_object_object_add(root, "id", json_u64(c->id));
+        json_object_object_add(root, "owner", json_object_new_string(c->owner));
+        json_object_object_add(root, "uid", json_object_new_int64(c->uid));
+        json_object_object_add(root, "label", json_object_new_string(c->label));
+        groups = json_object_new_array();
+        for (size_t i = 0; i < c->n_groups; i++)
+                json_object_array_add(groups, json_object_new_int64(c->groups[i]));
+        json_object_object_add(root, "groups", groups);
+        regions = json_object_new_array();
+        for (MemoryRegion *m = memory_pool_first(c->memory); m; m = memory_region_next(m)) {
+                json_object *o = json_object_new_object();
+                json_object_object_add(o, "id", json_object_new_int64(memory_region_id(m)));
+                json_object_object_add(o, "flags", json_object_new_int64(memory_region_flags(m)));
+                json_object_array_add(regions, o);
+        }
+        json_object_object_add(root, "regions", regions);
+        /* [iova, size, region, offset, flags]: compact, a container can hold 65535 of them. */
+        mappings = json_object_new_array_ext((int) container_n_mappings(c));
+        for (node = mapping_table_first(&c->mappings); node; node = mapping_table_next(node)) {
+                Mapping *m = container_of(node, Mapping, node);
+                json_object *a = json_object_new_array_ext(5);
+                json_object_array_add(a, json_u64(node->first));
+                json_object_array_add(a, json_u64(mapping_table_node_size(node)));
+                json_object_array_add(a, json_object_new_int64(memory_region_id(m->region)));
+                json_object_array_add(a, json_u64(m->offset));
+                json_object_array_add(a, json_object_new_int64(m->flags));
+                json_object_array_add(mappings, a);
+        }
+        json_object_object_add(root, "mappings", mappings);
+
+        path = state_file(b, c->id);
+        if (!path || asprintf(&tmp, "%s.tmp", path) < 0) {
+                json_object_put(root);
+                return -ENOMEM;
+        }
+        f = fopen(tmp, "we");
+        if (!f) {
+                json_object_put(root);
+                return log_warning_errno(-errno, "Cannot write %s: %m", tmp);
+        }
+        r = fputs(json_object_to_json_string_ext(root, JSON_C_TO_STRING_PLAIN), f) < 0 ? -EIO : 0;
+        json_object_put(root);
+        if (fflush(f) != 0 || fsync(fileno(f)) < 0)
+                r = -errno;
+        fclose(f);
+        /* rename() is atomic: the next instance reads the old state or the new one, never half. */
+        if (r < 0 || rename(tmp, path) < 0) {
+                r = r < 0 ? r : -errno;
+                (void) unlink(tmp);
+                return log_warning_errno(r, "Cannot save the state of container %" PRIu64 ": %m", c->id);
+        }
+        return 0;
+}
+
+void state_forget_container(Container *c) {
+        _cleanup_free_ char *path = NULL;
+
+        if (!c->broker->state_dir)
+                return;
+        for (char **s = c->stored_fds; s && *s; s++)
+                fdstore_remove(*s);
+        path = state_file(c->broker, c->id);
+        if (path)
+                (void) unlink(path);
+}
+
+typedef struct StoredFd {
+        char *name;
+        int fd;
+} StoredFd;
+
+static void stored_fds_close_unused(StoredFd *fds, size_t n, const char *why) {
+        for (size_t i = 0; i < n; i++)
+                if (fds[i].fd >= 0) {
+                        log_warning("Closing fd %s from the fd store: %s.", fds[i].name, why);
+                        fdstore_remove(fds[i].name);
+                        fds[i].fd = safe_close(fds[i].fd);
+                }
+}
+
+static bool name_has_owner(Broker *b, const char *name) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        int has = 0;
+
+        if (sd_bus_call_method(b->bus, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                               "NameHasOwner", NULL, &reply, "s", name) < 0 ||
+            sd_bus_message_read(reply, "b", &has) < 0)
+                return false;
+        return has;
+}
+
+/* Rebuilds one container from its state and its fds (those named c<id>-*). */
+static int state_restore_container(Broker *b, json_object *root, StoredFd *stored, size_t n_stored, BrokerError *e) {
+        json_object *v, *groups_o, *regions_o, *mappings_o;
+        BackendFd *fds = NULL;
+        size_t n_fds = 0;
+        unsigned groups[64];
+        size_t n_groups = 0;
+        uint64_t id, uid;
+        const char *owner, *label;
+        char prefix[32];
+        BackendContainer *bc = NULL;
+        Container *c = NULL;
+        int r;
+
+        if (!json_object_object_get_ex(root, "version", &v) || json_object_get_int(v) != STATE_VERSION ||
+            !json_object_object_get_ex(root, "backend", &v) ||
+            strcmp(json_object_get_string(v), backend_name(b->backend)) != 0)
+                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "state of another version or backend");
+        if (!json_object_object_get_ex(root, "id", &v) || parse_u64(v, &id) < 0 || id == 0 ||
+            !json_object_object_get_ex(root, "owner", &v) || !(owner = json_object_get_string(v)) ||
+            !json_object_object_get_ex(root, "uid", &v) || parse_u64(v, &uid) < 0 ||
+            !json_object_object_get_ex(root, "label", &v) || !(label = json_object_get_string(v)) ||
+            !json_object_object_get_ex(root, "groups", &groups_o) || !json_object_is_type(groups_o, json_type_array) ||
+            !json_object_object_get_ex(root, "regions", &regions_o) || !json_object_is_type(regions_o, json_type_array) ||
+            !json_object_object_get_ex(root, "mappings", &mappings_o) ||
+            !json_object_is_type(mappings_o, json_type_array) || json_object_array_length(groups_o) > 64)
+                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed state");
+        for (size_t i = 0; i < json_object_array_length(groups_o); i++) {
+                uint64_t g;
+                if (parse_u64(json_object_array_get_idx(groups_o, i), &g) < 0 || g > UINT32_MAX)
+                        return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed group list");
+                groups[n_groups++] = (unsigned) g;
+        }
+
+        /* The backend's fds: c<id>-<name>, except the memory ones. */
+        snprintf(prefix, sizeof(prefix), "c%" PRIu64 "-", id);
+        fds = calloc(n_stored + 1, sizeof(BackendFd));
+        if (!fds)
+                return -ENOMEM;
+        for (size_t i = 0; i < n_stored; i++)
+                if (stored[i].fd >= 0 && strncmp(stored[i].name, prefix, strlen(prefix)) == 0 &&
+                    strncmp(stored[i].name + strlen(prefix), "mem-", 4) != 0) {
+                        snprintf(fds[n_fds].name, sizeof(fds[n_fds].name), "%s", stored[i].name + strlen(prefix));
+                        fds[n_fds++].fd = stored[i].fd;
+                }
+        r = b->backend->ops->container_restore(b->backend, fds, n_fds, groups, n_groups, &bc, e);
+        /* The backend took what it uses (fd = -1); mark those used in our table. */
+        for (size_t i = 0, k = 0; i < n_stored && k < n_fds; i++)
+                if (stored[i].fd >= 0 && strncmp(stored[i].name, prefix, strlen(prefix)) == 0 &&
+                    strncmp(stored[i].name + strlen(prefix), "mem-", 4) != 0) {
+                        if (fds[k].fd < 0)
+                                stored[i].fd = -EBADF;
+                        k++;
+                }
+        free(fds);
+        if (r < 0)
+                return r;
+
+        r = container_new_restored(b, id, owner, (uid_t) uid, label, bc, groups, n_groups, &c, e);
+        if (r < 0) {
+                backend_container_free(bc);
+                return r;
+        }
+
+        /* From here on, any failure tears the whole container down: nothing stays pinned for a
+         * container nobody can reach. */
+        for (size_t i = 0; i < json_object_array_length(regions_o) && r >= 0; i++) {
+                json_object *o = json_object_array_get_idx(regions_o, i), *ri, *rf;
+                uint64_t rid, flags;
+                char name[96];
+                ssize_t found = -1;
+
+                if (!json_object_object_get_ex(o, "id", &ri) || parse_u64(ri, &rid) < 0 || rid > UINT32_MAX ||
+                    !json_object_object_get_ex(o, "flags", &rf) || parse_u64(rf, &flags) < 0) {
+                        r = broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed memory region");
+                        break;
+                }
+                snprintf(name, sizeof(name), "%smem-%" PRIu64, prefix, rid);
+                for (size_t k = 0; k < n_stored; k++)
+                        if (stored[k].fd >= 0 && strcmp(stored[k].name, name) == 0)
+                                found = (ssize_t) k;
+                if (found < 0) {
+                        r = broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "memory fd %s was not kept", name);
+                        break;
+                }
+                r = memory_pool_adopt(c->memory, stored[found].fd, (unsigned) rid, (uint32_t) flags, e);
+                if (r >= 0)
+                        stored[found].fd = -EBADF;
+        }
+        for (size_t i = 0; i < json_object_array_length(mappings_o) && r >= 0; i++) {
+                json_object *a = json_object_array_get_idx(mappings_o, i);
+                uint64_t f[5];
+
+                if (!json_object_is_type(a, json_type_array) || json_object_array_length(a) != 5) {
+                        r = broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed mapping");
+                        break;
+                }
+                for (size_t k = 0; k < 5 && r >= 0; k++)
+                        if (parse_u64(json_object_array_get_idx(a, k), &f[k]) < 0)
+                                r = broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed mapping");
+                if (r < 0)
+                        break;
+                if (f[2] > UINT32_MAX || f[4] > 3) {
+                        r = broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed mapping");
+                        break;
+                }
+                r = container_restore_mapping(c, (unsigned) f[2], f[3], f[1], f[0], (uint32_t) f[4], e);
+        }
+        memory_pool_prune(c->memory);
+        if (r < 0) {
+                container_dbus_close(c);
+                return r;
+        }
+
+        /* The owner may have gone while we were away. */
+        if (!name_has_owner(b, c->owner)) {
+                log_info("Owner %s of restored container %s is gone; closing it.", c->owner, c->path);
+                container_dbus_close(c);
+                return 0;
+        }
+        r = container_dbus_track(c, c->owner);
+        if (r < 0) {
+                container_dbus_close(c);
+                return r;
+        }
+        (void) state_save_container(c);
+        log_info("Restored container %s (%s, owner %s): %zu groups, %zu mappings.", c->path, c->label, c->owner,
+                 c->n_groups, container_n_mappings(c));
+        return 1;
+}
+
+int state_restore(Broker *b) {
+        _cleanup_strv_free_ char **names = NULL;
+        StoredFd *stored = NULL;
+        size_t n_stored = 0, restored = 0;
+        DIR *d;
+        struct dirent *de;
+        int n;
+
+        if (!b->state_dir)
+                return 0;
+
+        n = sd_listen_fds_with_names(true, &names);
+        if (n < 0)
+                return log_error_errno(n, "Cannot take the stored fds back: %m");
+        stored = calloc(n > 0 ? n : 1, sizeof(StoredFd));
+        if (!stored)
+                return -ENOMEM;
+        for (int i = 0; i < n; i++) {
+                stored[i].fd = SD_LISTEN_FDS_START + i;
+                stored[i].name = names && names[i] ? names[i] : (char *) "unknown";
+                (void) fcntl(stored[i].fd, F_SETFD, FD_CLOEXEC);
+        }
+        n_stored = (size_t) n;
+
+        d = opendir(b->state_dir);
+        while (d && (de = readdir(d))) {
+                _cleanup_free_ char *path = NULL;
+                BrokerError e = BROKER_ERROR_INIT;
+                json_object *root;
+                int r;
+
+                if (strncmp(de->d_name, "container-", 10) != 0 || !strstr(de->d_name, ".json") ||
+                    strstr(de->d_name, ".tmp"))
+                        continue;
+                if (asprintf(&path, "%s/%s", b->state_dir, de->d_name) < 0)
+                        break;
+                root = json_object_from_file(path);
+                if (!root) {
+                        log_error("Corrupt state file %s, its container cannot be restored and is torn down.", path);
+                        (void) unlink(path);
+                        continue;
+                }
+                r = state_restore_container(b, root, stored, n_stored, &e);
+                json_object_put(root);
+                if (r < 0) {
+                        log_error("Cannot restore %s: %s; its container is torn down.", path,
+                                  broker_error_is_set(&e) ? e.message : strerror(-r));
+                        (void) unlink(path);
+                } else if (r > 0)
+                        restored++;
+        }
+        if (d)
+                closedir(d);
+
+        /* Fds without state: nobody can reach what they hold. Closing them releases it. */
+        stored_fds_close_unused(stored, n_stored, "no restorable state refers to it");
+        free(stored);
+        if (n > 0 || restored > 0)
+                log_info("Restart: %zu containers restored from %d stored fds.", restored, n);
+        return 0;
+}
+
+bool state_hand_over(Broker *b) {
+        if (!b->state_dir || !b->containers)
+                return false;
+
+        for (Container *c = b->containers; c; c = c->next) {
+                for (MappingTableNode *node = mapping_table_first(&c->mappings); node; node = mapping_table_next(node))
+                        (void) c->broker->backend->ops->container_invalidate_vaddr(c->backend, node->first,
+                                                                                   mapping_table_node_size(node));
+                (void) state_save_container(c);
+        }
+        b->handing_over = true;
+        log_info("Leaving %zu containers to the next instance.", b->n_containers);
+        return true;
+}

@@ -1,0 +1,27 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/* Restart without losing a VM. Every container's kernel objects (container and group fds, the VMM's
+ * memory fds, the sim's device fds) live in systemd's fd store under "c<id>-<name>", and its state in
+ * <state dir>/container-<id>.json, written atomically (tmp + rename) after every change. A new instance
+ * takes the fds back (sd_listen_fds_with_names()), rebuilds every container under the same object
+ * path, maps the memory again and points the kernel at the new addresses (VFIO_DMA_MAP_FLAG_VADDR),
+ * re-tracks owners by unique name and closes containers whose owner left meanwhile. What cannot be
+ * restored is torn down: nothing stays pinned for a container nobody can reach. */
+
+#include "broker.h"
+
+/* Enabled when the daemon runs under a service manager that keeps fds ($NOTIFY_SOCKET). */
+int state_setup(Broker *b, const char *state_dir);
+
+/* After every change of c; a no-op when persistence is off. */
+int state_save_container(Container *c);
+/* c goes away for good: its fds leave the store, its file is deleted. */
+void state_forget_container(Container *c);
+
+/* At start, after the bus objects exist and before the name is requested. */
+int state_restore(Broker *b);
+
+/* Orderly exit that leaves every container to the next instance: the kernel forgets the daemon's
+ * addresses (DMA goes on), state is saved. Returns true if containers were handed over. */
+bool state_hand_over(Broker *b);
