@@ -322,7 +322,11 @@ int container_open_device(Container *c, const char *device, BrokerError *e) {
                                         "Device %s is in VFIO group %u, which is not attached to this "
                                         "container; AttachGroup(%u) first.", device, g->id, g->id);
 
-        return c->broker->backend->ops->container_open_device(c->backend, g->id, device, e);
+        int fd = c->broker->backend->ops->container_open_device(c->backend, g->id, device, e);
+        if (fd >= 0)
+                /* The sim's device ends must survive a restart to keep the group busy. */
+                (void) state_save_container(c);
+        return fd;
 }
 
 static uint64_t lowest_bit(uint64_t x) {

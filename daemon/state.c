@@ -248,7 +248,8 @@ static bool name_has_owner(Broker *b, const char *name) {
 }
 
 /* Rebuilds one container from its state and its fds (those named c<id>-*). */
-static int state_restore_container(Broker *b, json_object *root, StoredFd *stored, size_t n_stored, BrokerError *e) {
+static int state_restore_container(Broker *b, json_object *root, StoredFd *stored, size_t n_stored, uint64_t *ret_id,
+                                   BrokerError *e) {
         json_object *v, *groups_o, *regions_o, *mappings_o;
         BackendFd *fds = NULL;
         size_t n_fds = 0;
@@ -274,6 +275,7 @@ static int state_restore_container(Broker *b, json_object *root, StoredFd *store
             !json_object_object_get_ex(root, "mappings", &mappings_o) ||
             !json_object_is_type(mappings_o, json_type_array) || json_object_array_length(groups_o) > 64)
                 return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed state");
+        *ret_id = id;
         for (size_t i = 0; i < json_object_array_length(groups_o); i++) {
                 uint64_t g;
                 if (parse_u64(json_object_array_get_idx(groups_o, i), &g) < 0 || g > UINT32_MAX)
@@ -356,6 +358,12 @@ static int state_restore_container(Broker *b, json_object *root, StoredFd *store
                 r = container_restore_mapping(c, (unsigned) f[2], f[3], f[1], f[0], (uint32_t) f[4], e);
         }
         memory_pool_prune(c->memory);
+
+        /* What the store holds for this container now belongs to it: container_free() removes it. */
+        for (size_t i = 0; i < n_stored; i++)
+                if (strncmp(stored[i].name, prefix, strlen(prefix)) == 0 && stored[i].fd < 0)
+                        (void) strv_push(&c->stored_fds, stored[i].name);
+
         if (r < 0) {
                 container_dbus_close(c);
                 return r;
@@ -420,7 +428,8 @@ int state_restore(Broker *b) {
                         (void) unlink(path);
                         continue;
                 }
-                r = state_restore_container(b, root, stored, n_stored, &e);
+                uint64_t id = 0;
+                r = state_restore_container(b, root, stored, n_stored, &id, &e);
                 json_object_put(root);
                 if (r < 0) {
                         log_error("Cannot restore %s: %s; its container is torn down.", path,
@@ -428,6 +437,16 @@ int state_restore(Broker *b) {
                         (void) unlink(path);
                 } else if (r > 0)
                         restored++;
+                if (r <= 0 && id > 0) {
+                        /* Gone for good: none of its fds may stay in the store. */
+                        char prefix[32];
+                        snprintf(prefix, sizeof(prefix), "c%" PRIu64 "-", id);
+                        for (size_t i = 0; i < n_stored; i++)
+                                if (strncmp(stored[i].name, prefix, strlen(prefix)) == 0) {
+                                        fdstore_remove(stored[i].name);
+                                        stored[i].fd = safe_close(stored[i].fd);
+                                }
+                }
         }
         if (d)
                 closedir(d);

@@ -1,0 +1,272 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* The daemon dies (kill -9) or stops (SIGTERM) and comes back with the fds the harness kept for it, as
+ * systemd's fd store does: containers, properties and balloon state are as before, the VMM keeps
+ * working on the same connection, a container whose owner left meanwhile is closed, and broken state
+ * is torn down without taking the daemon with it. */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "client-util.h"
+#include "macro.h"
+
+#define MiB (UINT64_C(1) << 20)
+
+static sd_bus *bus;
+
+/* Asks the harness; returns its answer (static). */
+static const char *harness(const char *cmd) {
+        static char answer[4096];
+        char path[512];
+        const char *dir = getenv("VFIO_BROKER_HARNESS");
+        FILE *f;
+
+        assert_non_null(dir);
+        snprintf(path, sizeof(path), "%s/cmd", dir);
+        f = fopen(path, "we");
+        assert_non_null(f);
+        fprintf(f, "%s\n", cmd);
+        fclose(f);
+        snprintf(path, sizeof(path), "%s/ack", dir);
+        f = fopen(path, "re");
+        assert_non_null(f);
+        assert_non_null(fgets(answer, sizeof(answer), f));
+        fclose(f);
+        answer[strcspn(answer, "\n")] = 0;
+        return answer;
+}
+
+typedef struct Snapshot {
+        uint32_t groups[8];
+        size_t n_groups;
+        uint32_t mappings;
+        uint64_t bytes, page_sizes;
+        bool inhibited;
+        uint32_t inhibitors;
+        char *owner, *label;
+} Snapshot;
+
+static void snapshot(const char *path, Snapshot *s) {
+        s->n_groups = test_get_au(bus, path, CONTAINER_IFACE, "Groups", s->groups, 8);
+        s->mappings = test_get_u32(bus, path, CONTAINER_IFACE, "Mappings");
+        s->bytes = test_get_u64(bus, path, CONTAINER_IFACE, "MappedBytes");
+        s->page_sizes = test_get_u64(bus, path, CONTAINER_IFACE, "PageSizes");
+        s->inhibited = test_get_bool(bus, path, CONTAINER_IFACE, "BalloonInhibited");
+        s->inhibitors = test_get_u32(bus, ROOT_PATH, MANAGER_IFACE, "BalloonInhibitors");
+        s->owner = test_get_string(bus, path, CONTAINER_IFACE, "Owner", 's');
+        s->label = test_get_string(bus, path, CONTAINER_IFACE, "Label", 's');
+}
+
+static void assert_same(const Snapshot *a, const Snapshot *b) {
+        assert_int_equal(a->n_groups, b->n_groups);
+        assert_memory_equal(a->groups, b->groups, a->n_groups * sizeof(uint32_t));
+        assert_int_equal(a->mappings, b->mappings);
+        assert_int_equal(a->bytes, b->bytes);
+        assert_int_equal(a->page_sizes, b->page_sizes);
+        assert_int_equal(a->inhibited, b->inhibited);
+        assert_int_equal(a->inhibitors, b->inhibitors);
+        assert_string_equal(a->owner, b->owner);
+        assert_string_equal(a->label, b->label);
+}
+
+static void restart_and_check(const char *how) {
+        _cleanup_free_ char *path = test_create_container(bus, "survivor");
+        _cleanup_close_ int ram = test_memfd(16 * MiB), ram2 = test_memfd(4 * MiB), device = -EBADF;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        Snapshot before, after;
+        int fd;
+
+        test_call_ok(bus, path, CONTAINER_IFACE, "AttachGroup", NULL, "u", 1);
+        test_call_ok(bus, path, CONTAINER_IFACE, "AttachGroup", NULL, "u", 5);
+        test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram, UINT64_C(0), 4 * MiB, 1 * MiB, UINT32_C(3));
+        test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram, 8 * MiB, 2 * MiB, 16 * MiB, UINT32_C(3));
+        test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram2, UINT64_C(0), 4 * MiB, 32 * MiB, UINT32_C(1));
+        test_call_ok(bus, path, CONTAINER_IFACE, "OpenDevice", &reply, "s", "0000:00:05.1");
+        assert_true(sd_bus_message_read(reply, "h", &fd) >= 0);
+        device = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        reply = sd_bus_message_unref(reply);
+        snapshot(path, &before);
+
+        if (strcmp(how, "term") == 0)
+                assert_string_equal(harness("term"), "exited 0");
+        else
+                assert_string_equal(harness("kill9"), "killed");
+        assert_true(strncmp(harness("start"), "started", 7) == 0);
+
+        /* Same object, same state, same connection. */
+        assert_true(test_object_exists(bus, path));
+        snapshot(path, &after);
+        assert_same(&before, &after);
+        char gpath[64];
+        snprintf(gpath, sizeof(gpath), ROOT_PATH "/group/5");
+        _cleanup_free_ char *gc = test_get_string(bus, gpath, GROUP_IFACE, "Container", 'o');
+        assert_string_equal(gc, path);
+
+        /* The device fd handed out before the restart still holds its group. */
+        const char *e = test_call(bus, path, CONTAINER_IFACE, "DetachGroup", NULL, "u", 5);
+        assert_non_null(e);
+        assert_string_equal(e, "org.vfiobroker.Broker1.Error.Busy");
+        device = safe_close(device);
+        test_call_ok(bus, path, CONTAINER_IFACE, "DetachGroup", NULL, "u", 5);
+
+        /* The VMM goes on: unmap, map, the mappings' rules as before. */
+        e = test_call(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram, UINT64_C(0), 4096ULL, 2 * MiB, UINT32_C(3));
+        assert_non_null(e);
+        assert_string_equal(e, "org.vfiobroker.Broker1.Error.Overlap");
+        test_call_ok(bus, path, CONTAINER_IFACE, "Unmap", NULL, "tt", 16 * MiB, 2 * MiB);
+        test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram, 12 * MiB, 2 * MiB, 64 * MiB, UINT32_C(3));
+        assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "Mappings"), 3);
+        test_call_ok(bus, path, CONTAINER_IFACE, "Close", NULL, "");
+        assert_int_equal(test_get_u32(bus, ROOT_PATH, MANAGER_IFACE, "BalloonInhibitors"), 0);
+        free(before.owner); free(before.label); free(after.owner); free(after.label);
+}
+
+static void test_kill9_restart(void **state) {
+        restart_and_check("kill9");
+}
+
+static void test_orderly_restart(void **state) {
+        restart_and_check("term");
+}
+
+/* An owner that leaves while the daemon is down: its container is closed on the way back. */
+static void test_owner_left_meanwhile(void **state) {
+        int to_parent[2], to_child[2], status;
+        char path[256] = {}, c;
+        pid_t pid;
+
+        assert_int_equal(pipe(to_parent), 0);
+        assert_int_equal(pipe(to_child), 0);
+        pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                sd_bus *b = NULL;
+                int ram = test_memfd(4 * MiB);
+                char *p = NULL;
+                _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+                const char *o;
+                if (sd_bus_open_system(&b) < 0 ||
+                    test_call(b, ROOT_PATH, MANAGER_IFACE, "CreateContainer", &reply, "a{sv}", 0) ||
+                    sd_bus_message_read(reply, "o", &o) < 0 || !(p = strdup(o)) ||
+                    test_call(b, p, CONTAINER_IFACE, "AttachGroup", NULL, "u", 2) ||
+                    test_call(b, p, CONTAINER_IFACE, "Map", NULL, "htttu", ram, UINT64_C(0), 4 * MiB, UINT64_C(0), UINT32_C(3)))
+                        _exit(1);
+                (void) !write(to_parent[1], p, strlen(p));
+                (void) !read(to_child[0], &c, 1);
+                _exit(0); /* leaves while the daemon is down */
+        }
+        close(to_parent[1]);
+        assert_true(read(to_parent[0], path, sizeof(path) - 1) > 0);
+        assert_string_equal(harness("kill9"), "killed");
+        (void) !write(to_child[1], "x", 1);
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(strncmp(harness("start"), "started", 7) == 0);
+
+        assert_false(test_object_exists(bus, path));
+        assert_int_equal(test_get_u32(bus, ROOT_PATH, MANAGER_IFACE, "BalloonInhibitors"), 0);
+        /* Its fds left the store. */
+        assert_null(strstr(harness("fds"), "c"));
+        _cleanup_free_ char *again = test_create_container(bus, "after");
+        test_call_ok(bus, again, CONTAINER_IFACE, "AttachGroup", NULL, "u", 2);
+        test_call_ok(bus, again, CONTAINER_IFACE, "Close", NULL, "");
+}
+
+/* Corrupt, mismatched or missing state: a clear log line, a safe teardown, a living daemon. */
+static void broken_state(const char *what) {
+        _cleanup_free_ char *path = test_create_container(bus, "broken");
+        _cleanup_close_ int ram = test_memfd(4 * MiB);
+        char file[512];
+        const char *dir = getenv("VFIO_BROKER_STATE_DIR");
+
+        assert_non_null(dir);
+        test_call_ok(bus, path, CONTAINER_IFACE, "AttachGroup", NULL, "u", 3);
+        test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram, UINT64_C(0), 4 * MiB, UINT64_C(0), UINT32_C(3));
+        assert_string_equal(harness("kill9"), "killed");
+
+        snprintf(file, sizeof(file), "%s/container-%s.json", dir, strrchr(path, '/') + 1);
+        if (strcmp(what, "corrupt") == 0) {
+                FILE *f = fopen(file, "we");
+                assert_non_null(f);
+                fputs("{ \"version\": 1, \"backend\": \"sim\", \"id\": ", f);
+                fclose(f);
+        } else if (strcmp(what, "mismatched") == 0) {
+                FILE *f = fopen(file, "we");
+                assert_non_null(f);
+                fputs("{\"version\":1,\"backend\":\"vfio-type1\",\"id\":1,\"owner\":\":1.1\",\"uid\":0,\"label\":\"x\","
+                      "\"groups\":[],\"regions\":[],\"mappings\":[]}", f);
+                fclose(f);
+        } else if (strcmp(what, "bad-mapping") == 0) {
+                /* Well-formed JSON naming memory that was never stored. */
+                FILE *f = fopen(file, "re+");
+                char buf[8192] = {};
+                assert_non_null(f);
+                assert_true(fread(buf, 1, sizeof(buf) - 1, f) > 0);
+                char *m = strstr(buf, "\"mappings\"");
+                assert_non_null(m);
+                strcpy(m, "\"mappings\":[[0,4096,77,0,3]]}");
+                assert_int_equal(fseek(f, 0, SEEK_SET), 0);
+                assert_int_equal(ftruncate(fileno(f), 0), 0);
+                fputs(buf, f);
+                fclose(f);
+        } else
+                assert_int_equal(unlink(file), 0); /* fds without state */
+
+        assert_true(strncmp(harness("start"), "started", 7) == 0);
+        assert_false(test_object_exists(bus, path));
+        assert_int_equal(test_get_u32(bus, ROOT_PATH, MANAGER_IFACE, "BalloonInhibitors"), 0);
+        assert_null(strstr(harness("fds"), "c"));
+        /* The group is free and the daemon serves. */
+        _cleanup_free_ char *again = test_create_container(bus, "after-broken");
+        test_call_ok(bus, again, CONTAINER_IFACE, "AttachGroup", NULL, "u", 3);
+        test_call_ok(bus, again, CONTAINER_IFACE, "Close", NULL, "");
+}
+
+static void test_corrupt_state(void **state) {
+        broken_state("corrupt");
+}
+
+static void test_mismatched_state(void **state) {
+        broken_state("mismatched");
+}
+
+static void test_state_naming_unknown_memory(void **state) {
+        broken_state("bad-mapping");
+}
+
+static void test_fds_without_state(void **state) {
+        broken_state("missing");
+}
+
+static int setup(void **state) {
+        bus = test_bus_open();
+        return 0;
+}
+
+static int teardown(void **state) {
+        sd_bus_flush_close_unref(bus);
+        return 0;
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_kill9_restart),
+                cmocka_unit_test(test_orderly_restart),
+                cmocka_unit_test(test_owner_left_meanwhile),
+                cmocka_unit_test(test_corrupt_state),
+                cmocka_unit_test(test_mismatched_state),
+                cmocka_unit_test(test_state_naming_unknown_memory),
+                cmocka_unit_test(test_fds_without_state),
+        };
+        return cmocka_run_group_tests_name("restart", tests, setup, teardown);
+}
