@@ -15,6 +15,7 @@ The test command gets DBUS_SYSTEM_BUS_ADDRESS and VFIO_BROKER_DAEMON_PID in its 
 
 import argparse
 import array
+import fcntl
 import threading
 import glob
 import os
@@ -119,11 +120,10 @@ def start_daemon(tmp, daemon, backend, config, env, store):
         env["LISTEN_FDNAMES"] = ":".join(n for n, _ in stored)
 
     def move_fds():
-        # Stored fds become 3, 4, ... in the child (via numbers above any target), the rest closes.
-        for i, (_, fd) in enumerate(stored):
-            os.dup2(fd, 1000 + i)
-        for i in range(len(stored)):
-            os.dup2(1000 + i, 3 + i)
+        # Stored fds become 3, 4, ... in the child (via free numbers above the targets), the rest closes.
+        tmp = [fcntl.fcntl(fd, fcntl.F_DUPFD, 3 + len(stored)) for _, fd in stored]
+        for i, fd in enumerate(tmp):
+            os.dup2(fd, 3 + i)
         os.closerange(3 + len(stored), 4096)
 
     store.ready.clear()

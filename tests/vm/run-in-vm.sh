@@ -71,6 +71,23 @@ while kill -0 $DAEMON_PID 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 
 wait $DAEMON_PID
 tap $? "vfio-brokerd exits cleanly on SIGTERM"
 sed 's/^/VMLOG: daemon: /' /tmp/daemon.log
+
+# Restarts: the daemon under a small fd-store supervisor (what systemd's FileDescriptorStoreMax= does).
+/tests/fdstore-supervisor /run/sup $prefix/sbin/vfio-brokerd --backend=vfio --state-dir=/run/sup/state \
+        > /tmp/supervisor.log 2>&1 &
+i=0
+while ! grep -q started /tmp/supervisor.log 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+first=$(ls /dev/vfio | grep -v vfio | sort -n | head -n 1)
+VFIO_BROKER_HARNESS=/run/sup /tests/test-restart-dma $first $(ls /sys/kernel/iommu_groups/$first/devices) 2>&1
+echo quit > /run/sup/cmd
+cat /run/sup/ack > /dev/null
+sed 's/^/VMLOG: supervisor: /' /tmp/supervisor.log
+if ls /tmp/sanitizer* >/dev/null 2>&1; then
+        cat /tmp/sanitizer* | sed 's/^/VMLOG: /'
+        tap 1 "no sanitizer reports across the restarts"
+else
+        tap 0 "no sanitizer reports across the restarts"
+fi
 if ls /tmp/sanitizer* >/dev/null 2>&1; then
         cat /tmp/sanitizer* | sed 's/^/VMLOG: /'
         tap 1 "no sanitizer reports"

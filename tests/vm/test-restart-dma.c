@@ -1,0 +1,200 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* In the VM, under tests/vm/fdstore-supervisor (the fd store): the daemon is killed with SIGKILL, then
+ * stopped with SIGTERM, and restarted each time while an edu device keeps its mapping. DMA must still
+ * land in the VMM's memfd through the restored mapping, Unmap must still block it, new mappings must
+ * work, and after Close the kernel's pin count is back where it started. */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <systemd/sd-bus.h>
+
+#include "edu.h"
+#include "macro.h"
+
+#define BUS_NAME "org.vfiobroker.Broker1"
+#define CONTAINER BUS_NAME ".Container"
+#define MiB (UINT64_C(1) << 20)
+
+static int failures;
+
+static void tap(bool ok, const char *format, ...) {
+        va_list ap;
+        printf("VMTAP: %s - ", ok ? "ok" : "not ok");
+        va_start(ap, format);
+        vprintf(format, ap);
+        va_end(ap);
+        printf("\n");
+        fflush(stdout);
+        failures += !ok;
+}
+
+static const char *harness(const char *cmd) {
+        static char answer[256];
+        char path[512];
+        const char *dir = getenv("VFIO_BROKER_HARNESS");
+        FILE *f;
+
+        snprintf(path, sizeof(path), "%s/cmd", dir);
+        if (!(f = fopen(path, "we")))
+                return "no harness";
+        fprintf(f, "%s\n", cmd);
+        fclose(f);
+        snprintf(path, sizeof(path), "%s/ack", dir);
+        if (!(f = fopen(path, "re")))
+                return "no harness";
+        if (!fgets(answer, sizeof(answer), f))
+                answer[0] = 0;
+        fclose(f);
+        answer[strcspn(answer, "\n")] = 0;
+        return answer;
+}
+
+/* Pages held with FOLL_PIN right now, system-wide (type1 pins with pin_user_pages). */
+static long pinned_pages(void) {
+        char line[128];
+        long acquired = -1, released = -1, v;
+        FILE *f = fopen("/proc/vmstat", "re");
+        if (!f)
+                return -1;
+        while (fgets(line, sizeof(line), f)) {
+                if (sscanf(line, "nr_foll_pin_acquired %ld", &v) == 1)
+                        acquired = v;
+                if (sscanf(line, "nr_foll_pin_released %ld", &v) == 1)
+                        released = v;
+        }
+        fclose(f);
+        return acquired < 0 || released < 0 ? -1 : acquired - released;
+}
+
+static const char *call(sd_bus *bus, const char *path, const char *member, sd_bus_message **reply, const char *types, ...) {
+        static char name[512];
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        va_list ap;
+
+        if (sd_bus_message_new_method_call(bus, &m, BUS_NAME, path,
+                                           strcmp(path, "/org/vfiobroker/Broker1") ? CONTAINER : BUS_NAME ".Manager",
+                                           member) < 0)
+                return "(cannot build)";
+        va_start(ap, types);
+        if (types && *types && sd_bus_message_appendv(m, types, ap) < 0) {
+                va_end(ap);
+                return "(cannot append)";
+        }
+        va_end(ap);
+        if (sd_bus_call(bus, m, 30 * 1000000ULL, &error, reply) >= 0)
+                return NULL;
+        snprintf(name, sizeof(name), "%s: %s", error.name, error.message);
+        fprintf(stderr, "VMLOG: %s failed: %s\n", member, name);
+        sd_bus_error_free(&error);
+        return name;
+}
+
+static void fill(int fd, uint64_t off, uint8_t seed, size_t n) {
+        uint8_t buf[2048];
+        for (size_t i = 0; i < n; i++)
+                buf[i] = (uint8_t) (seed + i * 13);
+        if (pwrite(fd, buf, n, (off_t) off) != (ssize_t) n)
+                abort();
+}
+
+static bool check(int fd, uint64_t off, uint8_t seed, size_t n) {
+        uint8_t buf[2048];
+        if (pread(fd, buf, n, (off_t) off) != (ssize_t) n)
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (buf[i] != (uint8_t) (seed + i * 13))
+                        return false;
+        return true;
+}
+
+static bool zero(int fd, uint64_t off, size_t n) {
+        uint8_t buf[2048];
+        if (pread(fd, buf, n, (off_t) off) != (ssize_t) n)
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (buf[i])
+                        return false;
+        return true;
+}
+
+static bool dma_round_trip(Edu *edu, int ram, uint64_t iova_base, uint64_t from, uint64_t to, uint8_t seed) {
+        fill(ram, from, seed, 1024);
+        return edu_dma_to_device(edu, iova_base + from, 0, 1024) == 0 &&
+               edu_dma_from_device(edu, 0, iova_base + to, 1024) == 0 && check(ram, to, seed, 1024);
+}
+
+int main(int argc, char *argv[]) {
+        sd_bus *bus = NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_free_ char *path = NULL;
+        const char *p, *how[] = { "kill9", "term" };
+        unsigned group;
+        const char *device;
+        long baseline;
+        int ram, dev, fd;
+        Edu edu;
+
+        if (argc != 3)
+                return 2;
+        group = (unsigned) atoi(argv[1]);
+        device = argv[2];
+        baseline = pinned_pages();
+        tap(baseline >= 0, "restart: the kernel reports FOLL_PIN counts (baseline %ld)", baseline);
+
+        ram = memfd_create("guest-ram", MFD_CLOEXEC);
+        if (ram < 0 || ftruncate(ram, 16 * MiB) < 0 || sd_bus_open_system(&bus) < 0)
+                return 1;
+        if (call(bus, "/org/vfiobroker/Broker1", "CreateContainer", &reply, "a{sv}", 1, "Label", "s", "restart-vm") ||
+            sd_bus_message_read(reply, "o", &p) < 0 || !(path = strdup(p)))
+                return 1;
+        reply = sd_bus_message_unref(reply);
+        bool ok = !call(bus, path, "AttachGroup", NULL, "u", group) &&
+                  !call(bus, path, "Map", NULL, "htttu", ram, UINT64_C(0), 8 * MiB, 1 * MiB, UINT32_C(3)) &&
+                  !call(bus, path, "OpenDevice", &reply, "s", device) && sd_bus_message_read(reply, "h", &fd) >= 0;
+        dev = ok ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1;
+        reply = sd_bus_message_unref(reply);
+        ok = ok && dev >= 0 && edu_open(&edu, dev) == 0 && dma_round_trip(&edu, ram, 1 * MiB, 0x1000, 0x10000, 0x21);
+        tap(ok, "restart: a VMM with 8 MiB mapped DMAs through the broker");
+        tap(pinned_pages() - baseline >= 2000, "restart: 8 MiB are pinned (%ld pages)", pinned_pages() - baseline);
+
+        for (size_t i = 0; i < 2; i++) {
+                char a[256], b[256];
+                snprintf(a, sizeof(a), "%s", harness(how[i]));
+                snprintf(b, sizeof(b), "%s", harness("start"));
+                tap(strncmp(b, "started", 7) == 0, "restart: %s (%s), then a new instance (%s)", how[i], a, b);
+                uint32_t n = 0;
+                ok = sd_bus_get_property_trivial(bus, BUS_NAME, path, CONTAINER, "Mappings", NULL, 'u', &n) >= 0 && n == 1;
+                tap(ok, "restart after %s: the container is back with its mapping", how[i]);
+                tap(dma_round_trip(&edu, ram, 1 * MiB, 0x2000 + i * 0x1000, 0x20000 + i * 0x1000, (uint8_t) (0x40 + i)),
+                    "restart after %s: the device still DMAs into the memfd through the restored mapping", how[i]);
+                tap(pinned_pages() - baseline >= 2000, "restart after %s: the pages stayed pinned", how[i]);
+        }
+
+        /* Unmap still blocks; a new mapping works. */
+        fill(ram, 0x3000, 0x77, 1024);
+        ok = edu_dma_to_device(&edu, 1 * MiB + 0x3000, 0, 1024) == 0;
+        tap(!call(bus, path, "Unmap", NULL, "tt", 1 * MiB, 8 * MiB), "restart: Unmap after the restarts");
+        ok = ok && edu_dma_from_device(&edu, 0, 1 * MiB + 0x40000, 1024) == 0;
+        tap(ok && zero(ram, 0x40000, 1024), "restart: after Unmap the device's write does not land");
+        tap(!call(bus, path, "Map", NULL, "htttu", ram, 8 * MiB, 4 * MiB, 32 * MiB, UINT32_C(3)) &&
+            dma_round_trip(&edu, ram, 32 * MiB - 8 * MiB, 8 * MiB + 0x1000, 8 * MiB + 0x8000, 0x55),
+            "restart: a new mapping works after the restarts");
+
+        close(dev);
+        tap(!call(bus, path, "Close", NULL, ""), "restart: Close");
+        long left = -1;
+        for (int i = 0; i < 50 && (left = pinned_pages() - baseline) > 0; i++)
+                usleep(100000);
+        tap(left == 0, "restart: nothing stays pinned after Close (%ld pages above the baseline)", left);
+        sd_bus_flush_close_unref(bus);
+        return failures ? 1 : 0;
+}
