@@ -386,6 +386,18 @@ static int state_restore_container(Broker *b, json_object *root, StoredFd *store
         return 1;
 }
 
+int state_restore_text(Broker *b, const char *text, BrokerError *e) {
+        json_object *root = json_tokener_parse(text);
+        uint64_t id = 0;
+        int r;
+
+        if (!root)
+                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "not JSON");
+        r = state_restore_container(b, root, NULL, 0, &id, e);
+        json_object_put(root);
+        return r;
+}
+
 int state_restore(Broker *b) {
         _cleanup_strv_free_ char **names = NULL;
         StoredFd *stored = NULL;

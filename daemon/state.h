@@ -22,6 +22,9 @@ void state_forget_container(Container *c);
 /* At start, after the bus objects exist and before the name is requested. */
 int state_restore(Broker *b);
 
+/* One container's state as text, without stored fds: for the fuzzer. */
+int state_restore_text(Broker *b, const char *text, BrokerError *e);
+
 /* Orderly exit that leaves every container to the next instance: the kernel forgets the daemon's
  * addresses (DMA goes on), state is saved. Returns true if containers were handed over. */
 bool state_hand_over(Broker *b);
