@@ -20,7 +20,14 @@
 #include <systemd/sd-bus.h>
 
 #include "edu.h"
+#include "vm-client.h"
 #include "macro.h"
+
+#define tap vm_tap
+#define call(...) vm_call(bus, __VA_ARGS__)
+#define fill vm_fill
+#define check vm_check
+#define all_zero vm_zero
 
 #define BUS_NAME "org.vfiobroker.Broker1"
 #define ROOT "/org/vfiobroker/Broker1"
@@ -28,42 +35,8 @@
 #define MiB (UINT64_C(1) << 20)
 
 static sd_bus *bus;
-static int failures;
 
-static void tap(bool ok, const char *format, ...) {
-        va_list ap;
-        printf("VMTAP: %s - ", ok ? "ok" : "not ok");
-        va_start(ap, format);
-        vprintf(format, ap);
-        va_end(ap);
-        printf("\n");
-        fflush(stdout);
-        if (!ok)
-                failures++;
-}
 
-static const char *call(const char *path, const char *iface, const char *member, sd_bus_message **reply,
-                        const char *types, ...) {
-        static char name[256];
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
-        sd_bus_error error = SD_BUS_ERROR_NULL;
-        va_list ap;
-
-        if (sd_bus_message_new_method_call(bus, &m, BUS_NAME, path, iface, member) < 0)
-                return "(cannot build)";
-        va_start(ap, types);
-        if (types && *types && sd_bus_message_appendv(m, types, ap) < 0) {
-                va_end(ap);
-                return "(cannot append)";
-        }
-        va_end(ap);
-        if (sd_bus_call(bus, m, 30 * 1000000ULL, &error, reply) >= 0)
-                return NULL;
-        snprintf(name, sizeof(name), "%s: %s", error.name, error.message);
-        fprintf(stderr, "VMLOG: %s failed: %s\n", member, name);
-        sd_bus_error_free(&error);
-        return name;
-}
 
 static char *create_container(const char *label) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
@@ -94,33 +67,8 @@ static int find_groups(unsigned *ids, char devices[][32], int max) {
         return n;
 }
 
-static void fill(int memfd, uint64_t offset, uint8_t seed, size_t n) {
-        uint8_t buf[4096];
-        for (size_t i = 0; i < n; i++)
-                buf[i] = (uint8_t) (seed + i * 7);
-        if (pwrite(memfd, buf, n, (off_t) offset) != (ssize_t) n)
-                abort();
-}
 
-static bool check(int memfd, uint64_t offset, uint8_t seed, size_t n) {
-        uint8_t buf[4096];
-        if (pread(memfd, buf, n, (off_t) offset) != (ssize_t) n)
-                return false;
-        for (size_t i = 0; i < n; i++)
-                if (buf[i] != (uint8_t) (seed + i * 7))
-                        return false;
-        return true;
-}
 
-static bool all_zero(int memfd, uint64_t offset, size_t n) {
-        uint8_t buf[4096];
-        if (pread(memfd, buf, n, (off_t) offset) != (ssize_t) n)
-                return false;
-        for (size_t i = 0; i < n; i++)
-                if (buf[i])
-                        return false;
-        return true;
-}
 
 static unsigned dmar_faults(void) {
         unsigned n = 0;
@@ -370,5 +318,5 @@ int main(void) {
         }
 
         sd_bus_flush_close_unref(bus);
-        return failures ? 1 : 0;
+        return vm_failures ? 1 : 0;
 }

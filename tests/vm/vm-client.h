@@ -1,0 +1,25 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/* Helpers of the in-VM test clients: TAP lines for the host, broker calls, memfd patterns. */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <systemd/sd-bus.h>
+
+#include "macro.h"
+
+extern int vm_failures;
+
+/* "VMTAP: ok - ..." / "VMTAP: not ok - ...", counted in vm_failures. */
+void vm_tap(bool ok, const char *format, ...) _printf_(2, 3);
+
+/* Calls a broker method; NULL on success, else "Name: message" (static storage), also logged. */
+const char *vm_call(sd_bus *bus, const char *path, const char *interface, const char *member,
+                    sd_bus_message **reply, const char *types, ...);
+
+/* A recognizable pattern at [offset, offset+n) of a memfd (n <= 4096), and checks for it. */
+void vm_fill(int fd, uint64_t offset, uint8_t seed, size_t n);
+bool vm_check(int fd, uint64_t offset, uint8_t seed, size_t n);
+bool vm_zero(int fd, uint64_t offset, size_t n);
