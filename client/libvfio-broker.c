@@ -653,6 +653,52 @@ _public_ int vfio_broker_container_unmap(vfio_broker_container *c, uint64_t iova
         return c ? call(c->broker, c->path, CONTAINER_IFACE, "Unmap", NULL, "tt", iova, size) : -EINVAL;
 }
 
+_public_ int vfio_broker_container_update(vfio_broker_container *c, const vfio_broker_unmap *unmaps, size_t n_unmaps,
+                                         const int *memory_fds, size_t n_fds, const vfio_broker_map *maps,
+                                         size_t n_maps) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        vfio_broker *b;
+        int r;
+
+        if (!c || (n_unmaps && !unmaps) || (n_fds && !memory_fds) || (n_maps && !maps))
+                return -EINVAL;
+        b = c->broker;
+        set_error(b, NULL, NULL);
+
+        r = sd_bus_message_new_method_call(b->bus, &m, BUS_NAME, c->path, CONTAINER_IFACE, "Update");
+        if (r >= 0)
+                r = sd_bus_message_open_container(m, 'a', "(tt)");
+        for (size_t i = 0; r >= 0 && i < n_unmaps; i++)
+                r = sd_bus_message_append(m, "(tt)", unmaps[i].iova, unmaps[i].size);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        if (r >= 0)
+                r = sd_bus_message_open_container(m, 'a', "h");
+        for (size_t i = 0; r >= 0 && i < n_fds; i++)
+                r = sd_bus_message_append(m, "h", memory_fds[i]);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        if (r >= 0)
+                r = sd_bus_message_open_container(m, 'a', "(utttu)");
+        for (size_t i = 0; r >= 0 && i < n_maps; i++)
+                r = sd_bus_message_append(m, "(utttu)", maps[i].memory, maps[i].offset, maps[i].size, maps[i].iova,
+                                          maps[i].flags);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        if (r < 0)
+                return fail_errno(b, r, "Cannot build the Update call");
+
+        r = sd_bus_call(b->bus, m, 0, &error, NULL);
+        if (r < 0) {
+                set_error(b, error.name, error.message ?: strerror(-r));
+                r = error_to_errno(&error, r);
+                sd_bus_error_free(&error);
+                return r;
+        }
+        return 0;
+}
+
 _public_ int vfio_broker_container_get_info(vfio_broker_container *c, vfio_broker_container_info *ret) {
         if (!c || !ret)
                 return -EINVAL;

@@ -205,6 +205,97 @@ static int method_unmap(sd_bus_message *m, void *userdata, sd_bus_error *error) 
         return sd_bus_reply_method_return(m, NULL);
 }
 
+#define UPDATE_MAX 65536
+
+static int method_update(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Container *c = userdata;
+        BrokerError e = BROKER_ERROR_INIT;
+        _cleanup_free_ UpdateUnmap *unmaps = NULL;
+        _cleanup_free_ UpdateMap *maps = NULL;
+        _cleanup_free_ int *fds = NULL;
+        size_t n_unmaps = 0, n_maps = 0, n_fds = 0;
+        int r;
+
+        /* Parse everything first: the fds are borrowed from the message, memory.c dups what it keeps. */
+        r = sd_bus_message_enter_container(m, 'a', "(tt)");
+        if (r < 0)
+                return r;
+        for (;;) {
+                UpdateUnmap u;
+                r = sd_bus_message_read(m, "(tt)", &u.iova, &u.size);
+                if (r < 0)
+                        return r;
+                if (r == 0)
+                        break;
+                if (n_unmaps >= UPDATE_MAX)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "At most %d unmaps per Update.",
+                                                 UPDATE_MAX);
+                UpdateUnmap *a = realloc(unmaps, (n_unmaps + 1) * sizeof(*a));
+                if (!a)
+                        return -ENOMEM;
+                unmaps = a;
+                unmaps[n_unmaps++] = u;
+        }
+        r = sd_bus_message_exit_container(m);
+        if (r < 0)
+                return r;
+
+        r = sd_bus_message_enter_container(m, 'a', "h");
+        if (r < 0)
+                return r;
+        for (;;) {
+                int fd;
+                r = sd_bus_message_read(m, "h", &fd);
+                if (r < 0)
+                        return r;
+                if (r == 0)
+                        break;
+                if (n_fds >= 1024)
+                        return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS, "At most 1024 memory fds per Update.");
+                int *a = realloc(fds, (n_fds + 1) * sizeof(int));
+                if (!a)
+                        return -ENOMEM;
+                fds = a;
+                fds[n_fds++] = fd;
+        }
+        r = sd_bus_message_exit_container(m);
+        if (r < 0)
+                return r;
+
+        r = sd_bus_message_enter_container(m, 'a', "(utttu)");
+        if (r < 0)
+                return r;
+        for (;;) {
+                UpdateMap u;
+                r = sd_bus_message_read(m, "(utttu)", &u.memory, &u.offset, &u.size, &u.iova, &u.flags);
+                if (r < 0)
+                        return r;
+                if (r == 0)
+                        break;
+                if (n_maps >= UPDATE_MAX)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "At most %d maps per Update.",
+                                                 UPDATE_MAX);
+                UpdateMap *a = realloc(maps, (n_maps + 1) * sizeof(*a));
+                if (!a)
+                        return -ENOMEM;
+                maps = a;
+                maps[n_maps++] = u;
+        }
+        r = sd_bus_message_exit_container(m);
+        if (r < 0)
+                return r;
+
+        r = container_verify_caller(c, m, NULL, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+
+        r = container_update(c, unmaps, n_unmaps, fds, n_fds, maps, n_maps, &e);
+        if (r < 0)
+                return bus_error_from_broker(error, r, &e);
+
+        return sd_bus_reply_method_return(m, NULL);
+}
+
 static int method_close(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         Container *c = userdata;
         int r;
@@ -280,6 +371,9 @@ static const sd_bus_vtable container_vtable[] = {
                                 SD_BUS_NO_RESULT, method_map, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Unmap", SD_BUS_ARGS("t", iova, "t", size), SD_BUS_NO_RESULT,
                                 method_unmap, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Update",
+                                SD_BUS_ARGS("a(tt)", unmaps, "ah", memory, "a(utttu)", maps),
+                                SD_BUS_NO_RESULT, method_update, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Close", SD_BUS_NO_ARGS, SD_BUS_NO_RESULT,
                                 method_close, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_PROPERTY("Owner", "s", NULL, offsetof(Container, owner), SD_BUS_VTABLE_PROPERTY_CONST),

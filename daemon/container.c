@@ -341,8 +341,8 @@ static bool container_iova_usable(const Container *c, uint64_t first, uint64_t l
         return false;
 }
 
-int container_map(Container *c, int fd, uint64_t offset, uint64_t size, uint64_t iova, uint32_t flags,
-                  BrokerError *e) {
+static int container_map_internal(Container *c, int fd, uint64_t offset, uint64_t size, uint64_t iova,
+                                  uint32_t flags, BrokerError *e) {
         MemoryFileInfo info;
         MappingTableNode *conflict;
         _cleanup_free_ Mapping *m = NULL;
@@ -438,13 +438,23 @@ int container_map(Container *c, int fd, uint64_t offset, uint64_t size, uint64_t
         assert(r == 0); /* checked above */
         (void) r;
         TAKE_PTR(m);
+        return 0;
+}
 
+int container_map(Container *c, int fd, uint64_t offset, uint64_t size, uint64_t iova, uint32_t flags,
+                  BrokerError *e) {
+        int r = container_map_internal(c, fd, offset, size, iova, flags, e);
+        if (r < 0)
+                return r;
         (void) state_save_container(c);
         (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES);
         return 0;
 }
 
-int container_unmap(Container *c, uint64_t iova, uint64_t size, BrokerError *e) {
+/* Removes every mapping inside the range from the kernel and the table; the mappings themselves (their
+ * memory, and so the daemon's address) are handed to the caller in *removed, their quota released. */
+static int container_unmap_internal(Container *c, uint64_t iova, uint64_t size, Mapping ***removed,
+                                    size_t *n_removed, BrokerError *e) {
         MappingTableNode *first, *last_node, *node, *next;
         uint64_t last, unmapped = 0, expected = 0;
         int r;
@@ -485,14 +495,109 @@ int container_unmap(Container *c, uint64_t iova, uint64_t size, BrokerError *e) 
                             ", 0x%" PRIx64 "], expected 0x%" PRIx64 ".", c->id, unmapped, iova, last, expected);
 
         for (node = first; node && node->first <= last; node = next) {
+                Mapping **a = realloc(*removed, (*n_removed + 1) * sizeof(Mapping *));
                 next = mapping_table_next(node);
                 mapping_table_remove(&c->mappings, node);
-                mapping_free(c, container_of(node, Mapping, node));
+                quota_release(c->broker, c->uid, 0, 1, mapping_table_node_size(node));
+                if (!a) {
+                        /* Cannot keep it for a rollback; it is unmapped anyway. */
+                        memory_pool_release(c->memory, container_of(node, Mapping, node)->region);
+                        free(container_of(node, Mapping, node));
+                        continue;
+                }
+                *removed = a;
+                a[(*n_removed)++] = container_of(node, Mapping, node);
         }
+        return 0;
+}
 
+static void mappings_release(Container *c, Mapping **l, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                memory_pool_release(c->memory, l[i]->region);
+                free(l[i]);
+        }
+        free(l);
+}
+
+int container_unmap(Container *c, uint64_t iova, uint64_t size, BrokerError *e) {
+        Mapping **removed = NULL;
+        size_t n_removed = 0;
+        int r;
+
+        r = container_unmap_internal(c, iova, size, &removed, &n_removed, e);
+        if (r < 0)
+                return r;
+        mappings_release(c, removed, n_removed);
         (void) state_save_container(c);
         (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES);
         return 0;
+}
+
+int container_update(Container *c, const UpdateUnmap *unmaps, size_t n_unmaps, const int *fds, size_t n_fds,
+                     const UpdateMap *maps, size_t n_maps, BrokerError *e) {
+        Mapping **removed = NULL;
+        size_t n_removed = 0, n_done = 0;
+        BrokerError inner = BROKER_ERROR_INIT;
+        int r = 0;
+
+        /* Malformed requests are refused before anything moves. */
+        for (size_t i = 0; i < n_maps; i++)
+                if (maps[i].memory >= n_fds)
+                        return broker_error_set(e, BROKER_ERROR_INVALID_ARGS,
+                                                "Map #%zu names memory fd #%" PRIu32 ", but %zu fds were passed.",
+                                                i, maps[i].memory, n_fds);
+
+        for (size_t i = 0; i < n_unmaps; i++) {
+                r = container_unmap_internal(c, unmaps[i].iova, unmaps[i].size, &removed, &n_removed, &inner);
+                if (r < 0) {
+                        broker_error_set(e, inner.code == BROKER_ERROR_NONE ? BROKER_ERROR_INVALID_ARGS : inner.code,
+                                         "Unmap #%zu: %s Nothing was changed.", i, inner.message);
+                        goto rollback;
+                }
+        }
+        for (; n_done < n_maps; n_done++) {
+                const UpdateMap *m = &maps[n_done];
+                r = container_map_internal(c, fds[m->memory], m->offset, m->size, m->iova, m->flags, &inner);
+                if (r < 0) {
+                        if (inner.code == BROKER_ERROR_KERNEL)
+                                broker_error_set_errno(e, r, "Map #%zu: %s; nothing was changed", n_done, inner.message);
+                        else
+                                broker_error_set(e, inner.code == BROKER_ERROR_NONE ? BROKER_ERROR_INVALID_ARGS :
+                                                 inner.code, "Map #%zu: %s Nothing was changed.", n_done, inner.message);
+                        goto rollback;
+                }
+        }
+
+        mappings_release(c, removed, n_removed);
+        (void) state_save_container(c);
+        if (n_unmaps > 0 || n_maps > 0)
+                (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES);
+        return 0;
+
+rollback:
+        /* All or nothing: the maps made so far go, the mappings removed so far come back. */
+        for (size_t i = n_done; i-- > 0;) {
+                Mapping **undo = NULL;
+                size_t n_undo = 0;
+                if (container_unmap_internal(c, maps[i].iova, maps[i].size, &undo, &n_undo, NULL) >= 0)
+                        mappings_release(c, undo, n_undo);
+        }
+        for (size_t i = n_removed; i-- > 0;) {
+                Mapping *m = removed[i];
+                uint64_t size = mapping_table_node_size(&m->node);
+                if (c->broker->backend->ops->container_map(c->backend, memory_region_vaddr(m->region, m->offset),
+                                                           m->node.first, size, m->flags, NULL) < 0) {
+                        log_error("Container %" PRIu64 ": cannot restore mapping [0x%" PRIx64 ", 0x%" PRIx64
+                                  "] during a rollback; it is gone.", c->id, m->node.first, m->node.last);
+                        memory_pool_release(c->memory, m->region);
+                        free(m);
+                        continue;
+                }
+                (void) quota_charge_force(c->broker, c->uid, 0, 1, size);
+                (void) mapping_table_insert(&c->mappings, &m->node, NULL);
+        }
+        free(removed);
+        return r;
 }
 
 int container_new_restored(Broker *b, uint64_t id, const char *owner, uid_t uid, const char *label,

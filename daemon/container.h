@@ -79,6 +79,20 @@ int container_map(Container *c, int fd, uint64_t offset, uint64_t size, uint64_t
                   BrokerError *e);
 int container_unmap(Container *c, uint64_t iova, uint64_t size, BrokerError *e);
 
+typedef struct UpdateUnmap {
+        uint64_t iova, size;
+} UpdateUnmap;
+
+typedef struct UpdateMap {
+        uint32_t memory; /* index into the fds */
+        uint64_t offset, size, iova;
+        uint32_t flags;
+} UpdateMap;
+
+/* Update(): the unmaps, then the maps, all or nothing. */
+int container_update(Container *c, const UpdateUnmap *unmaps, size_t n_unmaps, const int *fds, size_t n_fds,
+                     const UpdateMap *maps, size_t n_maps, BrokerError *e);
+
 static inline bool container_balloon_inhibited(const Container *c) {
         return c->n_groups > 0;
 }

@@ -236,6 +236,10 @@ int memory_region_fd(const MemoryRegion *region) {
         return region->fd;
 }
 
+uint64_t memory_region_vaddr(const MemoryRegion *region, uint64_t offset) {
+        return (uint64_t) (uintptr_t) region->addr + offset;
+}
+
 unsigned memory_region_id(const MemoryRegion *region) {
         return region->id;
 }

@@ -69,6 +69,8 @@ int memory_region_fd(const MemoryRegion *region);
 /* Restart support (state.c): regions have ids, unique within the pool, that name their fd in the fd
  * store; a new daemon adopts the fds and maps them again. */
 unsigned memory_region_id(const MemoryRegion *region);
+/* The daemon's address of file offset `offset` in the region. */
+uint64_t memory_region_vaddr(const MemoryRegion *region, uint64_t offset);
 /* BROKER_MAP_READ, or READ|WRITE for a writable mapping. */
 uint32_t memory_region_flags(const MemoryRegion *region);
 MemoryRegion *memory_pool_first(MemoryPool *pool);

@@ -69,6 +69,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 case 5:
                         r = container_detach_group(c, (unsigned) (a % 8), &e);
                         break;
+                case 6: {
+                        /* A batch: one unmap, then two maps, all or nothing. */
+                        UpdateUnmap u = { a, b & ((16 << 20) - 1) };
+                        UpdateMap m[2] = {
+                                { 0, b & ((64 << 20) - 1), (d & 0xf) * 4096, d, 3 },
+                                { (uint32_t) (op >> 6), 0, 4096 * (1 + (a & 3)), d + 0x100000, (uint32_t) (op >> 3) & 3 },
+                        };
+                        r = container_update(c, op & 0x8 ? &u : NULL, op & 0x8 ? 1 : 0, &memfd, 1, m, 2, &e);
+                        break;
+                }
                 default:
                         r = container_map(c, -1, a, b, d, 3, &e);
                         break;

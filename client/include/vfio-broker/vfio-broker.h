@@ -132,6 +132,21 @@ int vfio_broker_container_open_device(vfio_broker_container *c, const char *devi
 int vfio_broker_container_map(vfio_broker_container *c, int memory_fd, uint64_t offset, uint64_t size,
                               uint64_t iova, uint32_t flags);
 int vfio_broker_container_unmap(vfio_broker_container *c, uint64_t iova, uint64_t size);
+
+typedef struct vfio_broker_unmap {
+        uint64_t iova, size;
+} vfio_broker_unmap;
+
+typedef struct vfio_broker_map {
+        uint32_t memory;        /* index into the memory fds passed alongside */
+        uint64_t offset, size, iova;
+        uint32_t flags;
+} vfio_broker_map;
+
+/* Update(): the unmaps, then the maps, in one call and all or nothing (a failure leaves the
+ * container exactly as it was; the message names the failing entry). Each memory fd is passed once. */
+int vfio_broker_container_update(vfio_broker_container *c, const vfio_broker_unmap *unmaps, size_t n_unmaps,
+                                 const int *memory_fds, size_t n_fds, const vfio_broker_map *maps, size_t n_maps);
 int vfio_broker_container_get_info(vfio_broker_container *c, vfio_broker_container_info *ret);
 
 /* Called with the container's BalloonInhibited whenever it changes. */
