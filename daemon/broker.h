@@ -23,6 +23,7 @@ typedef struct Container Container;
 
 typedef struct UserUsage UserUsage;
 typedef struct PolkitQuery PolkitQuery;
+typedef struct OwnerWatch OwnerWatch;
 
 typedef struct Broker {
         sd_event *event;
@@ -45,6 +46,8 @@ typedef struct Broker {
         bool handing_over;    /* exiting with every container left to the next instance */
 
         PolkitQuery *polkit_queries; /* authorization checks in flight, see polkit.c */
+        OwnerWatch *owners;          /* one sd_bus_track per owning connection, see container-dbus.c */
+        size_t n_owners;
 } Broker;
 
 int broker_new(sd_event *event, Backend *backend, BrokerConfig *config, Broker **ret);

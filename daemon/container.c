@@ -148,7 +148,7 @@ Container *container_free(Container *c) {
         backend_iommu_info_done(&c->iommu);
         quota_release(b, c->uid, 1, 0, 0);
 
-        sd_bus_track_unref(c->track);
+        container_dbus_untrack(c);
         strv_free(c->stored_fds);
         free(c->path);
         free(c->owner);
@@ -468,6 +468,12 @@ static int container_unmap_internal(Container *c, uint64_t iova, uint64_t size, 
         last = iova + (size - 1);
 
         first = mapping_table_first_intersecting(&c->mappings, iova, last);
+        /* Only a range that holds mappings reaches the kernel, which wants it page-aligned. */
+        uint64_t align = lowest_bit(c->iommu.page_sizes);
+        if (first && align > 0 && ((iova | size) & (align - 1)))
+                return broker_error_set(e, BROKER_ERROR_UNALIGNED,
+                                        "Unmap range [0x%" PRIx64 ", 0x%" PRIx64 "] is not aligned to 0x%" PRIx64
+                                        " (the smallest IOMMU page size).", iova, last, align);
         if (!first)
                 return broker_error_set(e, BROKER_ERROR_NOT_MAPPED,
                                         "Nothing is mapped in IOVA range [0x%" PRIx64 ", 0x%" PRIx64 "].",

@@ -32,7 +32,7 @@ struct Container {
         uid_t uid;
         char *label;
 
-        sd_bus_track *track; /* watches the owner; see container-dbus.c */
+        OwnerWatch *owner_watch; /* shared by every container of the same owner; see container-dbus.c */
 
         BackendContainer *backend;
         unsigned *groups;     /* attached group ids, sorted */

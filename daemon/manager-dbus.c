@@ -74,6 +74,11 @@ static int method_create_container(sd_bus_message *m, void *userdata, sd_bus_err
         r = container_dbus_attach(c, m);
         if (r < 0) {
                 container_dbus_close(c);
+                if (r == -EUSERS)
+                        return sd_bus_error_setf(error, "org.vfiobroker.Broker1.Error.QuotaExceeded",
+                                                 "The broker already serves %d VMM connections, its limit; "
+                                                 "create containers from a connection that has some.",
+                                                 OWNERS_MAX);
                 return r;
         }
 

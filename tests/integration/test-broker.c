@@ -568,6 +568,21 @@ static void test_kill9_teardown(void **state) {
         test_call_ok(bus, again, CONTAINER_IFACE, "Close", NULL, "");
 }
 
+/* dbus-daemon allows a connection 512 match rules; tracking every container's owner with its own
+ * match once cost the daemon its bus connection (and every VM) at the 512th container. */
+static void test_many_containers_one_owner(void **state) {
+        char *paths[600];
+
+        for (size_t i = 0; i < ELEMENTSOF(paths); i++)
+                paths[i] = test_create_container(bus, "many");
+        test_call_ok(bus, ROOT_PATH, "org.freedesktop.DBus.Peer", "Ping", NULL, "");
+        for (size_t i = 0; i < ELEMENTSOF(paths); i++) {
+                test_call_ok(bus, paths[i], CONTAINER_IFACE, "Close", NULL, "");
+                free(paths[i]);
+        }
+        test_call_ok(bus, ROOT_PATH, "org.freedesktop.DBus.Peer", "Ping", NULL, "");
+}
+
 int main(int argc, char *argv[]) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_manager),
@@ -579,6 +594,7 @@ int main(int argc, char *argv[]) {
                 cmocka_unit_test(test_bad_input),
                 cmocka_unit_test(test_ownership),
                 cmocka_unit_test(test_kill9_teardown),
+                cmocka_unit_test(test_many_containers_one_owner),
         };
 
         if (argc > 1)

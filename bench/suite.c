@@ -1,0 +1,166 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* The broker's benchmark suite (sim backend, over the private bus of tests/integration/harness.py):
+ * each figure with the floor it is measured against. Figures, not pass/fail. */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+#include <systemd/sd-bus.h>
+
+#include <vfio-broker/vfio-broker.h>
+
+#define BUS_NAME "org.vfiobroker.Broker1"
+#define ROOT "/org/vfiobroker/Broker1"
+
+static double now(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
+}
+
+static void must(int r, vfio_broker *b, const char *what) {
+        if (r < 0) {
+                fprintf(stderr, "suite: %s: %s\n", what, b ? vfio_broker_error_message(b) : strerror(-r));
+                exit(EXIT_FAILURE);
+        }
+}
+
+static long daemon_rss_kib(void) {
+        char path[64], line[256];
+        long v = -1;
+        const char *pid = getenv("VFIO_BROKER_DAEMON_PID");
+        FILE *f;
+
+        if (!pid)
+                return -1;
+        snprintf(path, sizeof(path), "/proc/%s/status", pid);
+        if (!(f = fopen(path, "re")))
+                return -1;
+        while (fgets(line, sizeof(line), f))
+                if (sscanf(line, "VmRSS: %ld kB", &v) == 1)
+                        break;
+        fclose(f);
+        return v;
+}
+
+static bool seen_change;
+static int on_changed(sd_bus_message *m, void *userdata, sd_bus_error *e) {
+        seen_change = true;
+        return 0;
+}
+
+int main(void) {
+        vfio_broker *b;
+        vfio_broker_container *c;
+        sd_bus *bus;
+        int ram = memfd_create("ram", MFD_CLOEXEC);
+        const unsigned N = 2000;
+        double t, floor_us, pair_us, update_us, insert_s, lookup_us, unmap_all_s, create_us, signal_us;
+        long rss0, rss1;
+
+        if (ram < 0 || ftruncate(ram, 512 * 1024 * 1024) < 0)
+                return EXIT_FAILURE;
+        must(vfio_broker_open(&b), NULL, "open");
+        bus = vfio_broker_get_bus(b);
+
+        /* Floor: an empty round trip to the daemon through the same dbus-daemon. */
+        t = now();
+        for (unsigned i = 0; i < N; i++)
+                must(sd_bus_call_method(bus, BUS_NAME, ROOT, "org.freedesktop.DBus.Peer", "Ping", NULL, NULL, ""), NULL,
+                     "Ping");
+        floor_us = (now() - t) / N * 1e6;
+
+        must(vfio_broker_container_new(b, "bench", &c), b, "CreateContainer");
+        must(vfio_broker_container_attach_group(c, 1), b, "AttachGroup");
+
+        t = now();
+        for (unsigned i = 0; i < N; i++) {
+                must(vfio_broker_container_map(c, ram, 0, 4096, 0x100000, 3), b, "Map");
+                must(vfio_broker_container_unmap(c, 0x100000, 4096), b, "Unmap");
+        }
+        pair_us = (now() - t) / N * 1e6;
+
+        /* Update of 1000 maps, per map. */
+        vfio_broker_map *maps = calloc(65535, sizeof(*maps));
+        for (unsigned i = 0; i < 65535; i++)
+                maps[i] = (vfio_broker_map) { .memory = 0, .offset = (uint64_t) i * 4096, .size = 4096,
+                                              .iova = 0x100000000ULL + (uint64_t) i * 8192, .flags = 3 };
+        t = now();
+        must(vfio_broker_container_update(c, NULL, 0, &ram, 1, maps, 1000), b, "Update 1000");
+        update_us = (now() - t) / 1000 * 1e6;
+        vfio_broker_unmap all = { 0, UINT64_C(1) << 62 };
+        must(vfio_broker_container_update(c, &all, 1, NULL, 0, NULL, 0), b, "Update unmap");
+
+        /* A container with 65535 mappings. */
+        rss0 = daemon_rss_kib();
+        t = now();
+        must(vfio_broker_container_update(c, NULL, 0, &ram, 1, maps, 65535), b, "Update 65535");
+        insert_s = now() - t;
+        rss1 = daemon_rss_kib();
+        t = now();
+        for (unsigned i = 0; i < 1000; i++) /* each is refused as Overlap: a lookup in the table */
+                if (vfio_broker_container_map(c, ram, 0, 4096, 0x100000000ULL + (uint64_t) (i * 61) * 8192, 3) != -EEXIST)
+                        must(-EIO, b, "Overlap lookup");
+        lookup_us = (now() - t) / 1000 * 1e6;
+        t = now();
+        must(vfio_broker_container_unmap(c, 0, UINT64_C(1) << 62), b, "Unmap all");
+        unmap_all_s = now() - t;
+        free(maps);
+
+        /* AttachGroup until a subscriber sees PropertiesChanged. */
+        sd_bus *watcher = NULL;
+        must(sd_bus_open_system(&watcher), NULL, "watcher");
+        must(sd_bus_match_signal(watcher, NULL, BUS_NAME, vfio_broker_container_get_path(c),
+                                 "org.freedesktop.DBus.Properties", "PropertiesChanged", on_changed, NULL), NULL, "match");
+        double total = 0;
+        for (unsigned i = 0; i < 200; i++) {
+                seen_change = false;
+                t = now();
+                must(vfio_broker_container_attach_group(c, 2), b, "AttachGroup 2");
+                while (!seen_change)
+                        if (sd_bus_process(watcher, NULL) == 0)
+                                sd_bus_wait(watcher, 100000);
+                total += now() - t;
+                must(vfio_broker_container_detach_group(c, 2), b, "DetachGroup 2");
+                while (sd_bus_process(watcher, NULL) > 0)
+                        ;
+        }
+        signal_us = total / 200 * 1e6;
+        must(vfio_broker_container_close(c), b, "Close");
+
+        /* 1000 containers. */
+        vfio_broker_container **many = calloc(1000, sizeof(*many));
+        t = now();
+        for (unsigned i = 0; i < 1000; i++)
+                must(vfio_broker_container_new(b, NULL, &many[i]), b, "CreateContainer x1000");
+        create_us = (now() - t) / 1000 * 1e6;
+        for (unsigned i = 0; i < 1000; i++)
+                must(vfio_broker_container_close(many[i]), b, "Close x1000");
+        free(many);
+
+        printf("%-52s %12s %14s %8s\n", "benchmark (sim backend, private dbus-daemon)", "figure", "floor", "ratio");
+        printf("%-52s %9.1f us %11.1f us %7.2fx\n", "empty round trip (Peer.Ping via dbus-daemon)", floor_us, floor_us, 1.0);
+        printf("%-52s %9.1f us %11.1f us %7.2fx\n", "Map+Unmap pair via the bus", pair_us, 2 * floor_us,
+               pair_us / (2 * floor_us));
+        printf("%-52s %9.2f us %14s %8s\n", "Update of 1000 maps, per map", update_us, "-", "-");
+        printf("%-52s %10.3f s %14s %8s\n", "65535 mappings: insert (one Update)", insert_s, "-", "-");
+        printf("%-52s %9.1f us %11.1f us %7.2fx\n", "65535 mappings: lookup (a refused overlapping Map)", lookup_us,
+               floor_us, lookup_us / floor_us);
+        printf("%-52s %10.3f s %14s %8s\n", "65535 mappings: unmap all (one Unmap)", unmap_all_s, "-", "-");
+        printf("%-52s %8ld B %14s %8s\n", "daemon RSS per mapping", rss0 >= 0 && rss1 >= 0 ? (rss1 - rss0) * 1024 / 65535 : -1,
+               "-", "-");
+        printf("%-52s %9.1f us %11.1f us %7.2fx\n", "CreateContainer, 1000 containers, per container", create_us,
+               floor_us, create_us / floor_us);
+        printf("%-52s %9.1f us %11.1f us %7.2fx\n", "AttachGroup to PropertiesChanged at a subscriber", signal_us,
+               floor_us, signal_us / floor_us);
+        printf("(peer-to-peer rows: Manager.OpenConnection is not implemented yet)\n");
+        vfio_broker_unref(b);
+        sd_bus_flush_close_unref(watcher);
+        return EXIT_SUCCESS;
+}
