@@ -11,6 +11,7 @@
 #include "group-dbus.h"
 #include "log.h"
 #include "manager-dbus.h"
+#include "peer.h"
 #include "polkit.h"
 #include "quota.h"
 #include "state.h"
@@ -44,6 +45,7 @@ Broker *broker_free(Broker *b) {
                 container_dbus_close(b->containers);
 
         polkit_queries_free(b);
+        peer_free_all(b);
         quota_free_all(b);
 
         for (size_t i = 0; i < b->n_groups; i++)
@@ -204,4 +206,16 @@ int broker_connect_bus(Broker *b) {
                 return log_error_errno(r, "Failed to acquire the bus name " BROKER_BUS_NAME
                                        " (is another broker running, or is the bus policy missing?): %m");
         return 0;
+}
+
+bool broker_name_has_owner(Broker *b, const char *name) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        int has = 0;
+
+        if (!b->bus || !name ||
+            sd_bus_call_method(b->bus, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                               "NameHasOwner", NULL, &reply, "s", name) < 0 ||
+            sd_bus_message_read(reply, "b", &has) < 0)
+                return false;
+        return has;
 }

@@ -24,6 +24,7 @@ typedef struct Container Container;
 typedef struct UserUsage UserUsage;
 typedef struct PolkitQuery PolkitQuery;
 typedef struct OwnerWatch OwnerWatch;
+typedef struct Peer Peer;
 
 typedef struct Broker {
         sd_event *event;
@@ -48,6 +49,7 @@ typedef struct Broker {
         PolkitQuery *polkit_queries; /* authorization checks in flight, see polkit.c */
         OwnerWatch *owners;          /* one sd_bus_track per owning connection, see container-dbus.c */
         size_t n_owners;
+        Peer *peers;                 /* peer-to-peer connections, see peer.c */
 } Broker;
 
 int broker_new(sd_event *event, Backend *backend, BrokerConfig *config, Broker **ret);
@@ -65,6 +67,9 @@ Group *broker_find_group(Broker *b, unsigned id);
 Container *broker_find_container(Broker *b, uint64_t id);
 /* The group that holds device name, or NULL. */
 Group *broker_find_group_of_device(Broker *b, const char *device);
+
+/* Whether a unique name is still on the bus (a synchronous call: not for the hot path). */
+bool broker_name_has_owner(Broker *b, const char *name);
 
 /* Called by container.c whenever a group is attached or detached anywhere. */
 void broker_balloon_inhibitors_changed(Broker *b, int delta);

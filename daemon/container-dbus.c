@@ -10,6 +10,7 @@
 #include "container-dbus.h"
 #include "group.h"
 #include "log.h"
+#include "peer.h"
 #include "polkit.h"
 
 static int container_object_find(sd_bus *bus, const char *path, const char *interface, void *userdata,
@@ -61,7 +62,7 @@ static int container_verify_caller(Container *c, sd_bus_message *m, const Polkit
         size_t n = 0;
         char uid[32];
         const char *manage_details[] = { "container", c->path, "owner_uid", uid, NULL };
-        const char *sender = sd_bus_message_get_sender(m);
+        const char *sender = broker_caller_name(c->broker, m);
 
         (void) snprintf(uid, sizeof(uid), "%u", c->uid);
 
@@ -389,14 +390,18 @@ static const sd_bus_vtable container_vtable[] = {
         SD_BUS_VTABLE_END,
 };
 
-int container_dbus_register(Broker *b) {
+int container_dbus_register_on(Broker *b, sd_bus *bus) {
         int r;
 
-        r = sd_bus_add_fallback_vtable(b->bus, NULL, BROKER_CONTAINER_PREFIX, BROKER_CONTAINER_INTERFACE,
+        r = sd_bus_add_fallback_vtable(bus, NULL, BROKER_CONTAINER_PREFIX, BROKER_CONTAINER_INTERFACE,
                                        container_vtable, container_object_find, b);
         if (r < 0)
                 return r;
-        return sd_bus_add_node_enumerator(b->bus, NULL, BROKER_CONTAINER_PREFIX, container_node_enumerator, b);
+        return sd_bus_add_node_enumerator(bus, NULL, BROKER_CONTAINER_PREFIX, container_node_enumerator, b);
+}
+
+int container_dbus_register(Broker *b) {
+        return container_dbus_register_on(b, b->bus);
 }
 
 /* One watch per owning connection, however many containers it owns: every sd_bus_track costs a
@@ -426,6 +431,7 @@ static int owner_track_handler(sd_bus_track *track, void *userdata) {
         if (!name)
                 return -ENOMEM;
         log_info("Owner %s disconnected; closing its containers.", name);
+        peer_close_all_of(b, name);
         /* Closing the last container frees w: walk the broker's list, not w. */
         for (Container *c = b->containers, *next; c; c = next) {
                 next = c->next;
@@ -494,7 +500,7 @@ void container_dbus_untrack(Container *c) {
 }
 
 int container_dbus_attach(Container *c, sd_bus_message *m) {
-        return container_dbus_track(c, sd_bus_message_get_sender(m));
+        return container_dbus_track(c, broker_caller_name(c->broker, m));
 }
 
 void container_dbus_close(Container *c) {

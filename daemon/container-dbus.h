@@ -5,6 +5,7 @@
 #include "container.h"
 
 int container_dbus_register(Broker *b);
+int container_dbus_register_on(Broker *b, sd_bus *bus);
 
 /* Starts tracking the owner (the sender of m) and announces the object. */
 int container_dbus_attach(Container *c, sd_bus_message *m);

@@ -82,14 +82,18 @@ static const sd_bus_vtable group_vtable[] = {
         SD_BUS_VTABLE_END,
 };
 
-int group_dbus_register(Broker *b) {
+int group_dbus_register_on(Broker *b, sd_bus *bus) {
         int r;
 
-        r = sd_bus_add_fallback_vtable(b->bus, NULL, BROKER_GROUP_PREFIX, BROKER_GROUP_INTERFACE,
+        r = sd_bus_add_fallback_vtable(bus, NULL, BROKER_GROUP_PREFIX, BROKER_GROUP_INTERFACE,
                                        group_vtable, group_object_find, b);
         if (r < 0)
                 return r;
-        return sd_bus_add_node_enumerator(b->bus, NULL, BROKER_GROUP_PREFIX, group_node_enumerator, b);
+        return sd_bus_add_node_enumerator(bus, NULL, BROKER_GROUP_PREFIX, group_node_enumerator, b);
+}
+
+int group_dbus_register(Broker *b) {
+        return group_dbus_register_on(b, b->bus);
 }
 
 int group_dbus_emit_added(Group *g) {

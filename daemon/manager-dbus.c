@@ -9,6 +9,7 @@
 #include "container-dbus.h"
 #include "log.h"
 #include "manager-dbus.h"
+#include "peer.h"
 #include "polkit.h"
 
 #define LABEL_MAX 256
@@ -63,11 +64,17 @@ static int method_create_container(sd_bus_message *m, void *userdata, sd_bus_err
         if (r < 0)
                 return r;
 
-        r = bus_message_get_sender_uid(m, &uid);
+        r = broker_caller_uid(b, m, &uid);
         if (r < 0)
                 return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED, "Cannot tell the caller's uid.");
 
-        r = container_new(b, sd_bus_message_get_sender(m), uid, label, &c, &e);
+        /* On a peer connection the owner is the bus connection that opened it: it must still be there,
+         * or nobody would ever close the container. */
+        if (!sd_bus_message_get_sender(m) && !broker_name_has_owner(b, broker_caller_name(b, m)))
+                return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED,
+                                        "The bus connection that opened this peer connection has left the bus.");
+
+        r = container_new(b, broker_caller_name(b, m), uid, label, &c, &e);
         if (r < 0)
                 return bus_error_from_broker(error, r, &e);
 
@@ -84,6 +91,23 @@ static int method_create_container(sd_bus_message *m, void *userdata, sd_bus_err
 
         log_info("Container %s created for %s (uid %u), label \"%s\".", c->path, c->owner, uid, c->label);
         return sd_bus_reply_method_return(m, "o", c->path);
+}
+
+static int method_open_connection(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Broker *b = userdata;
+        _cleanup_close_ int fd = -EBADF;
+        uid_t uid;
+        int r;
+
+        r = broker_caller_uid(b, m, &uid);
+        if (r < 0)
+                return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED, "Cannot tell the caller's uid.");
+
+        r = peer_open(b, broker_caller_name(b, m), uid, &fd);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, r, "Cannot open a peer connection: %m");
+
+        return sd_bus_reply_method_return(m, "h", fd);
 }
 
 static int property_get_version(sd_bus *bus, const char *path, const char *interface, const char *property,
@@ -111,6 +135,11 @@ static const sd_bus_vtable manager_vtable[] = {
                                 SD_BUS_RESULT("o", container),
                                 method_create_container,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("OpenConnection",
+                                SD_BUS_NO_ARGS,
+                                SD_BUS_RESULT("h", connection),
+                                method_open_connection,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_PROPERTY("Version", "s", property_get_version, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("Backend", "s", property_get_backend, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("BalloonInhibited", "b", property_get_balloon_inhibited, 0,
@@ -120,14 +149,17 @@ static const sd_bus_vtable manager_vtable[] = {
         SD_BUS_VTABLE_END,
 };
 
-int manager_dbus_register(Broker *b) {
+int manager_dbus_register_on(Broker *b, sd_bus *bus) {
         int r;
 
-        r = sd_bus_add_object_vtable(b->bus, NULL, BROKER_OBJECT_PATH, BROKER_MANAGER_INTERFACE,
-                                     manager_vtable, b);
+        r = sd_bus_add_object_vtable(bus, NULL, BROKER_OBJECT_PATH, BROKER_MANAGER_INTERFACE, manager_vtable, b);
         if (r < 0)
                 return r;
-        return sd_bus_add_object_manager(b->bus, NULL, BROKER_OBJECT_PATH);
+        return sd_bus_add_object_manager(bus, NULL, BROKER_OBJECT_PATH);
+}
+
+int manager_dbus_register(Broker *b) {
+        return manager_dbus_register_on(b, b->bus);
 }
 
 int manager_dbus_emit_balloon_changed(Broker *b, bool flipped) {

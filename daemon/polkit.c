@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "peer.h"
 #include "polkit.h"
 
 /* One CheckAuthorization call for one (message, action). Kept until the handler that asked consumes
@@ -148,7 +149,8 @@ static int polkit_query_start(Broker *b, sd_bus_message *m, const PolkitCheck *c
         const char *sender;
         int r;
 
-        sender = sd_bus_message_get_sender(m);
+        /* On a peer connection: the bus name that opened it, still on the bus for polkit to check. */
+        sender = broker_caller_name(b, m);
         if (!sender || !b->bus)
                 return -EPERM;
 
@@ -212,7 +214,7 @@ int polkit_verify_async(Broker *b, sd_bus_message *m, const PolkitCheck *checks,
         assert(b);
         assert(m);
 
-        r = bus_message_get_sender_uid(m, &uid);
+        r = broker_caller_uid(b, m, &uid);
         if (r < 0)
                 return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED,
                                         "Cannot tell the caller's uid; refusing.");

@@ -236,16 +236,6 @@ static void stored_fds_close_unused(StoredFd *fds, size_t n, const char *why) {
                 }
 }
 
-static bool name_has_owner(Broker *b, const char *name) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-        int has = 0;
-
-        if (sd_bus_call_method(b->bus, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
-                               "NameHasOwner", NULL, &reply, "s", name) < 0 ||
-            sd_bus_message_read(reply, "b", &has) < 0)
-                return false;
-        return has;
-}
 
 /* Rebuilds one container from its state and its fds (those named c<id>-*). */
 static int state_restore_container(Broker *b, json_object *root, StoredFd *stored, size_t n_stored, uint64_t *ret_id,
@@ -370,7 +360,7 @@ static int state_restore_container(Broker *b, json_object *root, StoredFd *store
         }
 
         /* The owner may have gone while we were away. */
-        if (!name_has_owner(b, c->owner)) {
+        if (!broker_name_has_owner(b, c->owner)) {
                 log_info("Owner %s of restored container %s is gone; closing it.", c->owner, c->path);
                 container_dbus_close(c);
                 return 0;

@@ -1,0 +1,143 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <systemd/sd-id128.h>
+
+#include "container-dbus.h"
+#include "group-dbus.h"
+#include "log.h"
+#include "manager-dbus.h"
+#include "peer.h"
+#include "polkit.h"
+
+struct Peer {
+        Peer *next;
+        Broker *broker;
+        sd_bus *bus;
+        char *owner;
+        uid_t uid;
+};
+
+static Peer *peer_find(Broker *b, sd_bus *bus) {
+        for (Peer *p = b->peers; p; p = p->next)
+                if (p->bus == bus)
+                        return p;
+        return NULL;
+}
+
+static void peer_free(Peer *p) {
+        Broker *b = p->broker;
+
+        for (Peer **i = &b->peers; *i; i = &(*i)->next)
+                if (*i == p) {
+                        *i = p->next;
+                        break;
+                }
+        sd_bus_flush_close_unref(p->bus);
+        free(p->owner);
+        free(p);
+}
+
+static int on_peer_disconnected(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        Peer *p = userdata;
+
+        log_debug("Peer connection of %s closed.", p->owner);
+        peer_free(p);
+        return 0;
+}
+
+int peer_open(Broker *b, const char *owner, uid_t uid, int *ret_fd) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        _cleanup_close_ int ours = -EBADF, theirs = -EBADF;
+        int pair[2], r;
+        sd_id128_t id;
+        Peer *p;
+
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, pair) < 0)
+                return -errno;
+        ours = pair[0];
+        theirs = pair[1];
+
+        r = sd_id128_randomize(&id);
+        if (r >= 0)
+                r = sd_bus_new(&bus);
+        if (r >= 0)
+                r = sd_bus_set_fd(bus, ours, ours);
+        if (r >= 0)
+                TAKE_FD(ours);
+        if (r >= 0)
+                r = sd_bus_set_server(bus, true, id);
+        /* Both ends of a socketpair carry the daemon's credentials: authentication proves nothing here.
+         * The identity is the one fixed below, from the bus connection that asked. */
+        if (r >= 0)
+                r = sd_bus_set_anonymous(bus, true);
+        if (r >= 0)
+                r = sd_bus_negotiate_fds(bus, true);
+        if (r >= 0)
+                r = manager_dbus_register_on(b, bus);
+        if (r >= 0)
+                r = group_dbus_register_on(b, bus);
+        if (r >= 0)
+                r = container_dbus_register_on(b, bus);
+        if (r < 0)
+                return r;
+
+        p = calloc(1, sizeof(*p));
+        if (!p)
+                return -ENOMEM;
+        p->broker = b;
+        p->uid = uid;
+        p->owner = strdup(owner);
+        if (!p->owner) {
+                free(p);
+                return -ENOMEM;
+        }
+        r = sd_bus_match_signal(bus, NULL, "org.freedesktop.DBus.Local", "/org/freedesktop/DBus/Local",
+                                "org.freedesktop.DBus.Local", "Disconnected", on_peer_disconnected, p);
+        if (r >= 0)
+                r = sd_bus_attach_event(bus, b->event, SD_EVENT_PRIORITY_NORMAL);
+        if (r >= 0)
+                r = sd_bus_start(bus);
+        if (r < 0) {
+                free(p->owner);
+                free(p);
+                return r;
+        }
+        p->bus = TAKE_PTR(bus);
+        p->next = b->peers;
+        b->peers = p;
+
+        *ret_fd = TAKE_FD(theirs);
+        return 0;
+}
+
+void peer_close_all_of(Broker *b, const char *owner) {
+        for (Peer *p = b->peers, *next; p; p = next) {
+                next = p->next;
+                if (strcmp(p->owner, owner) == 0)
+                        peer_free(p);
+        }
+}
+
+void peer_free_all(Broker *b) {
+        while (b->peers)
+                peer_free(b->peers);
+}
+
+const char *broker_caller_name(Broker *b, sd_bus_message *m) {
+        Peer *p = peer_find(b, sd_bus_message_get_bus(m));
+        return p ? p->owner : sd_bus_message_get_sender(m);
+}
+
+int broker_caller_uid(Broker *b, sd_bus_message *m, uid_t *ret) {
+        Peer *p = peer_find(b, sd_bus_message_get_bus(m));
+
+        if (p) {
+                *ret = p->uid;
+                return 0;
+        }
+        return bus_message_get_sender_uid(m, ret);
+}

@@ -1,0 +1,25 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/* Peer-to-peer connections (Manager.OpenConnection): a private D-Bus connection over a socketpair that
+ * serves the same objects without the round trip through the bus daemon. Its identity is the one of
+ * the bus connection that opened it, fixed at that moment: calls on it act as that unique name and
+ * uid (ownership, polkit subject, quotas). Containers still belong to the bus connection: closing the
+ * peer connection closes nothing, and when the owner leaves the bus its peer connections are closed
+ * together with its containers. Signals are only sent on the bus. */
+
+#include <sys/types.h>
+#include <systemd/sd-bus.h>
+
+#include "broker.h"
+
+typedef struct Peer Peer;
+
+/* Returns the client's end of a new connection for (owner, uid). */
+int peer_open(Broker *b, const char *owner, uid_t uid, int *ret_fd);
+void peer_close_all_of(Broker *b, const char *owner);
+void peer_free_all(Broker *b);
+
+/* Who is calling: the sender and its uid on the bus; the fixed identity on a peer connection. */
+const char *broker_caller_name(Broker *b, sd_bus_message *m);
+int broker_caller_uid(Broker *b, sd_bus_message *m, uid_t *ret);
