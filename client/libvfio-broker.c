@@ -26,7 +26,8 @@
 
 struct vfio_broker {
         unsigned n_ref;
-        sd_bus *bus;
+        sd_bus *bus;          /* the system bus: signals, and calls when there is no peer connection */
+        sd_bus *peer;         /* Manager.OpenConnection: calls without the bus daemon's round trip */
         bool owns_bus;
         char error_name[128];
         char error_message[512];
@@ -63,6 +64,41 @@ static int error_to_errno(const sd_bus_error *e, int r) {
         return r < 0 ? r : -EIO;
 }
 
+/* A peer-to-peer connection to the broker, used for every call when the broker offers one. Its
+ * identity is ours on the bus, so ownership and authorization are unchanged. VFIO_BROKER_PEER=0
+ * turns it off. */
+static void open_peer(vfio_broker *b) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        const char *env = getenv("VFIO_BROKER_PEER");
+        sd_bus *peer = NULL;
+        int fd, r;
+
+        if (env && strcmp(env, "0") == 0)
+                return;
+        r = sd_bus_call_method(b->bus, BUS_NAME, ROOT_PATH, MANAGER_IFACE, "OpenConnection", NULL, &reply, "");
+        if (r < 0 || sd_bus_message_read(reply, "h", &fd) < 0)
+                return; /* an older broker: the bus it is */
+        fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        if (fd < 0)
+                return;
+        if (sd_bus_new(&peer) < 0 || sd_bus_set_fd(peer, fd, fd) < 0) {
+                close(fd);
+                sd_bus_unref(peer);
+                return;
+        }
+        /* The socketpair carries the broker's credentials, so there is nothing to prove: ANONYMOUS. */
+        if (sd_bus_set_anonymous(peer, true) < 0 || sd_bus_negotiate_fds(peer, true) < 0 || sd_bus_start(peer) < 0) {
+                sd_bus_flush_close_unref(peer);
+                return;
+        }
+        b->peer = peer;
+}
+
+/* The broker restarted (or its peer end went away): the peer connection is dead, the bus is not. */
+static bool connection_lost(int r) {
+        return r == -ENOTCONN || r == -ECONNRESET || r == -EPIPE || r == -ESHUTDOWN;
+}
+
 static int call(vfio_broker *b, const char *path, const char *iface, const char *member, sd_bus_message **reply,
                 const char *types, ...) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
@@ -71,19 +107,31 @@ static int call(vfio_broker *b, const char *path, const char *iface, const char 
         int r;
 
         set_error(b, NULL, NULL);
-        r = sd_bus_message_new_method_call(b->bus, &m, BUS_NAME, path, iface, member);
-        if (r < 0)
-                return fail_errno(b, r, "Cannot create a method call");
-        /* Let polkit ask the user, as a VMM started from a session would expect. */
-        (void) sd_bus_message_set_allow_interactive_authorization(m, true);
-        if (types && *types) {
-                va_start(ap, types);
-                r = sd_bus_message_appendv(m, types, ap);
-                va_end(ap);
+        for (int attempt = 0;; attempt++) {
+                sd_bus *target = b->peer ?: b->bus;
+
+                m = sd_bus_message_unref(m);
+                /* No destination on a peer connection: there is no bus in between. */
+                r = sd_bus_message_new_method_call(target, &m, b->peer ? NULL : BUS_NAME, path, iface, member);
                 if (r < 0)
-                        return fail_errno(b, r, "Cannot build the method call");
+                        return fail_errno(b, r, "Cannot create a method call");
+                /* Let polkit ask the user, as a VMM started from a session would expect. */
+                (void) sd_bus_message_set_allow_interactive_authorization(m, true);
+                if (types && *types) {
+                        va_start(ap, types);
+                        r = sd_bus_message_appendv(m, types, ap);
+                        va_end(ap);
+                        if (r < 0)
+                                return fail_errno(b, r, "Cannot build the method call");
+                }
+                r = sd_bus_call(target, m, 0, &error, reply);
+                if (r >= 0 || !b->peer || !connection_lost(r) || attempt > 0)
+                        break;
+                /* The broker restarted: continue on the bus, and on a new peer connection next time. */
+                sd_bus_error_free(&error);
+                b->peer = sd_bus_flush_close_unref(b->peer);
+                open_peer(b);
         }
-        r = sd_bus_call(b->bus, m, 0, &error, reply);
         if (r < 0) {
                 set_error(b, error.name, error.message ?: strerror(-r));
                 r = error_to_errno(&error, r);
@@ -115,6 +163,7 @@ _public_ int vfio_broker_open(vfio_broker **ret) {
         if (!*ret)
                 return -ENOMEM;
         (*ret)->owns_bus = true;
+        open_peer(*ret);
         return 0;
 }
 
@@ -122,7 +171,10 @@ _public_ int vfio_broker_open_with_bus(sd_bus *bus, vfio_broker **ret) {
         if (!bus || !ret)
                 return -EINVAL;
         *ret = broker_new(bus);
-        return *ret ? 0 : -ENOMEM;
+        if (!*ret)
+                return -ENOMEM;
+        open_peer(*ret);
+        return 0;
 }
 
 _public_ vfio_broker *vfio_broker_ref(vfio_broker *b) {
@@ -139,6 +191,7 @@ _public_ vfio_broker *vfio_broker_unref(vfio_broker *b) {
         if (!b || --b->n_ref > 0)
                 return NULL;
         sd_bus_slot_unref(b->balloon_slot);
+        sd_bus_flush_close_unref(b->peer);
         if (b->owns_bus)
                 sd_bus_flush_close_unref(b->bus);
         else
@@ -666,7 +719,8 @@ _public_ int vfio_broker_container_update(vfio_broker_container *c, const vfio_b
         b = c->broker;
         set_error(b, NULL, NULL);
 
-        r = sd_bus_message_new_method_call(b->bus, &m, BUS_NAME, c->path, CONTAINER_IFACE, "Update");
+        sd_bus *target = b->peer ?: b->bus;
+        r = sd_bus_message_new_method_call(target, &m, b->peer ? NULL : BUS_NAME, c->path, CONTAINER_IFACE, "Update");
         if (r >= 0)
                 r = sd_bus_message_open_container(m, 'a', "(tt)");
         for (size_t i = 0; r >= 0 && i < n_unmaps; i++)
@@ -689,7 +743,7 @@ _public_ int vfio_broker_container_update(vfio_broker_container *c, const vfio_b
         if (r < 0)
                 return fail_errno(b, r, "Cannot build the Update call");
 
-        r = sd_bus_call(b->bus, m, 0, &error, NULL);
+        r = sd_bus_call(target, m, 0, &error, NULL);
         if (r < 0) {
                 set_error(b, error.name, error.message ?: strerror(-r));
                 r = error_to_errno(&error, r);

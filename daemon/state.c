@@ -198,7 +198,9 @@ int state_save_container(Container *c) {
         }
         r = fputs(json_object_to_json_string_ext(root, JSON_C_TO_STRING_PLAIN), f) < 0 ? -EIO : 0;
         json_object_put(root);
-        if (fflush(f) != 0 || fsync(fileno(f)) < 0)
+        /* No fsync(): the state only has to survive the daemon's death, not the machine's (/run does
+         * not survive a reboot, nor do the fds it describes), and the page cache outlives any process. */
+        if (fflush(f) != 0)
                 r = -errno;
         fclose(f);
         /* rename() is atomic: the next instance reads the old state or the new one, never half. */
