@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <poll.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,7 +21,10 @@
 
 #include <vfio-broker/vfio-broker.h>
 
+static int last_inhibited = -1;
+
 static void on_balloon(vfio_broker *b, bool inhibited, uint32_t inhibitors, void *userdata) {
+        last_inhibited = inhibited;
         printf("signal  Manager BalloonInhibited=%s BalloonInhibitors=%" PRIu32 "\n", inhibited ? "true" : "false",
                inhibitors);
 }
@@ -29,8 +33,16 @@ static void on_container_balloon(vfio_broker_container *c, bool inhibited, void 
         printf("signal  %s BalloonInhibited=%s\n", vfio_broker_container_get_path(c), inhibited ? "true" : "false");
 }
 
-/* Deliver the signals that arrived with the last reply (the broker sends them before it answers). */
-static void drain(vfio_broker *b) {
+/* Signals come on the bus while calls go over the peer connection, so they may trail the reply:
+ * wait (at most 5 s) for the Manager's balloon state to reach what the last call implies. */
+static void wait_balloon(vfio_broker *b, bool inhibited) {
+        for (int i = 0; i < 500 && last_inhibited != inhibited; i++) {
+                struct pollfd p = { .fd = vfio_broker_get_fd(b), .events = (short) vfio_broker_get_events(b) };
+                while (vfio_broker_process(b) > 0)
+                        ;
+                if (last_inhibited != inhibited)
+                        (void) poll(&p, 1, 10);
+        }
         while (vfio_broker_process(b) > 0)
                 ;
 }
@@ -109,7 +121,7 @@ int main(int argc, char *argv[]) {
         if (r < 0)
                 return fail(b, "AttachGroup", r);
         printf("attached VFIO group %" PRIu32 "\n", group);
-        drain(b);
+        wait_balloon(b, true);
 
         r = vfio_broker_container_map(c, memfd, 0, ram, 0, VFIO_BROKER_MAP_READ | VFIO_BROKER_MAP_WRITE);
         if (r < 0)
@@ -151,8 +163,6 @@ int main(int argc, char *argv[]) {
                         close(fd);
                 }
         }
-        drain(b);
-
         r = vfio_broker_container_unmap(c, 0, ram);
         if (r < 0)
                 return fail(b, "Unmap", r);
@@ -162,7 +172,7 @@ int main(int argc, char *argv[]) {
         if (r < 0)
                 return fail(b, "DetachGroup", r);
         printf("closed the device fd and detached group %" PRIu32 "\n", group);
-        drain(b);
+        wait_balloon(b, false);
 
         r = vfio_broker_container_close(c);
         c = NULL; /* freed, also on failure */

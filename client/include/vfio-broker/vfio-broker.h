@@ -20,6 +20,10 @@
  *    connection is processed: attach it to an sd-event loop (vfio_broker_attach_event()), to a GLib
  *    main context (vfio-broker-glib.h), or drive it by hand (vfio_broker_get_fd(),
  *    vfio_broker_get_events(), vfio_broker_get_timeout(), vfio_broker_process()).
+ *  - Calls go over a private peer-to-peer connection to the broker (Manager.OpenConnection) when it
+ *    offers one, which saves the bus daemon's round trip; VFIO_BROKER_PEER=0 in the environment keeps
+ *    them on the bus. Signals always come on the bus, so a callback may run after the reply of the
+ *    call that caused it. If the broker restarts, calls fall back to the bus and reopen the peer.
  *  - A handle is not thread-safe; use one per thread, or lock around it.
  */
 
