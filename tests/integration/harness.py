@@ -108,9 +108,20 @@ class FdStore:
             return [n for n, _ in self.fds]
 
 
+def state_dir(tmp):
+    """Like /run in production, the state lives on tmpfs (/dev/shm) when there is one."""
+    shm = "/dev/shm/" + os.path.basename(tmp)
+    if os.path.isdir("/dev/shm") and not os.path.exists(shm):
+        try:
+            os.mkdir(shm, 0o700)
+        except OSError:
+            return os.path.join(tmp, "state")
+    return shm if os.path.isdir(shm) else os.path.join(tmp, "state")
+
+
 def start_daemon(tmp, daemon, backend, config, env, store):
     env = dict(env, NOTIFY_SOCKET=store.path)
-    args = [daemon, "--backend=" + backend, "--state-dir=" + os.path.join(tmp, "state")]
+    args = [daemon, "--backend=" + backend, "--state-dir=" + state_dir(tmp)]
     if config:
         args.append("--config=" + config)
     with store.lock:
@@ -269,7 +280,7 @@ def main():
         store = FdStore(tmp)
         daemon = start_daemon(tmp, a.daemon, a.backend, config, env, store)
         env["VFIO_BROKER_DAEMON_PID"] = str(daemon.pid)
-        env["VFIO_BROKER_STATE_DIR"] = os.path.join(tmp, "state")
+        env["VFIO_BROKER_STATE_DIR"] = state_dir(tmp)
         current = {"daemon": daemon}
 
         def control(cmd):
@@ -316,7 +327,7 @@ def main():
     for path, text in sanitizer_reports(tmp):
         log("FAIL: sanitizer report in %s:\n%s" % (path, text))
         status = status or 1
-    subprocess.call(["rm", "-rf", tmp])
+    subprocess.call(["rm", "-rf", tmp, "/dev/shm/" + os.path.basename(tmp)])
     return status
 
 
