@@ -352,6 +352,12 @@ static int property_get_iova_ranges(sd_bus *bus, const char *path, const char *i
         return sd_bus_message_close_container(reply);
 }
 
+static int property_get_dma_available(sd_bus *bus, const char *path, const char *interface,
+                                      const char *property, sd_bus_message *reply, void *userdata,
+                                      sd_bus_error *error) {
+        return sd_bus_message_append(reply, "u", container_dma_available(userdata));
+}
+
 static int property_get_page_sizes(sd_bus *bus, const char *path, const char *interface,
                                    const char *property, sd_bus_message *reply, void *userdata,
                                    sd_bus_error *error) {
@@ -387,6 +393,7 @@ static const sd_bus_vtable container_vtable[] = {
                         SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("IovaRanges", "a(tt)", property_get_iova_ranges, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("PageSizes", "t", property_get_page_sizes, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("DmaAvailable", "u", property_get_dma_available, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_VTABLE_END,
 };
 
@@ -514,7 +521,7 @@ void container_dbus_close(Container *c) {
 
 int container_dbus_emit_changed(Container *c, ContainerProperty mask) {
         static const char * const names[] = {
-                "Groups", "Mappings", "MappedBytes", "BalloonInhibited", "IovaRanges", "PageSizes",
+                "Groups", "Mappings", "MappedBytes", "BalloonInhibited", "IovaRanges", "PageSizes", "DmaAvailable",
         };
         const char *l[ELEMENTSOF(names) + 1];
         size_t n = 0;

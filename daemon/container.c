@@ -178,6 +178,9 @@ static int container_refresh_iommu(Container *c, BrokerError *e) {
                 return r;
         backend_iommu_info_done(&c->iommu);
         c->iommu = info;
+        /* The kernel counts what is available now; the limit is that plus what we hold. */
+        c->dma_limit = info.dma_available == UINT32_MAX ? UINT64_MAX :
+                       (uint64_t) info.dma_available + container_n_mappings(c);
         return 0;
 }
 
@@ -251,7 +254,7 @@ int container_attach_group(Container *c, unsigned id, BrokerError *e) {
         log_info("Container %" PRIu64 " (%s, uid %u): attached VFIO group %u.", c->id, c->label, c->uid, id);
 
         (void) state_save_container(c);
-        (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_GROUPS |
+        (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_GROUPS | CONTAINER_PROPERTY_DMA_AVAILABLE |
                                               CONTAINER_PROPERTY_IOVA_RANGES |
                                               CONTAINER_PROPERTY_PAGE_SIZES |
                                               (c->n_groups == 1 ? CONTAINER_PROPERTY_BALLOON_INHIBITED : 0));
@@ -302,7 +305,7 @@ int container_detach_group(Container *c, unsigned id, BrokerError *e) {
         log_info("Container %" PRIu64 " (%s, uid %u): detached VFIO group %u.", c->id, c->label, c->uid, id);
 
         (void) state_save_container(c);
-        (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_GROUPS |
+        (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_GROUPS | CONTAINER_PROPERTY_DMA_AVAILABLE |
                                               CONTAINER_PROPERTY_IOVA_RANGES |
                                               CONTAINER_PROPERTY_PAGE_SIZES |
                                               (c->n_groups == 0 ? CONTAINER_PROPERTY_BALLOON_INHIBITED : 0));
@@ -429,7 +432,8 @@ static int container_map_internal(Container *c, int fd, uint64_t offset, uint64_
                 if (r == -ENOSPC)
                         return broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED,
                                                 "The kernel's limit of DMA mappings per container is reached "
-                                                "(%zu mappings); merge mappings or unmap some first.",
+                                                "(%zu mappings, see DmaAvailable); merge mappings or unmap some "
+                                                "first.",
                                                 container_n_mappings(c));
                 return r;
         }
@@ -447,7 +451,8 @@ int container_map(Container *c, int fd, uint64_t offset, uint64_t size, uint64_t
         if (r < 0)
                 return r;
         (void) state_save_container(c);
-        (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES);
+        (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES |
+                                                      CONTAINER_PROPERTY_DMA_AVAILABLE);
         return 0;
 }
 
@@ -535,7 +540,8 @@ int container_unmap(Container *c, uint64_t iova, uint64_t size, BrokerError *e) 
                 return r;
         mappings_release(c, removed, n_removed);
         (void) state_save_container(c);
-        (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES);
+        (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES |
+                                                      CONTAINER_PROPERTY_DMA_AVAILABLE);
         return 0;
 }
 
@@ -577,7 +583,8 @@ int container_update(Container *c, const UpdateUnmap *unmaps, size_t n_unmaps, c
         mappings_release(c, removed, n_removed);
         (void) state_save_container(c);
         if (n_unmaps > 0 || n_maps > 0)
-                (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES);
+                (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES |
+                                                      CONTAINER_PROPERTY_DMA_AVAILABLE);
         return 0;
 
 rollback:

@@ -39,6 +39,7 @@ struct Container {
         size_t n_groups;
 
         BackendIommuInfo iommu; /* valid while n_groups > 0 */
+        uint64_t dma_limit;     /* the kernel's limit of mappings for this container, UINT64_MAX if unknown */
 
         MappingTable mappings;
         MemoryPool *memory;
@@ -54,6 +55,7 @@ typedef enum ContainerProperty {
         CONTAINER_PROPERTY_BALLOON_INHIBITED = 1 << 3,
         CONTAINER_PROPERTY_IOVA_RANGES       = 1 << 4,
         CONTAINER_PROPERTY_PAGE_SIZES        = 1 << 5,
+        CONTAINER_PROPERTY_DMA_AVAILABLE     = 1 << 6,
 } ContainerProperty;
 
 int container_new(Broker *b, const char *owner, uid_t uid, const char *label, Container **ret,
@@ -99,6 +101,15 @@ static inline bool container_balloon_inhibited(const Container *c) {
 
 static inline size_t container_n_mappings(const Container *c) {
         return mapping_table_size(&c->mappings);
+}
+
+/* How many more mappings the kernel accepts (VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL); 0 without a group. */
+static inline uint32_t container_dma_available(const Container *c) {
+        if (c->n_groups == 0)
+                return 0;
+        if (c->dma_limit == UINT64_MAX)
+                return UINT32_MAX;
+        return c->dma_limit > container_n_mappings(c) ? (uint32_t) (c->dma_limit - container_n_mappings(c)) : 0;
 }
 
 static inline uint64_t container_mapped_bytes(const Container *c) {

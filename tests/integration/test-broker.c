@@ -199,8 +199,14 @@ static void test_attach_map_signals(void **state) {
         if (is_sim)
                 assert_int_equal(pgsizes, 0x40201000);
 
+        /* The kernel's mapping budget: 65535 by default, on both backends. */
+        uint32_t budget = test_get_u32(bus, path, CONTAINER_IFACE, "DmaAvailable");
+        assert_int_equal(budget, 65535);
+
         log->n = 0;
         test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram, UINT64_C(0), 2 * MiB, 2 * MiB, UINT32_C(3));
+        assert_true(test_wait_change(bus, log, path, CONTAINER_IFACE, "DmaAvailable"));
+        assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "DmaAvailable"), budget - 1);
         assert_true(test_wait_change(bus, log, path, CONTAINER_IFACE, "Mappings"));
         assert_true(test_wait_change(bus, log, path, CONTAINER_IFACE, "MappedBytes"));
         assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "Mappings"), 1);
@@ -230,6 +236,7 @@ static void test_attach_map_signals(void **state) {
         assert_true(test_wait_change(bus, log, path, CONTAINER_IFACE, "MappedBytes"));
         assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "Mappings"), 0);
         assert_int_equal(test_get_u64(bus, path, CONTAINER_IFACE, "MappedBytes"), 0);
+        assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "DmaAvailable"), budget);
 
         /* The device fd holds the group. */
         expect_error(test_call(bus, path, CONTAINER_IFACE, "DetachGroup", NULL, "u", viable[0]->id), ERR("Busy"),

@@ -25,6 +25,7 @@ static void test_dma_entry_limit(void **state) {
 
         assert_true(n > 0);
         test_call_ok(bus, path, CONTAINER_IFACE, "AttachGroup", NULL, "u", groups[0].id);
+        assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "DmaAvailable"), 4);
         for (uint64_t i = 0; i < 4; i++)
                 test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram, i * 4096, UINT64_C(4096),
                              0x100000 + i * 0x10000, UINT32_C(3));
@@ -34,8 +35,10 @@ static void test_dma_entry_limit(void **state) {
         assert_string_equal(e, "org.vfiobroker.Broker1.Error.QuotaExceeded");
         assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "Mappings"), 4);
         assert_int_equal(test_get_u64(bus, path, CONTAINER_IFACE, "MappedBytes"), 4 * 4096);
+        assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "DmaAvailable"), 0);
 
         test_call_ok(bus, path, CONTAINER_IFACE, "Unmap", NULL, "tt", UINT64_C(0x100000), UINT64_C(4096));
+        assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "DmaAvailable"), 1);
         test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram, UINT64_C(0x10000), UINT64_C(4096),
                      UINT64_C(0x900000), UINT32_C(3));
         assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "Mappings"), 4);
