@@ -51,7 +51,9 @@ static void check_tree(const MappingTable *t) {
         for (MappingTableNode *n = mapping_table_first(t); n; n = mapping_table_next(n)) {
                 if (prev)
                         assert_true(prev->last < n->first);
-                bytes += mapping_table_node_size(n);
+                /* Saturating, like the table: [0, 2^64-1] alone is 2^64 bytes (its size wraps to 0). */
+                uint64_t size = n->first == 0 && n->last == UINT64_MAX ? UINT64_MAX : mapping_table_node_size(n);
+                bytes = bytes + size < bytes ? UINT64_MAX : bytes + size;
                 prev = n;
         }
         assert_int_equal(bytes, t->n_bytes);
@@ -147,9 +149,98 @@ static void test_edges_of_address_space(void **state) {
         assert_int_equal(mapping_table_bytes(&t), 0);
 }
 
+/* Every way a new interval can meet an existing one, each tried against a table holding only that one. */
+static void test_overlap_edges(void **state) {
+        static const struct {
+                uint64_t existing_first, existing_last, first, last;
+                bool overlaps;
+        } cases[] = {
+                { 0x1000, 0x1fff, 0x0000, 0x0fff, false }, /* touching from below */
+                { 0x1000, 0x1fff, 0x2000, 0x2fff, false }, /* touching from above */
+                { 0x1000, 0x1fff, 0x0000, 0x1000, true },  /* one address at its start */
+                { 0x1000, 0x1fff, 0x1fff, 0x2fff, true },  /* one address at its end */
+                { 0x1000, 0x1fff, 0x1fff, 0x1fff, true },  /* a single address inside */
+                { 0x1000, 0x1fff, 0x1000, 0x1fff, true },  /* identical */
+                { 0x1000, 0x1fff, 0x1400, 0x17ff, true },  /* contained */
+                { 0x1000, 0x1fff, 0x0800, 0x27ff, true },  /* containing */
+                { 0x1000, 0x1fff, 0x1000, 0x17ff, true },  /* same start, shorter */
+                { 0x1000, 0x1fff, 0x1800, 0x1fff, true },  /* same end, shorter */
+                { 0x0000, 0x0fff, 0x0000, 0x0000, true },  /* at address 0 */
+                { 0x0000, 0x0fff, 0x1000, 0x1fff, false },
+                { 0x0000, 0x0000, 0x0001, UINT64_MAX, false },
+                { 0x0000, 0x0000, 0x0000, UINT64_MAX, true },
+                { UINT64_MAX - 0xfff, UINT64_MAX, UINT64_MAX, UINT64_MAX, true },
+                { UINT64_MAX - 0xfff, UINT64_MAX, UINT64_MAX - 0x1fff, UINT64_MAX - 0x1000, false },
+                { UINT64_MAX - 0xfff, UINT64_MAX, UINT64_MAX - 0x1fff, UINT64_MAX - 0xfff, true },
+                { UINT64_MAX, UINT64_MAX, 0x0000, UINT64_MAX - 1, false },
+                { UINT64_MAX, UINT64_MAX, 0x0000, UINT64_MAX, true },
+        };
+
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                MappingTable t = MAPPING_TABLE_INIT;
+                Item existing = {}, item = {};
+                MappingTableNode *conflict = NULL;
+
+                existing.node.first = cases[i].existing_first;
+                existing.node.last = cases[i].existing_last;
+                item.node.first = cases[i].first;
+                item.node.last = cases[i].last;
+                assert_int_equal(mapping_table_insert(&t, &existing.node, NULL), 0);
+
+                /* Intersection is symmetric, and so is what first_intersecting() sees. */
+                assert_ptr_equal(mapping_table_first_intersecting(&t, cases[i].first, cases[i].last),
+                                 cases[i].overlaps ? &existing.node : NULL);
+
+                if (cases[i].overlaps) {
+                        assert_int_equal(mapping_table_insert(&t, &item.node, &conflict), -EEXIST);
+                        assert_ptr_equal(conflict, &existing.node);
+                        /* Unchanged: still one node, and the refused node's links were not touched. */
+                        assert_int_equal(mapping_table_size(&t), 1);
+                        assert_int_equal(mapping_table_bytes(&t), mapping_table_node_size(&existing.node));
+                        assert_ptr_equal(t.root, &existing.node);
+                        assert_null(existing.node.left);
+                        assert_null(existing.node.right);
+                } else {
+                        assert_int_equal(mapping_table_insert(&t, &item.node, &conflict), 0);
+                        assert_null(conflict);
+                        assert_int_equal(mapping_table_size(&t), 2);
+                        check_tree(&t);
+                        /* Also the other way round: the existing one does not fit back in. */
+                        mapping_table_remove(&t, &existing.node);
+                        assert_int_equal(mapping_table_insert(&t, &existing.node, NULL), 0);
+                        mapping_table_remove(&t, &item.node);
+                }
+                mapping_table_remove(&t, &existing.node);
+                assert_null(t.root);
+                assert_int_equal(mapping_table_bytes(&t), 0);
+        }
+}
+
 /* Reference model: a bitmap over a small universe of 4 KiB slots. */
 #define SLOTS 2048
 static Item *owner[SLOTS];
+
+/* In-order iteration, both ways, visits exactly the model's intervals in address order. */
+static void check_order_against_model(const MappingTable *t) {
+        Item *expect[SLOTS];
+        size_t n = 0, i = 0;
+
+        for (unsigned s = 0; s < SLOTS; s++)
+                if (owner[s] && (n == 0 || expect[n - 1] != owner[s]))
+                        expect[n++] = owner[s];
+        assert_int_equal(mapping_table_size(t), n);
+
+        for (MappingTableNode *node = mapping_table_first(t); node; node = mapping_table_next(node)) {
+                assert_true(i < n);
+                assert_ptr_equal(node, &expect[i++]->node);
+        }
+        assert_int_equal(i, n);
+        for (MappingTableNode *node = mapping_table_last(t); node; node = mapping_table_prev(node)) {
+                assert_true(i > 0);
+                assert_ptr_equal(node, &expect[--i]->node);
+        }
+        assert_int_equal(i, 0);
+}
 
 static void test_random_against_model(void **state) {
         MappingTable t = MAPPING_TABLE_INIT;
@@ -203,10 +294,13 @@ static void test_random_against_model(void **state) {
                                                                          ((uint64_t) (q + ql) << 12) - 1);
                 assert_ptr_equal(got, expect ? &expect->node : NULL);
 
-                if (op % 997 == 0)
+                if (op % 997 == 0) {
                         check_tree(&t);
+                        check_order_against_model(&t);
+                }
         }
         check_tree(&t);
+        check_order_against_model(&t);
         free(items);
 }
 
@@ -238,6 +332,16 @@ static void test_many_and_range_removal(void **state) {
         assert_int_equal(mapping_table_size(&t), n - 1000);
         assert_null(mapping_table_first_intersecting(&t, first, last));
 
+        /* A range removed while iterating the whole table: every node starting in slots [3000, 4000). */
+        MAPPING_TABLE_FOREACH_SAFE(node, next, &t)
+                if (node->first >= 0x2000ULL * 3000 && node->first < 0x2000ULL * 4000)
+                        mapping_table_remove(&t, node);
+        check_tree(&t);
+        assert_int_equal(mapping_table_size(&t), n - 2000);
+        assert_null(mapping_table_first_intersecting(&t, 0x2000ULL * 3000, 0x2000ULL * 4000 - 1));
+        assert_ptr_equal(mapping_table_find(&t, 0x2000ULL * 2999), &items[2999].node);
+        assert_ptr_equal(mapping_table_find(&t, 0x2000ULL * 4000), &items[4000].node);
+
         MAPPING_TABLE_FOREACH_SAFE(node, next, &t)
                 mapping_table_remove(&t, node);
         assert_int_equal(mapping_table_bytes(&t), 0);
@@ -250,6 +354,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_basics),
                 cmocka_unit_test(test_edges_of_address_space),
+                cmocka_unit_test(test_overlap_edges),
                 cmocka_unit_test(test_random_against_model),
                 cmocka_unit_test(test_many_and_range_removal),
         };
