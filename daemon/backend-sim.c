@@ -41,6 +41,7 @@ typedef struct SimBackend {
         SimGroup *groups;
         size_t n_groups;
         uint64_t pinned_bytes;
+        uint64_t hot_resets;
 } SimBackend;
 
 typedef struct SimDma {
@@ -53,6 +54,7 @@ struct SimContainer {
         BackendContainer base;
         SimBackend *sim;
         bool iommu_set;
+        bool dirty_tracking;
         size_t n_groups;
         MappingTable dma;
 };
@@ -151,6 +153,7 @@ static void sim_container_release_iommu(SimContainer *c) {
         MAPPING_TABLE_FOREACH_SAFE(node, next, &c->dma)
                 sim_dma_remove(c, node);
         c->iommu_set = false;
+        c->dirty_tracking = false;
 }
 
 static void sim_container_free(BackendContainer *bc) {
@@ -279,9 +282,17 @@ static int sim_container_map(BackendContainer *bc, uint64_t vaddr, uint64_t iova
         return 0;
 }
 
-static int sim_container_unmap(BackendContainer *bc, uint64_t iova, uint64_t size, uint64_t *ret_unmapped,
-                               BrokerError *e) {
-        SimContainer *c = (SimContainer *) bc;
+/* Without a device that reports its own writes (pinned_page_dirty_scope), type1 reports every page of
+ * every mapping as dirty; that is what the sim reports. */
+static void sim_mark_dirty(uint64_t *bitmap, uint64_t base, uint64_t page_size, const MappingTableNode *node) {
+        for (uint64_t a = node->first; a <= node->last && a >= node->first; a += page_size) {
+                uint64_t bit = (a - base) / page_size;
+                bitmap[bit / 64] |= UINT64_C(1) << (bit % 64);
+        }
+}
+
+static int sim_unmap(SimContainer *c, uint64_t iova, uint64_t size, uint64_t page_size, uint64_t *bitmap,
+                     uint64_t *ret_unmapped, BrokerError *e) {
         uint64_t mask = sim_min_page(c) - 1, last, unmapped = 0;
         MappingTableNode *node, *next;
 
@@ -300,13 +311,120 @@ static int sim_container_unmap(BackendContainer *bc, uint64_t iova, uint64_t siz
         if (node && node->last > last)
                 return sim_einval(e, BROKER_ERROR_WOULD_SPLIT, "unmap range ends inside a mapping");
 
+        if (bitmap && (!c->dirty_tracking || page_size != sim_min_page(c)))
+                return sim_einval(e, BROKER_ERROR_INVALID_ARGS, "a dirty bitmap needs tracking and the smallest page size");
+
         for (node = mapping_table_first_intersecting(&c->dma, iova, last); node && node->first <= last; node = next) {
                 next = mapping_table_next(node);
                 unmapped += mapping_table_node_size(node);
+                if (bitmap)
+                        sim_mark_dirty(bitmap, iova, page_size, node);
                 sim_dma_remove(c, node);
         }
         if (ret_unmapped)
                 *ret_unmapped = unmapped;
+        return 0;
+}
+
+static int sim_container_unmap(BackendContainer *bc, uint64_t iova, uint64_t size, uint64_t *ret_unmapped,
+                               BrokerError *e) {
+        return sim_unmap((SimContainer *) bc, iova, size, 0, NULL, ret_unmapped, e);
+}
+
+static int sim_container_unmap_dirty(BackendContainer *bc, uint64_t iova, uint64_t size, uint64_t page_size,
+                                     uint64_t *bitmap, uint64_t *ret_unmapped, BrokerError *e) {
+        return sim_unmap((SimContainer *) bc, iova, size, page_size, bitmap, ret_unmapped, e);
+}
+
+static int sim_container_dirty_tracking(BackendContainer *bc, bool start, BrokerError *e) {
+        SimContainer *c = (SimContainer *) bc;
+
+        if (!c->iommu_set)
+                return sim_einval(e, BROKER_ERROR_NO_GROUPS, "no IOMMU set");
+        c->dirty_tracking = start;
+        return 0;
+}
+
+static int sim_container_dirty_bitmap(BackendContainer *bc, uint64_t iova, uint64_t size, uint64_t page_size,
+                                      uint64_t *bitmap, BrokerError *e) {
+        SimContainer *c = (SimContainer *) bc;
+        MappingTableNode *node;
+        uint64_t last;
+
+        if (!c->iommu_set || !c->dirty_tracking)
+                return sim_einval(e, BROKER_ERROR_INVALID_ARGS, "dirty page tracking is not started");
+        if (page_size != sim_min_page(c) || size == 0 || ((iova | size) & (page_size - 1)))
+                return sim_einval(e, BROKER_ERROR_UNALIGNED, "bitmap range and page size must use the smallest page");
+        if (iova + (size - 1) < iova)
+                return sim_einval(e, BROKER_ERROR_OUT_OF_RANGE, "range overflows");
+        last = iova + (size - 1);
+        node = mapping_table_find(&c->dma, iova);
+        if (node && node->first != iova)
+                return sim_einval(e, BROKER_ERROR_WOULD_SPLIT, "bitmap range starts inside a mapping");
+        node = mapping_table_find(&c->dma, last);
+        if (node && node->last != last)
+                return sim_einval(e, BROKER_ERROR_WOULD_SPLIT, "bitmap range ends inside a mapping");
+
+        for (node = mapping_table_first_intersecting(&c->dma, iova, last); node && node->first <= last;
+             node = mapping_table_next(node))
+                sim_mark_dirty(bitmap, iova, page_size, node);
+        return 0;
+}
+
+/* The reset scope of a device is its PCI bus ("dddd:bb"), as for a secondary bus reset; a device on a
+ * root bus (bus 00) has no bus reset, as the kernel reports for one without a reset slot (ENODEV). */
+static int sim_container_hot_reset_groups(BackendContainer *bc, unsigned id, const char *device,
+                                          unsigned **ret, size_t *ret_n, BrokerError *e) {
+        SimContainer *c = (SimContainer *) bc;
+        SimGroup *g = sim_find_group(c->sim, id);
+        _cleanup_free_ unsigned *groups = NULL;
+        size_t n = 0;
+
+        if (!g || g->container != c)
+                return sim_einval(e, BROKER_ERROR_NO_SUCH_GROUP, "group not in this container");
+        if (strlen(device) < 7 || strncmp(device + 5, "00", 2) == 0)
+                return broker_error_set(e, BROKER_ERROR_NOT_SUPPORTED,
+                                        "Device %s cannot be reset with a PCI hot reset: it sits on a root bus, "
+                                        "which has no bus reset (sim).", device);
+
+        groups = calloc(c->sim->n_groups + 1, sizeof(unsigned));
+        if (!groups)
+                return -ENOMEM;
+        for (size_t i = 0; i < c->sim->n_groups; i++) {
+                bool on_bus = false;
+                for (char **d = c->sim->groups[i].config->devices; d && *d && !on_bus; d++)
+                        on_bus = strncmp(*d, device, 7) == 0 && (*d)[7] == ':';
+                if (on_bus)
+                        groups[n++] = c->sim->groups[i].config->id; /* sorted: the groups are */
+        }
+        *ret = TAKE_PTR(groups);
+        *ret_n = n;
+        return 0;
+}
+
+static int sim_container_hot_reset(BackendContainer *bc, unsigned id, const char *device,
+                                   BackendContainer *const *owners, const unsigned *groups, size_t n,
+                                   BrokerError *e) {
+        SimContainer *c = (SimContainer *) bc;
+        _cleanup_free_ unsigned *needed = NULL;
+        size_t n_needed = 0;
+        int r;
+
+        r = sim_container_hot_reset_groups(bc, id, device, &needed, &n_needed, e);
+        if (r < 0)
+                return r;
+        /* The kernel's rule: every group the reset touches is among the given group fds, each of which
+         * must be a group in a container (owners[i]). */
+        for (size_t i = 0; i < n_needed; i++) {
+                bool given = false;
+                for (size_t k = 0; k < n && !given; k++) {
+                        SimGroup *g = sim_find_group(c->sim, groups[k]);
+                        given = groups[k] == needed[i] && g && g->container == (SimContainer *) owners[k];
+                }
+                if (!given)
+                        return sim_einval(e, BROKER_ERROR_BUSY, "a group the reset touches was not given");
+        }
+        c->sim->hot_resets++;
         return 0;
 }
 
@@ -446,6 +564,11 @@ static const BackendOps sim_ops = {
         .container_map = sim_container_map,
         .container_unmap = sim_container_unmap,
         .container_open_device = sim_container_open_device,
+        .container_hot_reset_groups = sim_container_hot_reset_groups,
+        .container_hot_reset = sim_container_hot_reset,
+        .container_dirty_tracking = sim_container_dirty_tracking,
+        .container_dirty_bitmap = sim_container_dirty_bitmap,
+        .container_unmap_dirty = sim_container_unmap_dirty,
         .container_get_fds = sim_container_get_fds,
         .container_restore = sim_container_restore,
         .container_restore_mapping = sim_container_restore_mapping,

@@ -600,6 +600,161 @@ static void vfio_container_abandon(BackendContainer *bc) {
         free(c);
 }
 
+/* A device fd of our own for an ioctl on the device; closed by the caller. The VMM's fds stay as
+ * they are (a second open of an open device does not reset or re-enable it). */
+static int vfio_device_fd(VfioContainer *c, unsigned group, const char *device, BrokerError *e) {
+        ssize_t i = vfio_container_group_index(c, group);
+        if (i < 0)
+                return broker_error_set(e, BROKER_ERROR_NO_SUCH_GROUP, "VFIO group %u is not in this container.", group);
+        int fd = ioctl(c->groups[i].fd, VFIO_GROUP_GET_DEVICE_FD, device);
+        if (fd < 0)
+                return broker_error_set_errno(e, -errno, "VFIO_GROUP_GET_DEVICE_FD(%s) failed", device);
+        return fd;
+}
+
+static int vfio_container_hot_reset_groups(BackendContainer *bc, unsigned group, const char *device,
+                                           unsigned **ret, size_t *ret_n, BrokerError *e) {
+        VfioContainer *c = (VfioContainer *) bc;
+        _cleanup_close_ int fd = -EBADF;
+        _cleanup_free_ struct vfio_pci_hot_reset_info *info = NULL;
+        _cleanup_free_ unsigned *groups = NULL;
+        size_t n = 0, count = 8;
+        int r;
+
+        fd = vfio_device_fd(c, group, device, e);
+        if (fd < 0)
+                return fd;
+
+        /* The kernel says how many devices the reset touches when the buffer is too small (ENOSPC). */
+        for (;;) {
+                free(info);
+                info = calloc(1, sizeof(*info) + count * sizeof(struct vfio_pci_dependent_device));
+                if (!info)
+                        return -ENOMEM;
+                info->argsz = sizeof(*info) + count * sizeof(struct vfio_pci_dependent_device);
+                if (ioctl(fd, VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, info) >= 0)
+                        break;
+                r = -errno;
+                if (r == -ENOSPC && info->count > count) {
+                        count = info->count;
+                        continue;
+                }
+                if (r == -ENODEV || r == -ENOTTY)
+                        return broker_error_set(e, BROKER_ERROR_NOT_SUPPORTED,
+                                                "Device %s cannot be reset with a PCI hot reset: it has neither a "
+                                                "resettable slot nor a resettable bus (a root-bus device, for "
+                                                "example); the kernel says %s.", device, errno_to_name(-r) ?: "?");
+                return broker_error_set_errno(e, r, "VFIO_DEVICE_GET_PCI_HOT_RESET_INFO on %s failed", device);
+        }
+
+        groups = calloc(info->count + 1, sizeof(unsigned));
+        if (!groups)
+                return -ENOMEM;
+        for (size_t i = 0; i < info->count; i++) {
+                unsigned id = info->devices[i].group_id;
+                bool seen = false;
+                for (size_t j = 0; j < n && !seen; j++)
+                        seen = groups[j] == id;
+                if (!seen)
+                        groups[n++] = id;
+        }
+        qsort(groups, n, sizeof(unsigned), unsigned_compare);
+        *ret = TAKE_PTR(groups);
+        *ret_n = n;
+        return 0;
+}
+
+static int vfio_container_hot_reset(BackendContainer *bc, unsigned group, const char *device,
+                                    BackendContainer *const *owners, const unsigned *groups, size_t n,
+                                    BrokerError *e) {
+        VfioContainer *c = (VfioContainer *) bc;
+        _cleanup_close_ int fd = -EBADF;
+        _cleanup_free_ struct vfio_pci_hot_reset *reset = NULL;
+
+        reset = calloc(1, sizeof(*reset) + n * sizeof(int32_t));
+        if (!reset)
+                return -ENOMEM;
+        reset->argsz = sizeof(*reset) + n * sizeof(int32_t);
+        reset->count = n;
+        for (size_t i = 0; i < n; i++) {
+                VfioContainer *o = (VfioContainer *) owners[i];
+                ssize_t k = vfio_container_group_index(o, groups[i]);
+                if (k < 0)
+                        return broker_error_set(e, BROKER_ERROR_BUSY, "VFIO group %u is not attached.", groups[i]);
+                reset->group_fds[i] = o->groups[k].fd;
+        }
+
+        fd = vfio_device_fd(c, group, device, e);
+        if (fd < 0)
+                return fd;
+        if (ioctl(fd, VFIO_DEVICE_PCI_HOT_RESET, reset) < 0) {
+                int r = -errno;
+                if (r == -EBUSY)
+                        return broker_error_set(e, BROKER_ERROR_BUSY,
+                                                "The kernel could not take every device the reset of %s touches "
+                                                "(one is in use, e.g. mmapped and faulting); try again.", device);
+                return broker_error_set_errno(e, r, "VFIO_DEVICE_PCI_HOT_RESET on %s failed", device);
+        }
+        return 0;
+}
+
+static int vfio_container_dirty_tracking(BackendContainer *bc, bool start, BrokerError *e) {
+        VfioContainer *c = (VfioContainer *) bc;
+        struct vfio_iommu_type1_dirty_bitmap d = {
+                .argsz = sizeof(d),
+                .flags = start ? VFIO_IOMMU_DIRTY_PAGES_FLAG_START : VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP,
+        };
+
+        if (ioctl(c->fd, VFIO_IOMMU_DIRTY_PAGES, &d) < 0)
+                return broker_error_set_errno(e, -errno, "VFIO_IOMMU_DIRTY_PAGES(%s) failed", start ? "START" : "STOP");
+        return 0;
+}
+
+static uint64_t bitmap_bytes(uint64_t size, uint64_t page_size) {
+        uint64_t pages = size / page_size;
+        return (pages + 63) / 64 * 8;
+}
+
+static int vfio_container_dirty_bitmap(BackendContainer *bc, uint64_t iova, uint64_t size, uint64_t page_size,
+                                       uint64_t *bitmap, BrokerError *e) {
+        VfioContainer *c = (VfioContainer *) bc;
+        struct {
+                struct vfio_iommu_type1_dirty_bitmap d;
+                struct vfio_iommu_type1_dirty_bitmap_get get;
+        } req = {
+                .d = { .argsz = sizeof(req), .flags = VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP },
+                .get = {
+                        .iova = iova,
+                        .size = size,
+                        .bitmap = { .pgsize = page_size, .size = bitmap_bytes(size, page_size),
+                                    .data = (__u64 *) bitmap },
+                },
+        };
+
+        if (ioctl(c->fd, VFIO_IOMMU_DIRTY_PAGES, &req) < 0)
+                return broker_error_set_errno(e, -errno, "VFIO_IOMMU_DIRTY_PAGES(GET_BITMAP) failed");
+        return 0;
+}
+
+static int vfio_container_unmap_dirty(BackendContainer *bc, uint64_t iova, uint64_t size, uint64_t page_size,
+                                      uint64_t *bitmap, uint64_t *ret_unmapped, BrokerError *e) {
+        VfioContainer *c = (VfioContainer *) bc;
+        struct {
+                struct vfio_iommu_type1_dma_unmap unmap;
+                struct vfio_bitmap bitmap;
+        } req = {
+                .unmap = { .argsz = sizeof(req), .flags = VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
+                           .iova = iova, .size = size },
+                .bitmap = { .pgsize = page_size, .size = bitmap_bytes(size, page_size), .data = (__u64 *) bitmap },
+        };
+
+        if (ioctl(c->fd, VFIO_IOMMU_UNMAP_DMA, &req) < 0)
+                return broker_error_set_errno(e, -errno, "VFIO_IOMMU_UNMAP_DMA(GET_DIRTY_BITMAP) failed");
+        if (ret_unmapped)
+                *ret_unmapped = req.unmap.size;
+        return 0;
+}
+
 static void vfio_free(Backend *b) {
         free(b);
 }
@@ -617,6 +772,11 @@ static const BackendOps vfio_ops = {
         .container_map = vfio_container_map,
         .container_unmap = vfio_container_unmap,
         .container_open_device = vfio_container_open_device,
+        .container_hot_reset_groups = vfio_container_hot_reset_groups,
+        .container_hot_reset = vfio_container_hot_reset,
+        .container_dirty_tracking = vfio_container_dirty_tracking,
+        .container_dirty_bitmap = vfio_container_dirty_bitmap,
+        .container_unmap_dirty = vfio_container_unmap_dirty,
         .container_get_fds = vfio_container_get_fds,
         .container_restore = vfio_container_restore,
         .container_restore_mapping = vfio_container_restore_mapping,

@@ -96,6 +96,31 @@ typedef struct BackendOps {
         int (*container_open_device)(BackendContainer *c, unsigned group, const char *device,
                                      BrokerError *e);
 
+        /* --- PCI hot reset (VFIO_DEVICE_GET_PCI_HOT_RESET_INFO / VFIO_DEVICE_PCI_HOT_RESET) --- */
+
+        /* The groups a hot reset of this device (in an attached group) would touch, sorted and unique,
+         * its own group included. -ENODEV (NotSupported) when the device cannot be reset this way. */
+        int (*container_hot_reset_groups)(BackendContainer *c, unsigned group, const char *device,
+                                          unsigned **ret, size_t *ret_n, BrokerError *e);
+
+        /* Resets; groups[i] is attached to owners[i] (containers of this backend, c among them). */
+        int (*container_hot_reset)(BackendContainer *c, unsigned group, const char *device,
+                                   BackendContainer *const *owners, const unsigned *groups, size_t n,
+                                   BrokerError *e);
+
+        /* --- dirty page tracking (VFIO_IOMMU_DIRTY_PAGES), for migration --- */
+
+        int (*container_dirty_tracking)(BackendContainer *c, bool start, BrokerError *e);
+
+        /* Fills bitmap (one bit per page_size page from iova, little-endian u64 words, zeroed by the
+         * caller) for a range that cuts no mapping; page_size is the smallest IOMMU page size. */
+        int (*container_dirty_bitmap)(BackendContainer *c, uint64_t iova, uint64_t size, uint64_t page_size,
+                                      uint64_t *bitmap, BrokerError *e);
+
+        /* Unmap (as container_unmap) and report the dirty pages of what was unmapped in bitmap. */
+        int (*container_unmap_dirty)(BackendContainer *c, uint64_t iova, uint64_t size, uint64_t page_size,
+                                     uint64_t *bitmap, uint64_t *ret_unmapped, BrokerError *e);
+
         /* --- restart (state.c) --- */
 
         /* The fds to keep across a restart; *ret is a new array of borrowed fds. */

@@ -297,6 +297,132 @@ static int method_update(sd_bus_message *m, void *userdata, sd_bus_error *error)
         return sd_bus_reply_method_return(m, NULL);
 }
 
+static int method_dirty_tracking(sd_bus_message *m, void *userdata, sd_bus_error *error, bool start) {
+        Container *c = userdata;
+        BrokerError e = BROKER_ERROR_INIT;
+        int r;
+
+        r = container_verify_caller(c, m, NULL, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+
+        r = container_set_dirty_tracking(c, start, &e);
+        if (r < 0)
+                return bus_error_from_broker(error, r, &e);
+        return sd_bus_reply_method_return(m, NULL);
+}
+
+static int method_start_dirty_tracking(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        return method_dirty_tracking(m, userdata, error, true);
+}
+
+static int method_stop_dirty_tracking(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        return method_dirty_tracking(m, userdata, error, false);
+}
+
+static int method_dirty_bitmap(sd_bus_message *m, void *userdata, sd_bus_error *error, bool unmap) {
+        Container *c = userdata;
+        BrokerError e = BROKER_ERROR_INIT;
+        uint64_t iova, size, page_size, offset, dirty = 0;
+        int fd, r;
+
+        r = sd_bus_message_read(m, "ttt", &iova, &size, &page_size);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read(m, "ht", &fd, &offset);
+        if (r < 0)
+                return r;
+
+        r = container_verify_caller(c, m, NULL, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+
+        if (unmap)
+                r = container_unmap_dirty(c, iova, size, page_size, fd, offset, &dirty, &e);
+        else
+                r = container_dirty_bitmap(c, iova, size, page_size, fd, offset, &dirty, &e);
+        if (r < 0)
+                return bus_error_from_broker(error, r, &e);
+        return sd_bus_reply_method_return(m, "t", dirty);
+}
+
+static int method_get_dirty_bitmap(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        return method_dirty_bitmap(m, userdata, error, false);
+}
+
+static int method_unmap_dirty(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        return method_dirty_bitmap(m, userdata, error, true);
+}
+
+static int method_hot_reset(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Container *c = userdata;
+        BrokerError e = BROKER_ERROR_INIT;
+        const char *device;
+        int r;
+
+        r = sd_bus_message_read(m, "s", &device);
+        if (r < 0)
+                return r;
+
+        r = container_verify_caller(c, m, NULL, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+
+        r = container_hot_reset(c, device, &e);
+        if (r < 0)
+                return bus_error_from_broker(error, r, &e);
+        return sd_bus_reply_method_return(m, NULL);
+}
+
+static int method_map_discardable(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Container *c = userdata;
+        BrokerError e = BROKER_ERROR_INIT;
+        uint64_t offset, size, iova, granule;
+        uint32_t flags;
+        int fd, populated, r;
+
+        r = sd_bus_message_read(m, "htttutb", &fd, &offset, &size, &iova, &flags, &granule, &populated);
+        if (r < 0)
+                return r;
+
+        r = container_verify_caller(c, m, NULL, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+
+        r = container_map_discardable(c, fd, offset, size, iova, flags, granule, populated, &e);
+        if (r < 0)
+                return bus_error_from_broker(error, r, &e);
+        return sd_bus_reply_method_return(m, NULL);
+}
+
+static int method_discard_or_populate(sd_bus_message *m, void *userdata, sd_bus_error *error, bool populate) {
+        Container *c = userdata;
+        BrokerError e = BROKER_ERROR_INIT;
+        uint64_t iova, size;
+        int r;
+
+        r = sd_bus_message_read(m, "tt", &iova, &size);
+        if (r < 0)
+                return r;
+
+        r = container_verify_caller(c, m, NULL, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+
+        r = populate ? container_populate(c, iova, size, &e) : container_discard(c, iova, size, &e);
+        if (r < 0)
+                return bus_error_from_broker(error, r, &e);
+        return sd_bus_reply_method_return(m, NULL);
+}
+
+static int method_discard(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        return method_discard_or_populate(m, userdata, error, false);
+}
+
+static int method_populate(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        return method_discard_or_populate(m, userdata, error, true);
+}
+
 static int method_close(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         Container *c = userdata;
         int r;
@@ -365,6 +491,31 @@ static int property_get_page_sizes(sd_bus *bus, const char *path, const char *in
         return sd_bus_message_append(reply, "t", c->n_groups > 0 ? c->iommu.page_sizes : UINT64_C(0));
 }
 
+static int property_get_dirty_tracking(sd_bus *bus, const char *path, const char *interface,
+                                       const char *property, sd_bus_message *reply, void *userdata,
+                                       sd_bus_error *error) {
+        Container *c = userdata;
+        return sd_bus_message_append(reply, "b", c->dirty_tracking);
+}
+
+static int property_get_discardable_ranges(sd_bus *bus, const char *path, const char *interface,
+                                           const char *property, sd_bus_message *reply, void *userdata,
+                                           sd_bus_error *error) {
+        Container *c = userdata;
+        int r;
+
+        r = sd_bus_message_open_container(reply, 'a', "(ttt)");
+        if (r < 0)
+                return r;
+        for (MappingTableNode *n = mapping_table_first(&c->discardable); n; n = mapping_table_next(n)) {
+                r = sd_bus_message_append(reply, "(ttt)", n->first, n->last,
+                                          container_of(n, DiscardRegion, node)->granule);
+                if (r < 0)
+                        return r;
+        }
+        return sd_bus_message_close_container(reply);
+}
+
 static const sd_bus_vtable container_vtable[] = {
         SD_BUS_VTABLE_START(0),
         SD_BUS_METHOD_WITH_ARGS("AttachGroup", SD_BUS_ARGS("u", group), SD_BUS_NO_RESULT,
@@ -381,6 +532,26 @@ static const sd_bus_vtable container_vtable[] = {
         SD_BUS_METHOD_WITH_ARGS("Update",
                                 SD_BUS_ARGS("a(tt)", unmaps, "ah", memory, "a(utttu)", maps),
                                 SD_BUS_NO_RESULT, method_update, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("MapDiscardable",
+                                SD_BUS_ARGS("h", memory, "t", offset, "t", size, "t", iova, "u", flags,
+                                            "t", granule, "b", populated),
+                                SD_BUS_NO_RESULT, method_map_discardable, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Discard", SD_BUS_ARGS("t", iova, "t", size), SD_BUS_NO_RESULT,
+                                method_discard, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Populate", SD_BUS_ARGS("t", iova, "t", size), SD_BUS_NO_RESULT,
+                                method_populate, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("HotReset", SD_BUS_ARGS("s", device), SD_BUS_NO_RESULT,
+                                method_hot_reset, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("StartDirtyTracking", SD_BUS_NO_ARGS, SD_BUS_NO_RESULT,
+                                method_start_dirty_tracking, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("StopDirtyTracking", SD_BUS_NO_ARGS, SD_BUS_NO_RESULT,
+                                method_stop_dirty_tracking, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("GetDirtyBitmap",
+                                SD_BUS_ARGS("t", iova, "t", size, "t", page_size, "h", bitmap, "t", bitmap_offset),
+                                SD_BUS_RESULT("t", dirty_pages), method_get_dirty_bitmap, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("UnmapWithDirtyBitmap",
+                                SD_BUS_ARGS("t", iova, "t", size, "t", page_size, "h", bitmap, "t", bitmap_offset),
+                                SD_BUS_RESULT("t", dirty_pages), method_unmap_dirty, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Close", SD_BUS_NO_ARGS, SD_BUS_NO_RESULT,
                                 method_close, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_PROPERTY("Owner", "s", NULL, offsetof(Container, owner), SD_BUS_VTABLE_PROPERTY_CONST),
@@ -394,6 +565,10 @@ static const sd_bus_vtable container_vtable[] = {
         SD_BUS_PROPERTY("IovaRanges", "a(tt)", property_get_iova_ranges, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("PageSizes", "t", property_get_page_sizes, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("DmaAvailable", "u", property_get_dma_available, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("DirtyTracking", "b", property_get_dirty_tracking, 0,
+                        SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("DiscardableRanges", "a(ttt)", property_get_discardable_ranges, 0,
+                        SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_VTABLE_END,
 };
 
@@ -522,6 +697,7 @@ void container_dbus_close(Container *c) {
 int container_dbus_emit_changed(Container *c, ContainerProperty mask) {
         static const char * const names[] = {
                 "Groups", "Mappings", "MappedBytes", "BalloonInhibited", "IovaRanges", "PageSizes", "DmaAvailable",
+                "DirtyTracking", "DiscardableRanges",
         };
         const char *l[ELEMENTSOF(names) + 1];
         size_t n = 0;

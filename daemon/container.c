@@ -39,6 +39,7 @@ static int container_alloc(Broker *b, uint64_t id, const char *owner, uid_t uid,
         c->uid = uid;
         c->memory = TAKE_PTR(pool);
         c->mappings = MAPPING_TABLE_INIT;
+        c->discardable = MAPPING_TABLE_INIT;
         *ret = TAKE_PTR(c);
         return 0;
 }
@@ -97,7 +98,7 @@ int container_new(Broker *b, const char *owner, uid_t uid, const char *label, Co
         return 0;
 }
 
-static void mapping_free(Container *c, Mapping *m) {
+void container_mapping_free(Container *c, Mapping *m) {
         quota_release(c->broker, c->uid, 0, 1, mapping_table_node_size(&m->node));
         memory_pool_release(c->memory, m->region);
         free(m);
@@ -142,8 +143,9 @@ Container *container_free(Container *c) {
 
         MAPPING_TABLE_FOREACH_SAFE(node, next, &c->mappings) {
                 mapping_table_remove(&c->mappings, node);
-                mapping_free(c, container_of(node, Mapping, node));
+                container_mapping_free(c, container_of(node, Mapping, node));
         }
+        container_discardable_remove(c, 0, UINT64_MAX);
         memory_pool_free(c->memory);
         backend_iommu_info_done(&c->iommu);
         quota_release(b, c->uid, 1, 0, 0);
@@ -292,6 +294,10 @@ int container_detach_group(Container *c, unsigned id, BrokerError *e) {
 
         memmove(c->groups + i, c->groups + i + 1, (c->n_groups - i - 1) * sizeof(unsigned));
         c->n_groups--;
+        /* The IOMMU, and its dirty tracking, goes with the last group. */
+        bool tracking_gone = c->n_groups == 0 && c->dirty_tracking;
+        if (tracking_gone)
+                c->dirty_tracking = false;
 
         r = container_refresh_iommu(c, NULL);
         if (r < 0)
@@ -308,7 +314,8 @@ int container_detach_group(Container *c, unsigned id, BrokerError *e) {
         (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_GROUPS | CONTAINER_PROPERTY_DMA_AVAILABLE |
                                               CONTAINER_PROPERTY_IOVA_RANGES |
                                               CONTAINER_PROPERTY_PAGE_SIZES |
-                                              (c->n_groups == 0 ? CONTAINER_PROPERTY_BALLOON_INHIBITED : 0));
+                                              (c->n_groups == 0 ? CONTAINER_PROPERTY_BALLOON_INHIBITED : 0) |
+                                              (tracking_gone ? CONTAINER_PROPERTY_DIRTY_TRACKING : 0));
         broker_balloon_inhibitors_changed(b, -1);
         return 0;
 }
@@ -337,7 +344,7 @@ static uint64_t lowest_bit(uint64_t x) {
 }
 
 /* Whether [first, last] lies inside one usable IOVA range. */
-static bool container_iova_usable(const Container *c, uint64_t first, uint64_t last) {
+bool container_iova_usable(const Container *c, uint64_t first, uint64_t last) {
         for (size_t i = 0; i < c->iommu.n_ranges; i++)
                 if (first >= c->iommu.ranges[i].first && last <= c->iommu.ranges[i].last)
                         return true;
@@ -401,6 +408,12 @@ static int container_map_internal(Container *c, int fd, uint64_t offset, uint64_
                                         "usable ranges the IOMMU reports (see the IovaRanges property).",
                                         iova, iova + (size - 1));
 
+        conflict = mapping_table_first_intersecting(&c->discardable, iova, iova + (size - 1));
+        if (conflict)
+                return broker_error_set(e, BROKER_ERROR_OVERLAP,
+                                        "IOVA range [0x%" PRIx64 ", 0x%" PRIx64 "] overlaps the discardable region "
+                                        "[0x%" PRIx64 ", 0x%" PRIx64 "] (see DiscardableRanges).", iova,
+                                        iova + (size - 1), conflict->first, conflict->last);
         conflict = mapping_table_first_intersecting(&c->mappings, iova, iova + (size - 1));
         if (conflict)
                 return broker_error_set(e, BROKER_ERROR_OVERLAP,
@@ -458,9 +471,9 @@ int container_map(Container *c, int fd, uint64_t offset, uint64_t size, uint64_t
 
 /* Removes every mapping inside the range from the kernel and the table; the mappings themselves (their
  * memory, and so the daemon's address) are handed to the caller in *removed, their quota released. */
-static int container_unmap_internal(Container *c, uint64_t iova, uint64_t size, Mapping ***removed,
-                                    size_t *n_removed, BrokerError *e) {
-        MappingTableNode *first, *last_node, *node, *next;
+static int container_unmap_internal(Container *c, uint64_t iova, uint64_t size, bool regions, uint64_t *dirty_bitmap,
+                                    Mapping ***removed, size_t *n_removed, BrokerError *e) {
+        MappingTableNode *first, *last_node, *node, *next, *dfirst;
         uint64_t last, unmapped = 0, expected = 0;
         int r;
 
@@ -473,16 +486,39 @@ static int container_unmap_internal(Container *c, uint64_t iova, uint64_t size, 
         last = iova + (size - 1);
 
         first = mapping_table_first_intersecting(&c->mappings, iova, last);
+        dfirst = mapping_table_first_intersecting(&c->discardable, iova, last);
         /* Only a range that holds mappings reaches the kernel, which wants it page-aligned. */
         uint64_t align = lowest_bit(c->iommu.page_sizes);
-        if (first && align > 0 && ((iova | size) & (align - 1)))
+        if ((first || dfirst) && align > 0 && ((iova | size) & (align - 1)))
                 return broker_error_set(e, BROKER_ERROR_UNALIGNED,
                                         "Unmap range [0x%" PRIx64 ", 0x%" PRIx64 "] is not aligned to 0x%" PRIx64
                                         " (the smallest IOMMU page size).", iova, last, align);
-        if (!first)
+        if (!first && !dfirst)
                 return broker_error_set(e, BROKER_ERROR_NOT_MAPPED,
                                         "Nothing is mapped in IOVA range [0x%" PRIx64 ", 0x%" PRIx64 "].",
                                         iova, last);
+        if (dfirst) {
+                /* A discardable region goes whole, with Unmap(); Discard() frees parts of it. */
+                if (!regions)
+                        return broker_error_set(e, BROKER_ERROR_INVALID_ARGS,
+                                                "IOVA range [0x%" PRIx64 ", 0x%" PRIx64 "] holds the discardable "
+                                                "region [0x%" PRIx64 ", 0x%" PRIx64 "]; remove it with Unmap() or "
+                                                "free parts of it with Discard().", iova, last, dfirst->first,
+                                                dfirst->last);
+                if (dfirst->first < iova)
+                        return broker_error_set(e, BROKER_ERROR_WOULD_SPLIT,
+                                                "IOVA range [0x%" PRIx64 ", 0x%" PRIx64 "] starts inside the "
+                                                "discardable region [0x%" PRIx64 ", 0x%" PRIx64 "]; use Discard() "
+                                                "for parts of it.", iova, last, dfirst->first, dfirst->last);
+                node = mapping_table_find(&c->discardable, last);
+                if (node && node->last > last)
+                        return broker_error_set(e, BROKER_ERROR_WOULD_SPLIT,
+                                                "IOVA range [0x%" PRIx64 ", 0x%" PRIx64 "] ends inside the "
+                                                "discardable region [0x%" PRIx64 ", 0x%" PRIx64 "]; use Discard() "
+                                                "for parts of it.", iova, last, node->first, node->last);
+        }
+        if (!first)
+                return 0;
         if (first->first < iova)
                 return broker_error_set(e, BROKER_ERROR_WOULD_SPLIT,
                                         "IOVA range [0x%" PRIx64 ", 0x%" PRIx64 "] starts inside the mapping "
@@ -498,7 +534,11 @@ static int container_unmap_internal(Container *c, uint64_t iova, uint64_t size, 
         for (node = first; node && node->first <= last; node = mapping_table_next(node))
                 expected += mapping_table_node_size(node);
 
-        r = c->broker->backend->ops->container_unmap(c->backend, iova, size, &unmapped, e);
+        if (dirty_bitmap)
+                r = c->broker->backend->ops->container_unmap_dirty(c->backend, iova, size, align, dirty_bitmap,
+                                                                   &unmapped, e);
+        else
+                r = c->broker->backend->ops->container_unmap(c->backend, iova, size, &unmapped, e);
         if (r < 0)
                 return r;
         if (unmapped != expected)
@@ -535,13 +575,228 @@ int container_unmap(Container *c, uint64_t iova, uint64_t size, BrokerError *e) 
         size_t n_removed = 0;
         int r;
 
-        r = container_unmap_internal(c, iova, size, &removed, &n_removed, e);
+        r = container_unmap_internal(c, iova, size, true, NULL, &removed, &n_removed, e);
         if (r < 0)
                 return r;
         mappings_release(c, removed, n_removed);
+        bool regions = container_discardable_remove(c, iova, iova + (size - 1));
         (void) state_save_container(c);
         (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES |
-                                                      CONTAINER_PROPERTY_DMA_AVAILABLE);
+                                                      CONTAINER_PROPERTY_DMA_AVAILABLE |
+                                                      (regions ? CONTAINER_PROPERTY_DISCARDABLE : 0));
+        return 0;
+}
+
+/* --- dirty page tracking --- */
+
+int container_set_dirty_tracking(Container *c, bool start, BrokerError *e) {
+        int r;
+
+        if (c->n_groups == 0)
+                return broker_error_set(e, BROKER_ERROR_NO_GROUPS,
+                                        "The container has no VFIO group attached, so there is no IOMMU to track "
+                                        "dirty pages in; AttachGroup() first.");
+        if (c->dirty_tracking == start)
+                return 0; /* as the kernel: starting twice is starting once */
+
+        r = c->broker->backend->ops->container_dirty_tracking(c->backend, start, e);
+        if (r < 0)
+                return r;
+        c->dirty_tracking = start;
+        log_info("Container %" PRIu64 " (%s, uid %u): dirty page tracking %s.", c->id, c->label, c->uid,
+                 start ? "started" : "stopped");
+        (void) state_save_container(c);
+        (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_DIRTY_TRACKING);
+        return 0;
+}
+
+/* The kernel's DIRTY_BITMAP_PAGES_MAX: one bitmap covers at most INT_MAX pages. */
+#define DIRTY_BITMAP_PAGES_MAX UINT64_C(0x7fffffff)
+
+/* Checks a bitmap request and the fd it goes to; writes zeros there, which proves the fd writable
+ * before anything changes. */
+static int dirty_bitmap_prepare(Container *c, uint64_t iova, uint64_t size, uint64_t page_size, int fd,
+                                uint64_t fd_offset, uint64_t *ret_bytes, uint64_t **ret_bitmap, BrokerError *e) {
+        _cleanup_free_ uint64_t *bitmap = NULL;
+        MemoryFileInfo info;
+        uint64_t min_page, bytes, pages;
+        int r;
+
+        if (c->n_groups == 0)
+                return broker_error_set(e, BROKER_ERROR_NO_GROUPS, "The container has no VFIO group attached.");
+        if (!c->dirty_tracking)
+                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS,
+                                        "Dirty page tracking is not started on this container; call "
+                                        "StartDirtyTracking() first.");
+        min_page = lowest_bit(c->iommu.page_sizes);
+        if (page_size != min_page)
+                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS,
+                                        "The bitmap's page size must be the smallest IOMMU page size, 0x%" PRIx64
+                                        ", not 0x%" PRIx64 ".", min_page, page_size);
+        if (size == 0)
+                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "The bitmap range must not be empty.");
+        if ((iova | size) & (page_size - 1))
+                return broker_error_set(e, BROKER_ERROR_UNALIGNED,
+                                        "Bitmap range IOVA 0x%" PRIx64 " size 0x%" PRIx64 " is not aligned to the "
+                                        "page size 0x%" PRIx64 ".", iova, size, page_size);
+        if (iova + (size - 1) < iova)
+                return broker_error_set(e, BROKER_ERROR_OUT_OF_RANGE,
+                                        "IOVA 0x%" PRIx64 " + size 0x%" PRIx64 " wraps around the address space.",
+                                        iova, size);
+        pages = size / page_size;
+        if (pages > DIRTY_BITMAP_PAGES_MAX)
+                return broker_error_set(e, BROKER_ERROR_OUT_OF_RANGE,
+                                        "A bitmap covers at most %" PRIu64 " pages; split the range.",
+                                        DIRTY_BITMAP_PAGES_MAX);
+        bytes = (pages + 63) / 64 * 8;
+
+        r = memory_check_fd(fd, BROKER_MAP_WRITE, &info, e);
+        if (r < 0)
+                return r;
+        if (fd_offset % 8 || fd_offset + bytes < fd_offset || fd_offset + bytes > info.file_size)
+                return broker_error_set(e, BROKER_ERROR_OUT_OF_RANGE,
+                                        "The bitmap needs 0x%" PRIx64 " bytes at an 8-byte aligned offset of the "
+                                        "file; offset 0x%" PRIx64 " in a file of 0x%" PRIx64 " bytes does not "
+                                        "hold them.", bytes, fd_offset, info.file_size);
+
+        bitmap = calloc(1, bytes);
+        if (!bitmap)
+                return -ENOMEM;
+        r = memory_write(fd, bitmap, bytes, fd_offset, e);
+        if (r < 0)
+                return r;
+        *ret_bytes = bytes;
+        *ret_bitmap = TAKE_PTR(bitmap);
+        return 0;
+}
+
+static uint64_t bitmap_count(const uint64_t *bitmap, uint64_t bytes) {
+        uint64_t n = 0;
+        for (uint64_t i = 0; i < bytes / 8; i++)
+                n += (uint64_t) __builtin_popcountll(bitmap[i]);
+        return n;
+}
+
+int container_dirty_bitmap(Container *c, uint64_t iova, uint64_t size, uint64_t page_size, int fd,
+                           uint64_t fd_offset, uint64_t *ret_dirty, BrokerError *e) {
+        _cleanup_free_ uint64_t *bitmap = NULL;
+        MappingTableNode *node;
+        uint64_t bytes;
+        int r;
+
+        r = dirty_bitmap_prepare(c, iova, size, page_size, fd, fd_offset, &bytes, &bitmap, e);
+        if (r < 0)
+                return r;
+
+        /* The kernel wants whole mappings: a range may hold several, but cut none. */
+        node = mapping_table_find(&c->mappings, iova);
+        if (node && node->first < iova)
+                return broker_error_set(e, BROKER_ERROR_WOULD_SPLIT,
+                                        "The bitmap range starts inside the mapping [0x%" PRIx64 ", 0x%" PRIx64
+                                        "]; ranges cover whole mappings.", node->first, node->last);
+        node = mapping_table_find(&c->mappings, iova + (size - 1));
+        if (node && node->last > iova + (size - 1))
+                return broker_error_set(e, BROKER_ERROR_WOULD_SPLIT,
+                                        "The bitmap range ends inside the mapping [0x%" PRIx64 ", 0x%" PRIx64
+                                        "]; ranges cover whole mappings.", node->first, node->last);
+
+        r = c->broker->backend->ops->container_dirty_bitmap(c->backend, iova, size, page_size, bitmap, e);
+        if (r < 0)
+                return r;
+        r = memory_write(fd, bitmap, bytes, fd_offset, e);
+        if (r < 0)
+                return r;
+        if (ret_dirty)
+                *ret_dirty = bitmap_count(bitmap, bytes);
+        return 0;
+}
+
+int container_unmap_dirty(Container *c, uint64_t iova, uint64_t size, uint64_t page_size, int fd,
+                          uint64_t fd_offset, uint64_t *ret_dirty, BrokerError *e) {
+        _cleanup_free_ uint64_t *bitmap = NULL;
+        Mapping **removed = NULL;
+        size_t n_removed = 0;
+        uint64_t bytes;
+        int r;
+
+        r = dirty_bitmap_prepare(c, iova, size, page_size, fd, fd_offset, &bytes, &bitmap, e);
+        if (r < 0)
+                return r;
+        r = container_unmap_internal(c, iova, size, true, bitmap, &removed, &n_removed, e);
+        if (r < 0)
+                return r;
+        mappings_release(c, removed, n_removed);
+        bool regions = container_discardable_remove(c, iova, iova + (size - 1));
+        (void) state_save_container(c);
+        (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES |
+                                                      CONTAINER_PROPERTY_DMA_AVAILABLE |
+                                                      (regions ? CONTAINER_PROPERTY_DISCARDABLE : 0));
+
+        /* The mappings are gone whatever happens now; a write that fails (the VMM truncated the file
+         * meanwhile) loses only the report, and says so. */
+        r = memory_write(fd, bitmap, bytes, fd_offset, e);
+        if (r < 0)
+                return r;
+        if (ret_dirty)
+                *ret_dirty = bitmap_count(bitmap, bytes);
+        return 0;
+}
+
+/* --- PCI hot reset --- */
+
+int container_hot_reset(Container *c, const char *device, BrokerError *e) {
+        Broker *b = c->broker;
+        _cleanup_free_ unsigned *groups = NULL;
+        _cleanup_free_ BackendContainer **owners = NULL;
+        _cleanup_free_ char *blocked = NULL;
+        size_t n = 0, blocked_len = 0;
+        FILE *f;
+        Group *g;
+        int r;
+
+        g = broker_find_group_of_device(b, device);
+        if (!g)
+                return broker_error_set(e, BROKER_ERROR_NO_SUCH_DEVICE,
+                                        "There is no device \"%s\" in any VFIO group on this host.", device);
+        if (g->container != c)
+                return broker_error_set(e, BROKER_ERROR_NO_SUCH_DEVICE,
+                                        "Device %s is in VFIO group %u, which is not attached to this "
+                                        "container; AttachGroup(%u) first.", device, g->id, g->id);
+
+        r = b->backend->ops->container_hot_reset_groups(c->backend, g->id, device, &groups, &n, e);
+        if (r < 0)
+                return r;
+
+        owners = calloc(n + 1, sizeof(BackendContainer *));
+        f = open_memstream(&blocked, &blocked_len);
+        if (!owners || !f) {
+                if (f)
+                        fclose(f);
+                return -ENOMEM;
+        }
+        /* The kernel resets only with the fd of every group the reset touches; the broker lends the
+         * fds of groups that the same owner holds, never anybody else's. */
+        for (size_t i = 0; i < n; i++) {
+                Group *o = broker_find_group(b, groups[i]);
+                if (o && o->container && strcmp(o->container->owner, c->owner) == 0) {
+                        owners[i] = o->container->backend;
+                        continue;
+                }
+                fprintf(f, "%s%u (%s)", ftell(f) > 0 ? ", " : "", groups[i],
+                        !o ? "not a VFIO group the broker knows" :
+                        o->container ? "attached to another owner's container" : "not attached to a container");
+        }
+        fclose(f);
+        if (blocked && blocked[0])
+                return broker_error_set(e, BROKER_ERROR_BUSY,
+                                        "A hot reset of %s also resets the devices of VFIO groups %s; attach "
+                                        "each of them to a container of yours first.", device, blocked);
+
+        r = b->backend->ops->container_hot_reset(c->backend, g->id, device, owners, groups, n, e);
+        if (r < 0)
+                return r;
+        log_info("Container %" PRIu64 " (%s, uid %u): PCI hot reset of %s (%zu groups).", c->id, c->label,
+                 c->uid, device, n);
         return 0;
 }
 
@@ -560,7 +815,7 @@ int container_update(Container *c, const UpdateUnmap *unmaps, size_t n_unmaps, c
                                                 i, maps[i].memory, n_fds);
 
         for (size_t i = 0; i < n_unmaps; i++) {
-                r = container_unmap_internal(c, unmaps[i].iova, unmaps[i].size, &removed, &n_removed, &inner);
+                r = container_unmap_internal(c, unmaps[i].iova, unmaps[i].size, false, NULL, &removed, &n_removed, &inner);
                 if (r < 0) {
                         broker_error_set(e, inner.code == BROKER_ERROR_NONE ? BROKER_ERROR_INVALID_ARGS : inner.code,
                                          "Unmap #%zu: %s Nothing was changed.", i, inner.message);
@@ -592,7 +847,7 @@ rollback:
         for (size_t i = n_done; i-- > 0;) {
                 Mapping **undo = NULL;
                 size_t n_undo = 0;
-                if (container_unmap_internal(c, maps[i].iova, maps[i].size, &undo, &n_undo, NULL) >= 0)
+                if (container_unmap_internal(c, maps[i].iova, maps[i].size, false, NULL, &undo, &n_undo, NULL) >= 0)
                         mappings_release(c, undo, n_undo);
         }
         for (size_t i = n_removed; i-- > 0;) {

@@ -22,6 +22,16 @@ typedef struct Mapping {
         uint32_t flags;        /* BROKER_MAP_READ|WRITE */
 } Mapping;
 
+/* A range mapped in fixed-size granules that the VMM may discard and populate again (virtio-mem,
+ * balloons): each populated granule is one Mapping of its own, because type1 removes mappings whole. */
+typedef struct DiscardRegion {
+        MappingTableNode node; /* IOVA interval of the whole region */
+        MemoryRegion *region;  /* reference held for the region's life: Populate needs the memory */
+        uint64_t offset;       /* in the file, of node.first */
+        uint32_t flags;
+        uint64_t granule;
+} DiscardRegion;
+
 struct Container {
         Broker *broker;
         Container *next, *prev;
@@ -40,8 +50,10 @@ struct Container {
 
         BackendIommuInfo iommu; /* valid while n_groups > 0 */
         uint64_t dma_limit;     /* the kernel's limit of mappings for this container, UINT64_MAX if unknown */
+        bool dirty_tracking;    /* VFIO_IOMMU_DIRTY_PAGES started */
 
         MappingTable mappings;
+        MappingTable discardable; /* DiscardRegions; their populated granules are in mappings */
         MemoryPool *memory;
 
         char **stored_fds;    /* names this container has in the fd store (state.c) */
@@ -56,6 +68,8 @@ typedef enum ContainerProperty {
         CONTAINER_PROPERTY_IOVA_RANGES       = 1 << 4,
         CONTAINER_PROPERTY_PAGE_SIZES        = 1 << 5,
         CONTAINER_PROPERTY_DMA_AVAILABLE     = 1 << 6,
+        CONTAINER_PROPERTY_DIRTY_TRACKING    = 1 << 7,
+        CONTAINER_PROPERTY_DISCARDABLE       = 1 << 8,
 } ContainerProperty;
 
 int container_new(Broker *b, const char *owner, uid_t uid, const char *label, Container **ret,
@@ -94,6 +108,39 @@ typedef struct UpdateMap {
 /* Update(): the unmaps, then the maps, all or nothing. */
 int container_update(Container *c, const UpdateUnmap *unmaps, size_t n_unmaps, const int *fds, size_t n_fds,
                      const UpdateMap *maps, size_t n_maps, BrokerError *e);
+
+/* Dirty page tracking for migration (type1's VFIO_IOMMU_DIRTY_PAGES). The bitmaps go into a file the
+ * VMM passes (fd, fd_offset): one bit per page of the smallest IOMMU page size, u64 words in host
+ * order, bit 0 of word 0 is the page at iova. *ret_dirty gets the number of dirty pages. */
+int container_set_dirty_tracking(Container *c, bool start, BrokerError *e);
+int container_dirty_bitmap(Container *c, uint64_t iova, uint64_t size, uint64_t page_size, int fd,
+                           uint64_t fd_offset, uint64_t *ret_dirty, BrokerError *e);
+/* Unmap, and report the dirty pages of what was unmapped (the vIOMMU-during-migration case). */
+int container_unmap_dirty(Container *c, uint64_t iova, uint64_t size, uint64_t page_size, int fd,
+                          uint64_t fd_offset, uint64_t *ret_dirty, BrokerError *e);
+
+/* PCI hot reset of a device of an attached group. Every group the reset touches must be attached to a
+ * container of the same owner; otherwise Busy names the groups that block it. */
+int container_hot_reset(Container *c, const char *device, BrokerError *e);
+
+/* Coordinated discard (container-discard.c). MapDiscardable registers [iova, iova+size) backed by the
+ * file at offset, in granules (a power of two, aligned like a mapping), populated or not; Discard
+ * unmaps the populated granules of a range inside one region (before the VMM punches holes in its
+ * memory), Populate maps the discarded ones again. Unmap of a range covering whole regions removes
+ * them. */
+int container_map_discardable(Container *c, int fd, uint64_t offset, uint64_t size, uint64_t iova, uint32_t flags,
+                              uint64_t granule, bool populated, BrokerError *e);
+int container_discard(Container *c, uint64_t iova, uint64_t size, BrokerError *e);
+int container_populate(Container *c, uint64_t iova, uint64_t size, BrokerError *e);
+/* Restart: one region as it was (its granule mappings come back as mappings). */
+int container_restore_discardable(Container *c, unsigned region, uint64_t offset, uint64_t size, uint64_t iova,
+                                  uint32_t flags, uint64_t granule, BrokerError *e);
+/* Frees every region inside [first, last] (their granules must be gone already); true if any. */
+bool container_discardable_remove(Container *c, uint64_t first, uint64_t last);
+
+/* Shared by container*.c. */
+void container_mapping_free(Container *c, Mapping *m);
+bool container_iova_usable(const Container *c, uint64_t first, uint64_t last);
 
 static inline bool container_balloon_inhibited(const Container *c) {
         return c->n_groups > 0;

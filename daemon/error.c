@@ -30,6 +30,7 @@ static const struct {
         [BROKER_ERROR_BAD_MEMORY]     = { ERROR_PREFIX "BadMemory",                  EBADF      },
         [BROKER_ERROR_QUOTA_EXCEEDED] = { ERROR_PREFIX "QuotaExceeded",              EDQUOT     },
         [BROKER_ERROR_KERNEL]         = { ERROR_PREFIX "Kernel",                     EIO        },
+        [BROKER_ERROR_NOT_SUPPORTED]  = { "org.freedesktop.DBus.Error.NotSupported", EOPNOTSUPP },
 };
 
 const char *broker_error_code_to_dbus_name(BrokerErrorCode code) {

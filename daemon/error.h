@@ -28,6 +28,7 @@ typedef enum BrokerErrorCode {
         BROKER_ERROR_BAD_MEMORY,
         BROKER_ERROR_QUOTA_EXCEEDED,
         BROKER_ERROR_KERNEL,
+        BROKER_ERROR_NOT_SUPPORTED,     /* org.freedesktop.DBus.Error.NotSupported: the hardware cannot */
         _BROKER_ERROR_MAX,
 } BrokerErrorCode;
 

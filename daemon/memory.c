@@ -326,3 +326,26 @@ void memory_pool_prune(MemoryPool *pool) {
                         p = &r->next;
         }
 }
+
+int memory_write(int fd, const void *buf, uint64_t size, uint64_t offset, BrokerError *e) {
+        const uint8_t *p = buf;
+
+        while (size > 0) {
+                ssize_t n = pwrite(fd, p, size, (off_t) offset);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        if (errno == EPERM || errno == EBADF || errno == EFBIG)
+                                return broker_error_set(e, BROKER_ERROR_BAD_MEMORY,
+                                                        "Cannot write the bitmap into the file passed: %s (a sealed "
+                                                        "memfd, or not open for writing).", strerror(errno));
+                        return broker_error_set_errno(e, -errno, "Writing the bitmap failed");
+                }
+                if (n == 0)
+                        return broker_error_set_errno(e, -EIO, "Writing the bitmap made no progress");
+                p += n;
+                size -= (uint64_t) n;
+                offset += (uint64_t) n;
+        }
+        return 0;
+}

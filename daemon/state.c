@@ -185,6 +185,24 @@ int state_save_container(Container *c) {
                 json_object_array_add(mappings, a);
         }
         json_object_object_add(root, "mappings", mappings);
+        if (c->dirty_tracking)
+                json_object_object_add(root, "dirty_tracking", json_object_new_boolean(true));
+        if (mapping_table_size(&c->discardable) > 0) {
+                /* [iova, size, region, offset, flags, granule]; their populated granules are mappings. */
+                json_object *l = json_object_new_array();
+                for (node = mapping_table_first(&c->discardable); node; node = mapping_table_next(node)) {
+                        DiscardRegion *d = container_of(node, DiscardRegion, node);
+                        json_object *a = json_object_new_array_ext(6);
+                        json_object_array_add(a, json_u64(node->first));
+                        json_object_array_add(a, json_u64(mapping_table_node_size(node)));
+                        json_object_array_add(a, json_object_new_int64(memory_region_id(d->region)));
+                        json_object_array_add(a, json_u64(d->offset));
+                        json_object_array_add(a, json_object_new_int64(d->flags));
+                        json_object_array_add(a, json_u64(d->granule));
+                        json_object_array_add(l, a);
+                }
+                json_object_object_add(root, "discardable", l);
+        }
 
         path = state_file(b, c->id);
         if (!path || asprintf(&tmp, "%s.tmp", path) < 0) {
@@ -330,6 +348,27 @@ static int state_restore_container(Broker *b, json_object *root, StoredFd *store
                 if (r >= 0)
                         stored[found].fd = -EBADF;
         }
+        if (r >= 0 && json_object_object_get_ex(root, "discardable", &v)) {
+                if (!json_object_is_type(v, json_type_array))
+                        r = broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed discardable regions");
+                for (size_t i = 0; r >= 0 && i < json_object_array_length(v); i++) {
+                        json_object *a = json_object_array_get_idx(v, i);
+                        uint64_t f[6];
+
+                        if (!json_object_is_type(a, json_type_array) || json_object_array_length(a) != 6) {
+                                r = broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed discardable region");
+                                break;
+                        }
+                        for (size_t k = 0; k < 6 && r >= 0; k++)
+                                if (parse_u64(json_object_array_get_idx(a, k), &f[k]) < 0)
+                                        r = broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed discardable region");
+                        if (r >= 0 && (f[2] > UINT32_MAX || f[4] > 3))
+                                r = broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed discardable region");
+                        if (r >= 0)
+                                r = container_restore_discardable(c, (unsigned) f[2], f[3], f[1], f[0],
+                                                                  (uint32_t) f[4], f[5], e);
+                }
+        }
         for (size_t i = 0; i < json_object_array_length(mappings_o) && r >= 0; i++) {
                 json_object *a = json_object_array_get_idx(mappings_o, i);
                 uint64_t f[5];
@@ -350,6 +389,10 @@ static int state_restore_container(Broker *b, json_object *root, StoredFd *store
                 r = container_restore_mapping(c, (unsigned) f[2], f[3], f[1], f[0], (uint32_t) f[4], e);
         }
         memory_pool_prune(c->memory);
+
+        /* The kernel kept tracking (the container fd stayed open); the sim starts it again. */
+        if (r >= 0 && json_object_object_get_ex(root, "dirty_tracking", &v) && json_object_get_boolean(v))
+                r = container_set_dirty_tracking(c, true, e);
 
         /* What the store holds for this container now belongs to it: container_free() removes it. */
         for (size_t i = 0; i < n_stored; i++)

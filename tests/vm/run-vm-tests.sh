@@ -72,6 +72,7 @@ initrd=$builddir/vm-initrd.cpio
 qemu=(qemu-system-x86_64 -M q35,accel=tcg,kernel-irqchip=split -cpu max -m 2048 -smp 2
       -device intel-iommu,intremap=on
       -device edu -device edu
+      -device pcie-root-port,id=rp1,chassis=1,slot=1 -device edu,bus=rp1
       -device virtio-rng-pci
       -kernel "$vmlinuz" -initrd "$initrd"
       -nic none -nographic -no-reboot)
