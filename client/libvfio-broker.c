@@ -383,6 +383,29 @@ static int parse_container(sd_bus_message *m, vfio_broker_container_info *c) {
                         r = sd_bus_message_read(m, "v", "t", &c->mapped_bytes);
                 else if (strcmp(name, "PageSizes") == 0)
                         r = sd_bus_message_read(m, "v", "t", &c->page_sizes);
+                else if (strcmp(name, "DmaAvailable") == 0)
+                        r = sd_bus_message_read(m, "v", "u", &c->dma_available);
+                else if (strcmp(name, "DirtyTracking") == 0) {
+                        r = sd_bus_message_read(m, "v", "b", &v);
+                        c->dirty_tracking = v;
+                } else if (strcmp(name, "DiscardableRanges") == 0) {
+                        uint64_t first, last, granule;
+                        r = sd_bus_message_enter_container(m, 'v', "a(ttt)");
+                        if (r >= 0)
+                                r = sd_bus_message_enter_container(m, 'a', "(ttt)");
+                        while (r >= 0 && (r = sd_bus_message_read(m, "(ttt)", &first, &last, &granule)) > 0) {
+                                vfio_broker_discardable_range *a = realloc(c->discardable,
+                                                                           (c->n_discardable + 1) * sizeof(*a));
+                                if (!a)
+                                        return -ENOMEM;
+                                c->discardable = a;
+                                a[c->n_discardable++] = (vfio_broker_discardable_range) { first, last, granule };
+                        }
+                        if (r >= 0)
+                                r = sd_bus_message_exit_container(m);
+                        if (r >= 0)
+                                r = sd_bus_message_exit_container(m);
+                }
                 else if (strcmp(name, "BalloonInhibited") == 0) {
                         r = sd_bus_message_read(m, "v", "b", &v);
                         c->balloon_inhibited = v;
@@ -614,6 +637,7 @@ _public_ void vfio_broker_container_info_clear(vfio_broker_container_info *info)
         free(info->label);
         free(info->groups);
         free(info->iova_ranges);
+        free(info->discardable);
         *info = (vfio_broker_container_info) {};
 }
 
@@ -704,6 +728,69 @@ _public_ int vfio_broker_container_map(vfio_broker_container *c, int memory_fd, 
 
 _public_ int vfio_broker_container_unmap(vfio_broker_container *c, uint64_t iova, uint64_t size) {
         return c ? call(c->broker, c->path, CONTAINER_IFACE, "Unmap", NULL, "tt", iova, size) : -EINVAL;
+}
+
+_public_ int vfio_broker_container_hot_reset(vfio_broker_container *c, const char *device) {
+        return c && device ? call(c->broker, c->path, CONTAINER_IFACE, "HotReset", NULL, "s", device) : -EINVAL;
+}
+
+_public_ int vfio_broker_container_start_dirty_tracking(vfio_broker_container *c) {
+        return c ? call(c->broker, c->path, CONTAINER_IFACE, "StartDirtyTracking", NULL, NULL) : -EINVAL;
+}
+
+_public_ int vfio_broker_container_stop_dirty_tracking(vfio_broker_container *c) {
+        return c ? call(c->broker, c->path, CONTAINER_IFACE, "StopDirtyTracking", NULL, NULL) : -EINVAL;
+}
+
+static int dirty_bitmap_call(vfio_broker_container *c, const char *method, uint64_t iova, uint64_t size,
+                             uint64_t page_size, int bitmap_fd, uint64_t bitmap_offset, uint64_t *ret_dirty_pages) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        uint64_t dirty;
+        int r;
+
+        if (!c || bitmap_fd < 0)
+                return -EINVAL;
+        r = call(c->broker, c->path, CONTAINER_IFACE, method, &reply, "tttht", iova, size,
+                 page_size, bitmap_fd, bitmap_offset);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read(reply, "t", &dirty);
+        if (r < 0)
+                return fail_errno(c->broker, r, "Malformed dirty bitmap reply");
+        if (ret_dirty_pages)
+                *ret_dirty_pages = dirty;
+        return 0;
+}
+
+_public_ int vfio_broker_container_get_dirty_bitmap(vfio_broker_container *c, uint64_t iova, uint64_t size,
+                                                    uint64_t page_size, int bitmap_fd, uint64_t bitmap_offset,
+                                                    uint64_t *ret_dirty_pages) {
+        return dirty_bitmap_call(c, "GetDirtyBitmap", iova, size, page_size, bitmap_fd, bitmap_offset,
+                                 ret_dirty_pages);
+}
+
+_public_ int vfio_broker_container_unmap_dirty(vfio_broker_container *c, uint64_t iova, uint64_t size,
+                                               uint64_t page_size, int bitmap_fd, uint64_t bitmap_offset,
+                                               uint64_t *ret_dirty_pages) {
+        return dirty_bitmap_call(c, "UnmapWithDirtyBitmap", iova, size, page_size, bitmap_fd, bitmap_offset,
+                                 ret_dirty_pages);
+}
+
+_public_ int vfio_broker_container_map_discardable(vfio_broker_container *c, int memory_fd, uint64_t offset,
+                                                   uint64_t size, uint64_t iova, uint32_t flags, uint64_t granule,
+                                                   bool populated) {
+        if (!c || memory_fd < 0)
+                return -EINVAL;
+        return call(c->broker, c->path, CONTAINER_IFACE, "MapDiscardable", NULL, "htttutb", memory_fd, offset, size,
+                    iova, flags, granule, (int) populated);
+}
+
+_public_ int vfio_broker_container_discard(vfio_broker_container *c, uint64_t iova, uint64_t size) {
+        return c ? call(c->broker, c->path, CONTAINER_IFACE, "Discard", NULL, "tt", iova, size) : -EINVAL;
+}
+
+_public_ int vfio_broker_container_populate(vfio_broker_container *c, uint64_t iova, uint64_t size) {
+        return c ? call(c->broker, c->path, CONTAINER_IFACE, "Populate", NULL, "tt", iova, size) : -EINVAL;
 }
 
 _public_ int vfio_broker_container_update(vfio_broker_container *c, const vfio_broker_unmap *unmaps, size_t n_unmaps,

@@ -13,7 +13,7 @@
  *    failure. Each broker error has one errno: NoSuchGroup -ENOENT, NoSuchDevice -ENODEV,
  *    NotViable -EPERM, Busy -EBUSY, NoGroups -ENXIO, Overlap -EEXIST, WouldSplit -EXDEV,
  *    OutOfRange -ERANGE, Unaligned -EFAULT, NotMapped -ESRCH, BadMemory -EBADF, QuotaExceeded -EDQUOT,
- *    Kernel -EIO, InvalidArgs -EINVAL, AccessDenied -EACCES.
+ *    Kernel -EIO, InvalidArgs -EINVAL, AccessDenied -EACCES, NotSupported -EOPNOTSUPP.
  *  - After a failure, vfio_broker_error_name() and vfio_broker_error_message() return the D-Bus error
  *    name and the broker's message (meant for people: log it) until the next call on that handle.
  *  - Calls block until the broker answers. Signals (balloon changes) are delivered when the
@@ -98,6 +98,11 @@ typedef struct vfio_broker_iova_range {
         uint64_t first, last;   /* inclusive */
 } vfio_broker_iova_range;
 
+typedef struct vfio_broker_discardable_range {
+        uint64_t first, last;   /* inclusive */
+        uint64_t granule;
+} vfio_broker_discardable_range;
+
 typedef struct vfio_broker_container_info {
         char *path;
         char *owner;            /* unique bus name */
@@ -111,6 +116,10 @@ typedef struct vfio_broker_container_info {
         vfio_broker_iova_range *iova_ranges;
         size_t n_iova_ranges;
         uint64_t page_sizes;
+        uint32_t dma_available;         /* mappings the kernel still accepts */
+        bool dirty_tracking;
+        vfio_broker_discardable_range *discardable;
+        size_t n_discardable;
 } vfio_broker_container_info;
 
 /* Every container on the host (everyone may read them). */
@@ -152,6 +161,48 @@ typedef struct vfio_broker_map {
 int vfio_broker_container_update(vfio_broker_container *c, const vfio_broker_unmap *unmaps, size_t n_unmaps,
                                  const int *memory_fds, size_t n_fds, const vfio_broker_map *maps, size_t n_maps);
 int vfio_broker_container_get_info(vfio_broker_container *c, vfio_broker_container_info *ret);
+
+/* --- what only the holder of the group and container fds can do ------------------------------------ */
+
+/* PCI hot reset (VFIO_DEVICE_PCI_HOT_RESET) of a device of an attached group. Every group the reset
+ * touches must be attached to a container of this connection; otherwise -EBUSY, and
+ * vfio_broker_error_message() names the groups that block it. -EOPNOTSUPP: the device has no slot or
+ * bus reset. */
+int vfio_broker_container_hot_reset(vfio_broker_container *c, const char *device);
+
+/* Dirty page tracking for migration (type1's VFIO_IOMMU_DIRTY_PAGES). A bitmap has one bit per page of
+ * page_size (the smallest IOMMU page size, the lowest bit of PageSizes), bit 0 of the first 64-bit
+ * word being the page at iova; the broker writes it into bitmap_fd (a memfd or file the caller can
+ * read, opened read-write) at bitmap_offset (8-byte aligned), so large bitmaps never cross D-Bus.
+ * The range must cut no mapping. *ret_dirty_pages (may be NULL) gets the number of bits set. Note
+ * that type1 reports every mapped page dirty for devices that do not track their own writes, which
+ * is every vfio-pci device. */
+int vfio_broker_container_start_dirty_tracking(vfio_broker_container *c);
+int vfio_broker_container_stop_dirty_tracking(vfio_broker_container *c);
+int vfio_broker_container_get_dirty_bitmap(vfio_broker_container *c, uint64_t iova, uint64_t size, uint64_t page_size,
+                                           int bitmap_fd, uint64_t bitmap_offset, uint64_t *ret_dirty_pages);
+/* Unmap, and the dirty pages of what was unmapped (a vIOMMU unmapping during migration). */
+int vfio_broker_container_unmap_dirty(vfio_broker_container *c, uint64_t iova, uint64_t size, uint64_t page_size,
+                                      int bitmap_fd, uint64_t bitmap_offset, uint64_t *ret_dirty_pages);
+/* Bytes of bitmap a range needs. */
+static inline uint64_t vfio_broker_dirty_bitmap_size(uint64_t size, uint64_t page_size) {
+        return (size / page_size + 63) / 64 * 8;
+}
+
+/* Coordinated discard (virtio-mem, balloons): a discardable region is mapped in granules (a power of
+ * two, at least the smallest IOMMU page), populated or not. Call discard() before freeing memory in
+ * the range (MADV_DONTNEED, FALLOC_FL_PUNCH_HOLE) and populate() before the guest uses it again; both
+ * take granule-aligned ranges inside one region and are all or nothing. Each populated granule is
+ * one kernel mapping (see dma_available). unmap() of a range covering whole regions removes them.
+ * Regions are published in the container's DiscardableRanges. */
+int vfio_broker_container_map_discardable(vfio_broker_container *c, int memory_fd, uint64_t offset, uint64_t size,
+                                          uint64_t iova, uint32_t flags, uint64_t granule, bool populated);
+int vfio_broker_container_discard(vfio_broker_container *c, uint64_t iova, uint64_t size);
+int vfio_broker_container_populate(vfio_broker_container *c, uint64_t iova, uint64_t size);
+
+/* KVM-VFIO registration is the VMM's own step: the kernel runs KVM device ioctls only in the process
+ * that created the VM (kvm_device_ioctl() returns EIO to any other), so the broker cannot add its
+ * group fds to a VMM's KVM-VFIO device. See libvfio-broker(3), KVM. */
 
 /* Called with the container's BalloonInhibited whenever it changes. */
 typedef void (*vfio_broker_container_balloon_handler)(vfio_broker_container *c, bool inhibited, void *userdata);
