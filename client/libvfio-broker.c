@@ -22,7 +22,6 @@
 #define GROUP_IFACE BUS_NAME ".Group"
 #define CONTAINER_IFACE BUS_NAME ".Container"
 
-#define _public_ __attribute__((visibility("default")))
 
 struct vfio_broker {
         unsigned n_ref;

@@ -38,70 +38,11 @@ static sd_bus *bus;
 
 
 
-static char *create_container(const char *label) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-        const char *p;
-        if (call(ROOT, BUS_NAME ".Manager", "CreateContainer", &reply, "a{sv}", 1, "Label", "s", label) ||
-            sd_bus_message_read(reply, "o", &p) < 0)
-                return NULL;
-        return strdup(p);
-}
-
-static int open_device(const char *path, const char *device) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-        int fd;
-        if (call(path, CONTAINER, "OpenDevice", &reply, "s", device) || sd_bus_message_read(reply, "h", &fd) < 0)
-                return -1;
-        return fcntl(fd, F_DUPFD_CLOEXEC, 3);
-}
-
-/* The edu groups: every /dev/vfio/N, with its device from sysfs. */
-static int find_groups(unsigned *ids, char devices[][32], int max) {
-        int n = 0;
-        FILE *f = popen("for g in $(ls /dev/vfio | grep -v vfio | sort -n); do echo $g $(ls /sys/kernel/iommu_groups/$g/devices); done", "r");
-        if (!f)
-                return 0;
-        while (n < max && fscanf(f, "%u %31s", &ids[n], devices[n]) == 2)
-                n++;
-        pclose(f);
-        return n;
-}
-
-
-
-
-static unsigned dmar_faults(void) {
-        unsigned n = 0;
-        char line[512];
-        FILE *f = popen("dmesg", "r");
-        if (!f)
-                return 0;
-        while (fgets(line, sizeof(line), f))
-                if (strstr(line, "DMAR") && (strstr(line, "fault") || strstr(line, "Fault")))
-                        n++;
-        pclose(f);
-        return n;
-}
-
-static long daemon_locked_kib(void) {
-        char path[64], line[256];
-        long vmlck = -1, vmpin = 0;
-        const char *pid = getenv("VFIO_BROKER_DAEMON_PID");
-        FILE *f;
-
-        if (!pid)
-                return -1;
-        snprintf(path, sizeof(path), "/proc/%s/status", pid);
-        f = fopen(path, "re");
-        if (!f)
-                return -1;
-        while (fgets(line, sizeof(line), f)) {
-                sscanf(line, "VmLck: %ld kB", &vmlck);
-                sscanf(line, "VmPin: %ld kB", &vmpin);
-        }
-        fclose(f);
-        return vmlck < 0 ? -1 : vmlck + vmpin;
-}
+#define create_container(label) vm_create_container(bus, label)
+#define open_device(path, device) vm_open_device(bus, path, device)
+#define find_groups vm_find_groups
+#define dmar_faults vm_dmar_faults
+#define daemon_locked_kib vm_daemon_locked_kib
 
 int main(void) {
         unsigned ids[4];

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include "vm-client.h"
@@ -75,4 +76,72 @@ bool vm_zero(int fd, uint64_t offset, size_t n) {
                 if (buf[i])
                         return false;
         return true;
+}
+
+char *vm_create_container(sd_bus *bus, const char *label) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        const char *p;
+
+        if (vm_call(bus, "/org/vfiobroker/Broker1", "org.vfiobroker.Broker1.Manager", "CreateContainer", &reply,
+                    "a{sv}", 1, "Label", "s", label) ||
+            sd_bus_message_read(reply, "o", &p) < 0)
+                return NULL;
+        return strdup(p);
+}
+
+int vm_open_device(sd_bus *bus, const char *path, const char *device) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        int fd;
+
+        if (vm_call(bus, path, "org.vfiobroker.Broker1.Container", "OpenDevice", &reply, "s", device) ||
+            sd_bus_message_read(reply, "h", &fd) < 0)
+                return -1;
+        /* The message owns its fd. RLIMIT_NOFILE is low in the VM: take the lowest free number. */
+        return fcntl(fd, F_DUPFD_CLOEXEC, 3);
+}
+
+int vm_find_groups(unsigned *ids, char devices[][32], int max) {
+        int n = 0;
+        FILE *f = popen("for g in $(ls /dev/vfio | grep -v vfio | sort -n); do echo $g $(ls /sys/kernel/iommu_groups/$g/devices); done", "r");
+
+        if (!f)
+                return 0;
+        while (n < max && fscanf(f, "%u %31s", &ids[n], devices[n]) == 2)
+                n++;
+        pclose(f);
+        return n;
+}
+
+unsigned vm_dmar_faults(void) {
+        unsigned n = 0;
+        char line[512];
+        FILE *f = popen("dmesg", "r");
+
+        if (!f)
+                return 0;
+        while (fgets(line, sizeof(line), f))
+                if (strstr(line, "DMAR") && (strstr(line, "fault") || strstr(line, "Fault")))
+                        n++;
+        pclose(f);
+        return n;
+}
+
+long vm_daemon_locked_kib(void) {
+        char path[64], line[256];
+        long vmlck = -1, vmpin = 0;
+        const char *pid = getenv("VFIO_BROKER_DAEMON_PID");
+        FILE *f;
+
+        if (!pid)
+                return -1;
+        snprintf(path, sizeof(path), "/proc/%s/status", pid);
+        f = fopen(path, "re");
+        if (!f)
+                return -1;
+        while (fgets(line, sizeof(line), f)) {
+                sscanf(line, "VmLck: %ld kB", &vmlck);
+                sscanf(line, "VmPin: %ld kB", &vmpin);
+        }
+        fclose(f);
+        return vmlck < 0 ? -1 : vmlck + vmpin;
 }

@@ -23,3 +23,14 @@ const char *vm_call(sd_bus *bus, const char *path, const char *interface, const 
 void vm_fill(int fd, uint64_t offset, uint8_t seed, size_t n);
 bool vm_check(int fd, uint64_t offset, uint8_t seed, size_t n);
 bool vm_zero(int fd, uint64_t offset, size_t n);
+
+/* A new container's object path (malloc'd), or NULL. */
+char *vm_create_container(sd_bus *bus, const char *label);
+/* OpenDevice; returns the caller's own copy of the device fd, or -1. */
+int vm_open_device(sd_bus *bus, const char *path, const char *device);
+/* The VFIO groups (every /dev/vfio/N, sorted) with the first device of each. */
+int vm_find_groups(unsigned *ids, char devices[][32], int max);
+/* DMAR fault lines in the kernel log so far. */
+unsigned vm_dmar_faults(void);
+/* The daemon's locked + pinned memory (VmLck + VmPin of $VFIO_BROKER_DAEMON_PID), -1 if unknown. */
+long vm_daemon_locked_kib(void);

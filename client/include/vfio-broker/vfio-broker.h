@@ -200,9 +200,15 @@ int vfio_broker_container_map_discardable(vfio_broker_container *c, int memory_f
 int vfio_broker_container_discard(vfio_broker_container *c, uint64_t iova, uint64_t size);
 int vfio_broker_container_populate(vfio_broker_container *c, uint64_t iova, uint64_t size);
 
-/* KVM-VFIO registration is the VMM's own step: the kernel runs KVM device ioctls only in the process
- * that created the VM (kvm_device_ioctl() returns EIO to any other), so the broker cannot add its
- * group fds to a VMM's KVM-VFIO device. See libvfio-broker(3), KVM. */
+/* KVM-VFIO registration (KVM_DEV_VFIO_FILE_ADD/DEL on the VMM's KVM_DEV_TYPE_VFIO device) tells KVM
+ * about non-coherent DMA and hands it to drivers that need the VM. The kernel runs KVM device ioctls
+ * only in the process that created the VM (kvm_device_ioctl() returns EIO to any other), so the broker
+ * cannot do it with the group fds it holds; the VMM does it in its own process with the device fds
+ * the broker gave it, which Linux 6.6 and later accept. Both fds are checked first: -EBADF if
+ * kvm_vfio_fd is not a KVM-VFIO device or device_fd not a VFIO device fd; -EOPNOTSUPP when the
+ * kernel accepts only group fds there (before 6.6); -EIO when the VM belongs to another process. */
+int vfio_broker_kvm_vfio_add_device(int kvm_vfio_fd, int device_fd);
+int vfio_broker_kvm_vfio_del_device(int kvm_vfio_fd, int device_fd);
 
 /* Called with the container's BalloonInhibited whenever it changes. */
 typedef void (*vfio_broker_container_balloon_handler)(vfio_broker_container *c, bool inhibited, void *userdata);
