@@ -140,6 +140,50 @@ static void test_orderly_restart(void **state) {
         restart_and_check("term");
 }
 
+/* The discardable regions and dirty tracking come back too, and go on working. */
+static void read_discardable(const char *path, uint64_t r[3]) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+
+        assert_true(sd_bus_get_property(bus, BUS_NAME, path, CONTAINER_IFACE, "DiscardableRanges", &error, &m,
+                                        "a(ttt)") >= 0);
+        assert_true(sd_bus_message_enter_container(m, 'a', "(ttt)") >= 0);
+        assert_int_equal(sd_bus_message_read(m, "(ttt)", &r[0], &r[1], &r[2]), 1);
+        assert_int_equal(sd_bus_message_read(m, "(ttt)", NULL, NULL, NULL), 0);
+}
+
+static void test_discard_and_dirty_survive(void **state) {
+        _cleanup_free_ char *path = test_create_container(bus, "migrating");
+        _cleanup_close_ int ram = test_memfd(16 * MiB), bitmap = test_memfd(4096);
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        uint64_t before[3], after[3], dirty = 0;
+
+        test_call_ok(bus, path, CONTAINER_IFACE, "AttachGroup", NULL, "u", 4);
+        test_call_ok(bus, path, CONTAINER_IFACE, "MapDiscardable", NULL, "htttutb", ram, 4 * MiB, 8 * MiB, 64 * MiB,
+                     UINT32_C(3), 2 * MiB, 0);
+        test_call_ok(bus, path, CONTAINER_IFACE, "Populate", NULL, "tt", 66 * MiB, 4 * MiB);
+        test_call_ok(bus, path, CONTAINER_IFACE, "StartDirtyTracking", NULL, "");
+        read_discardable(path, before);
+
+        assert_string_equal(harness("kill9"), "killed");
+        assert_true(strncmp(harness("start"), "started", 7) == 0);
+
+        read_discardable(path, after);
+        assert_memory_equal(before, after, sizeof(before));
+        assert_true(test_get_bool(bus, path, CONTAINER_IFACE, "DirtyTracking"));
+        assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "Mappings"), 2);
+        test_call_ok(bus, path, CONTAINER_IFACE, "GetDirtyBitmap", &reply, "tttht", 64 * MiB, 8 * MiB, UINT64_C(4096),
+                     bitmap, UINT64_C(0));
+        assert_true(sd_bus_message_read(reply, "t", &dirty) > 0);
+        assert_int_equal(dirty, 4 * MiB / 4096);
+        /* The region's memory came back: its granules populate and discard as before. */
+        test_call_ok(bus, path, CONTAINER_IFACE, "Populate", NULL, "tt", 64 * MiB, 8 * MiB);
+        assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "Mappings"), 4);
+        test_call_ok(bus, path, CONTAINER_IFACE, "Discard", NULL, "tt", 66 * MiB, 2 * MiB);
+        assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "Mappings"), 3);
+        test_call_ok(bus, path, CONTAINER_IFACE, "Close", NULL, "");
+}
+
 /* An owner that leaves while the daemon is down: its container is closed on the way back. */
 static void test_owner_left_meanwhile(void **state) {
         int to_parent[2], to_child[2], status;
@@ -262,6 +306,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_kill9_restart),
                 cmocka_unit_test(test_orderly_restart),
+                cmocka_unit_test(test_discard_and_dirty_survive),
                 cmocka_unit_test(test_owner_left_meanwhile),
                 cmocka_unit_test(test_corrupt_state),
                 cmocka_unit_test(test_mismatched_state),
