@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* libFuzzer target: the request-validation layer. Arbitrary sequences of Map/Unmap/Attach/Detach with
- * arbitrary numbers go through container.c (the checks every D-Bus call reaches) on the sim backend.
+/* libFuzzer target: the request-validation layer. Arbitrary sequences of Map/Unmap/Attach/Detach/
+ * Update, discardable regions (MapDiscardable/Discard/Populate), dirty tracking and hot reset with
+ * arbitrary numbers go through container*.c (the checks every D-Bus call reaches) on the sim backend.
  * Afterwards the broker's view and the simulated kernel's must agree: every byte the container says
  * is mapped is pinned, and nothing else; a refused request changed nothing. */
 
@@ -28,7 +29,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         Backend *backend = NULL;
         Broker *broker = NULL;
         Container *c = NULL;
-        int memfd;
+        int memfd, bitmap;
 
         if (broker_config_new_default(&config) < 0 || backend_sim_new(config, &backend, NULL) < 0 ||
             broker_new(NULL, backend, config, &broker) < 0 || broker_refresh_groups(broker) < 0 ||
@@ -36,7 +37,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 abort();
 
         memfd = memfd_create("fuzz", MFD_CLOEXEC);
-        if (memfd < 0 || ftruncate(memfd, 64 << 20) < 0)
+        bitmap = memfd_create("bitmap", MFD_CLOEXEC);
+        if (memfd < 0 || ftruncate(memfd, 64 << 20) < 0 || bitmap < 0 || ftruncate(bitmap, 1 << 20) < 0)
                 abort();
 
         while (size > 0) {
@@ -80,7 +82,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                         break;
                 }
                 default:
-                        r = container_map(c, -1, a, b, d, 3, &e);
+                        switch ((op >> 3) & 0x7) {
+                        case 0:
+                                r = container_map(c, -1, a, b, d, 3, &e);
+                                break;
+                        case 1:
+                                r = container_map_discardable(c, memfd, a & ((64 << 20) - 1), b & ((32 << 20) - 1), d,
+                                                              3, UINT64_C(4096) << ((b >> 12) & 0x7), a & 1, &e);
+                                break;
+                        case 2:
+                                r = container_discard(c, a, b, &e);
+                                break;
+                        case 3:
+                                r = container_populate(c, a, b, &e);
+                                break;
+                        case 4:
+                                r = container_set_dirty_tracking(c, a & 1, &e);
+                                break;
+                        case 5:
+                                r = container_dirty_bitmap(c, a, b, 4096, bitmap, d & 0xfff8, NULL, &e);
+                                break;
+                        case 6:
+                                r = container_unmap_dirty(c, a, b, 4096, bitmap, 0, NULL, &e);
+                                break;
+                        default:
+                                r = container_hot_reset(c, a & 1 ? "0000:00:05.0" : "0000:00:01.0", &e);
+                                break;
+                        }
                         break;
                 }
                 if (r < 0) {
@@ -98,6 +126,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (backend_sim_pinned_bytes(broker->backend) != 0)
                 abort();
         close(memfd);
+        close(bitmap);
         broker_free(broker);
         return 0;
 }
