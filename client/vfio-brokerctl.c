@@ -102,6 +102,17 @@ static json_object *container_to_json(const vfio_broker_container_info *c) {
         }
         json_object_object_add(o, "iova_ranges", ranges);
         json_object_object_add(o, "page_sizes", json_u64(c->page_sizes));
+        json_object_object_add(o, "dma_available", json_object_new_int64(c->dma_available));
+        json_object_object_add(o, "dirty_tracking", json_object_new_boolean(c->dirty_tracking));
+        json_object *discardable = json_object_new_array();
+        for (size_t i = 0; i < c->n_discardable; i++) {
+                json_object *r = json_object_new_object();
+                json_object_object_add(r, "first", json_u64(c->discardable[i].first));
+                json_object_object_add(r, "last", json_u64(c->discardable[i].last));
+                json_object_object_add(r, "granule", json_u64(c->discardable[i].granule));
+                json_object_array_add(discardable, r);
+        }
+        json_object_object_add(o, "discardable", discardable);
         return o;
 }
 
@@ -258,6 +269,13 @@ static int cmd_show(vfio_broker *b, int argc, char **argv) {
                 for (size_t i = 0; i < c.n_iova_ranges; i++)
                         printf(" [0x%" PRIx64 ", 0x%" PRIx64 "]", c.iova_ranges[i].first, c.iova_ranges[i].last);
                 printf("%s\n", c.n_iova_ranges ? "" : " -");
+                printf("DMA available:     %" PRIu32 "\n", c.dma_available);
+                printf("Dirty tracking:    %s\n", c.dirty_tracking ? "yes" : "no");
+                printf("Discardable:      ");
+                for (size_t i = 0; i < c.n_discardable; i++)
+                        printf(" [0x%" PRIx64 ", 0x%" PRIx64 "]/0x%" PRIx64, c.discardable[i].first,
+                               c.discardable[i].last, c.discardable[i].granule);
+                printf("%s\n", c.n_discardable ? "" : " -");
         }
         vfio_broker_container_info_clear(&c);
         return EXIT_OK;

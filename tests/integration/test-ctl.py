@@ -72,7 +72,8 @@ c = lst[0] if lst else {}
 check(rc == 0 and len(lst) == 1 and c["label"] == "ctl-vm" and c["groups"] == [3] and c["mappings"] == 1 and
       c["mapped_bytes"] == 8 << 20 and c["balloon_inhibited"] is True and c["uid"] == os.getuid() and
       c["owner"].startswith(":") and c["page_sizes"] == 0x40201000 and
-      c["iova_ranges"] == [{"first": 0, "last": 0xfedfffff}, {"first": 0xfef00000, "last": 0x7fffffffff}],
+      c["iova_ranges"] == [{"first": 0, "last": 0xfedfffff}, {"first": 0xfef00000, "last": 0x7fffffffff}] and
+      c["dma_available"] == 65534 and c["dirty_tracking"] is False and c["discardable"] == [],
       "list --json with the VMM's container, every field", out)
 rc, out, _ = run("list")
 check(rc == 0 and out.splitlines()[0].split() == ["ID", "OWNER", "UID", "LABEL", "GROUPS", "MAPPINGS", "BYTES"] and
@@ -80,7 +81,8 @@ check(rc == 0 and out.splitlines()[0].split() == ["ID", "OWNER", "UID", "LABEL",
 rc, out, _ = run("--json", "show", str(c.get("id")))
 check(rc == 0 and json.loads(out) == c, "show ID --json equals the list entry", out)
 rc, out, _ = run("show", c.get("path", "/"))
-check(rc == 0 and "Label:             ctl-vm" in out and "Groups:            3" in out, "show PATH (human)", out)
+check(rc == 0 and "Label:             ctl-vm" in out and "Groups:            3" in out and
+      "DMA available:     65534" in out and "Dirty tracking:    no" in out, "show PATH (human)", out)
 
 rc, _, err = run("show", "424242")
 check(rc == 4, "show of a missing container exits 4", err)
