@@ -613,8 +613,9 @@ int container_set_dirty_tracking(Container *c, bool start, BrokerError *e) {
 /* The kernel's DIRTY_BITMAP_PAGES_MAX: one bitmap covers at most INT_MAX pages. */
 #define DIRTY_BITMAP_PAGES_MAX UINT64_C(0x7fffffff)
 
-/* Checks a bitmap request and the fd it goes to; writes zeros there, which proves the fd writable
- * before anything changes. */
+/* Checks a bitmap request and the fd it goes to, so that nothing fails after an unmap but a write
+ * the VMM sabotages meanwhile (truncating its file). Writes nothing: a refused request leaves the
+ * caller's file as it was. */
 static int dirty_bitmap_prepare(Container *c, uint64_t iova, uint64_t size, uint64_t page_size, int fd,
                                 uint64_t fd_offset, uint64_t *ret_bytes, uint64_t **ret_bitmap, BrokerError *e) {
         _cleanup_free_ uint64_t *bitmap = NULL;
@@ -659,12 +660,13 @@ static int dirty_bitmap_prepare(Container *c, uint64_t iova, uint64_t size, uint
                                         "file; offset 0x%" PRIx64 " in a file of 0x%" PRIx64 " bytes does not "
                                         "hold them.", bytes, fd_offset, info.file_size);
 
+        r = memory_check_writable(fd, e);
+        if (r < 0)
+                return r;
+
         bitmap = calloc(1, bytes);
         if (!bitmap)
                 return -ENOMEM;
-        r = memory_write(fd, bitmap, bytes, fd_offset, e);
-        if (r < 0)
-                return r;
         *ret_bytes = bytes;
         *ret_bitmap = TAKE_PTR(bitmap);
         return 0;

@@ -327,6 +327,17 @@ void memory_pool_prune(MemoryPool *pool) {
         }
 }
 
+int memory_check_writable(int fd, BrokerError *e) {
+        int seals = fcntl(fd, F_GET_SEALS);
+
+        /* Only memfds have seals (EINVAL elsewhere); the access mode is memory_check_fd()'s. */
+        if (seals >= 0 && (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)))
+                return broker_error_set(e, BROKER_ERROR_BAD_MEMORY,
+                                        "The memfd is sealed against writing (F_SEAL_WRITE or F_SEAL_FUTURE_WRITE); "
+                                        "the broker cannot write into it.");
+        return 0;
+}
+
 int memory_write(int fd, const void *buf, uint64_t size, uint64_t offset, BrokerError *e) {
         const uint8_t *p = buf;
 

@@ -40,6 +40,10 @@ int memory_check_fd(int fd, uint32_t flags, MemoryFileInfo *ret, BrokerError *e)
  * to info->page_size (else Unaligned), no overflow and offset+size <= file_size (else OutOfRange). */
 int memory_check_range(const MemoryFileInfo *info, uint64_t offset, uint64_t size, BrokerError *e);
 
+/* Whether the broker can write into a file memory_check_fd() accepted for BROKER_MAP_WRITE: not a
+ * write-sealed memfd (else BadMemory). */
+int memory_check_writable(int fd, BrokerError *e);
+
 /* pwrite()s all of buf at offset; a failure is BadMemory (a sealed or read-only file) or Kernel. */
 int memory_write(int fd, const void *buf, uint64_t size, uint64_t offset, BrokerError *e);
 

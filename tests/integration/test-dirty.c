@@ -110,8 +110,13 @@ static void test_bad_requests(void **state) {
 
         /* The bitmap page size is the smallest IOMMU page. */
         assert_int_equal(vfio_broker_container_get_dirty_bitmap(c, 0x100000, 64 * KiB, 2 * MiB, bitmap, 0, &dirty), -EINVAL);
-        /* A range that cuts a mapping. */
+        /* A range that cuts a mapping; the refusal leaves the caller's file as it was. */
+        uint64_t poison = UINT64_C(0x5a5a5a5a5a5a5a5a), word = 0;
+        assert_int_equal(pwrite(bitmap, &poison, 8, 0), 8);
         assert_int_equal(vfio_broker_container_get_dirty_bitmap(c, 0x101000, 4 * PAGE, PAGE, bitmap, 0, &dirty), -EXDEV);
+        assert_int_equal(vfio_broker_container_unmap_dirty(c, 0x101000, 4 * PAGE, PAGE, bitmap, 0, &dirty), -EXDEV);
+        assert_int_equal(pread(bitmap, &word, 8, 0), 8);
+        assert_int_equal(word, poison);
         assert_int_equal(vfio_broker_container_get_dirty_bitmap(c, 0x100000, 4 * PAGE, PAGE, bitmap, 0, &dirty), -EXDEV);
         assert_int_equal(vfio_broker_container_get_dirty_bitmap(c, 0x100800, 4 * PAGE, PAGE, bitmap, 0, &dirty), -EFAULT);
         /* The bitmap must fit the file, at an 8-byte aligned offset. */
