@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -190,12 +191,85 @@ static void test_device_fds(void **state) {
         backend_container_free(b);
 }
 
+/* type1's dirty bitmap without a device that reports its own writes: every mapped page, bit for page
+ * from the range's start; tracking and the smallest page size are required, as in the kernel. */
+static void test_dirty_bitmap(void **state) {
+        Fixture *f = *state;
+        BackendContainer *c = new_container(f);
+        uint64_t bitmap[4] = {}, unmapped = 0;
+
+        assert_int_equal(ops(f)->container_attach_group(c, 1, NULL), 0);
+        assert_int_equal(ops(f)->container_map(c, 0x10000, 0x100000, 3 * 4096, 3, NULL), 0);
+        assert_int_equal(ops(f)->container_map(c, 0x20000, 0x100000 + 65 * 4096, 4096, 3, NULL), 0);
+        assert_int_equal(ops(f)->container_dirty_bitmap(c, 0x100000, 128 * 4096, 4096, bitmap, NULL), -EINVAL);
+        assert_int_equal(ops(f)->container_dirty_tracking(c, true, NULL), 0);
+        assert_int_equal(ops(f)->container_dirty_bitmap(c, 0x100000, 128 * 4096, 2 * MiB, bitmap, NULL), -EINVAL);
+        assert_int_equal(ops(f)->container_dirty_bitmap(c, 0x101000, 4096, 4096, bitmap, NULL), -EINVAL);
+        assert_int_equal(ops(f)->container_dirty_bitmap(c, 0x100000, 128 * 4096, 4096, bitmap, NULL), 0);
+        assert_int_equal(bitmap[0], 0x7);
+        assert_int_equal(bitmap[1], 0x2);
+        memset(bitmap, 0, sizeof(bitmap));
+        assert_int_equal(ops(f)->container_unmap_dirty(c, 0x100000 + 64 * 4096, 64 * 4096, 4096, bitmap, &unmapped,
+                                                       NULL), 0);
+        assert_int_equal(unmapped, 4096);
+        assert_int_equal(bitmap[0], 0x2);
+        /* The IOMMU, and with it the tracking, goes with the last group. */
+        assert_int_equal(ops(f)->container_unmap(c, 0x100000, 3 * 4096, NULL, NULL), 0);
+        assert_int_equal(ops(f)->container_detach_group(c, 1, NULL), 0);
+        assert_int_equal(ops(f)->container_attach_group(c, 1, NULL), 0);
+        assert_int_equal(ops(f)->container_dirty_bitmap(c, 0x100000, 4096, 4096, bitmap, NULL), -EINVAL);
+        backend_container_free(c);
+}
+
+/* The reset scope is the PCI bus; a root-bus device has none; every touched group must be given. */
+static void test_hot_reset(void **state) {
+        BrokerConfig *config = NULL;
+        Backend *backend = NULL;
+        BackendContainer *a = NULL, *b = NULL;
+        BrokerError e = BROKER_ERROR_INIT;
+        unsigned *groups = NULL;
+        size_t n = 0;
+
+        assert_int_equal(broker_config_parse("{\"sim\": {\"groups\": [{\"id\": 1, \"devices\": [\"0000:00:01.0\"]}, "
+                                             "{\"id\": 7, \"devices\": [\"0000:05:00.0\"]}, "
+                                             "{\"id\": 8, \"devices\": [\"0000:05:00.1\", \"0000:06:00.0\"]}]}}",
+                                             &config, &e), 0);
+        assert_int_equal(backend_sim_new(config, &backend, &e), 0);
+        assert_int_equal(backend->ops->container_new(backend, &a, NULL), 0);
+        assert_int_equal(backend->ops->container_new(backend, &b, NULL), 0);
+        assert_int_equal(backend->ops->container_attach_group(a, 1, NULL), 0);
+        assert_int_equal(backend->ops->container_attach_group(a, 7, NULL), 0);
+
+        assert_int_equal(backend->ops->container_hot_reset_groups(a, 1, "0000:00:01.0", &groups, &n, &e), -EOPNOTSUPP);
+        assert_int_equal(e.code, BROKER_ERROR_NOT_SUPPORTED);
+        assert_int_equal(backend->ops->container_hot_reset_groups(a, 7, "0000:05:00.0", &groups, &n, NULL), 0);
+        assert_int_equal(n, 2);
+        assert_int_equal(groups[0], 7);
+        assert_int_equal(groups[1], 8);
+        free(groups);
+
+        unsigned only7[] = { 7 }, both[] = { 7, 8 };
+        BackendContainer *owners_a[] = { a }, *owners_ab[] = { a, b };
+        assert_int_equal(backend->ops->container_hot_reset(a, 7, "0000:05:00.0", owners_a, only7, 1, NULL), -EINVAL);
+        /* Group 8 given, but not in the container claimed for it. */
+        assert_int_equal(backend->ops->container_hot_reset(a, 7, "0000:05:00.0", owners_ab, both, 2, NULL), -EINVAL);
+        assert_int_equal(backend->ops->container_attach_group(b, 8, NULL), 0);
+        assert_int_equal(backend->ops->container_hot_reset(a, 7, "0000:05:00.0", owners_ab, both, 2, NULL), 0);
+
+        backend_container_free(a);
+        backend_container_free(b);
+        backend_free(backend);
+        broker_config_free(config);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_groups, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_attach_rules, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_map_rules, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_device_fds, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_dirty_bitmap, setup, teardown),
+                cmocka_unit_test(test_hot_reset),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
