@@ -59,7 +59,7 @@ for _ in $(seq 100); do grep -q '^state' "$tmp/agent.log" && break; sleep 0.05; 
 
 echo "== the mini VMM (libvfio-broker)"
 mkfifo "$tmp/hold"
-"$builddir/client/mini-vmm" --label=demo-vm --group=1 --ram-mib=256 --hold="$tmp/hold" > "$tmp/vmm.log" 2>&1 &
+"$builddir/client/mini-vmm" --label=demo-vm --group=1 --ram-mib=256 --virtio-mem-mib=64 --hold="$tmp/hold" > "$tmp/vmm.log" 2>&1 &
 vmm=$!
 for _ in $(seq 400); do grep -q '^holding' "$tmp/vmm.log" && break; sleep 0.05; done
 sed 's/^/   [vmm] /' "$tmp/vmm.log"

@@ -6,7 +6,11 @@
  *   balloon-agent [--container=PATH] [--exec=COMMAND] [--count=N]
  *
  * COMMAND runs through /bin/sh with VFIO_BROKER_BALLOON_INHIBITED=1|0 and
- * VFIO_BROKER_OBJECT=<path> in its environment. --count exits after N changes (for tests). */
+ * VFIO_BROKER_OBJECT=<path> in its environment. --count exits after N changes (for tests).
+ *
+ * A followed container's DiscardableRanges are printed as they change: the ranges its VMM maps granule
+ * by granule and discards before freeing memory, where an agent may reclaim while the rest of guest
+ * RAM stays off limits. */
 
 #include <gio/gio.h>
 #include <stdio.h>
@@ -38,11 +42,33 @@ static void report(const gchar *path, gboolean inhibited, gboolean initial) {
                 g_main_loop_quit(loop);
 }
 
+static void report_discardable(const gchar *path, GVariant *ranges) {
+        GVariantIter iter;
+        guint64 first, last, granule;
+        gboolean any = FALSE;
+
+        printf("discardable %s", path);
+        g_variant_iter_init(&iter, ranges);
+        while (g_variant_iter_next(&iter, "(ttt)", &first, &last, &granule)) {
+                printf(" [0x%" G_GINT64_MODIFIER "x, 0x%" G_GINT64_MODIFIER "x]/0x%" G_GINT64_MODIFIER "x", first,
+                       last, granule);
+                any = TRUE;
+        }
+        printf("%s\n", any ? "" : " none");
+        fflush(stdout);
+}
+
 static void on_properties_changed(GDBusProxy *proxy, GVariant *changed, GStrv invalidated, gpointer user_data) {
+        GVariant *ranges;
         gboolean inhibited;
 
         if (g_variant_lookup(changed, "BalloonInhibited", "b", &inhibited))
                 report(g_dbus_proxy_get_object_path(proxy), inhibited, FALSE);
+        ranges = g_variant_lookup_value(changed, "DiscardableRanges", G_VARIANT_TYPE("a(ttt)"));
+        if (ranges) {
+                report_discardable(g_dbus_proxy_get_object_path(proxy), ranges);
+                g_variant_unref(ranges);
+        }
 }
 
 static GDBusProxy *follow(const gchar *path, const gchar *iface) {
@@ -64,6 +90,11 @@ static GDBusProxy *follow(const gchar *path, const gchar *iface) {
         }
         report(path, g_variant_get_boolean(v), TRUE);
         g_variant_unref(v);
+        v = g_dbus_proxy_get_cached_property(proxy, "DiscardableRanges");
+        if (v) {
+                report_discardable(path, v);
+                g_variant_unref(v);
+        }
         g_signal_connect(proxy, "g-properties-changed", G_CALLBACK(on_properties_changed), NULL);
         return proxy;
 }

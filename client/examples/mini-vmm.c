@@ -60,13 +60,13 @@ static int fail(vfio_broker *b, const char *what, int r) {
 
 int main(int argc, char *argv[]) {
         const char *label = "mini-vmm", *hold_fifo = NULL, *device_name = NULL;
-        uint64_t ram = 64ULL << 20;
+        uint64_t ram = 64ULL << 20, hotplug = 0;
         uint32_t group = 1;
         vfio_broker *b = NULL;
         vfio_broker_status status;
         vfio_broker_container_info info;
         char device_buf[64];
-        int memfd, device, r, opt;
+        int memfd, hotplug_fd = -1, device, r, opt;
 
         static const struct option options[] = {
                 { "label",   required_argument, NULL, 'l' },
@@ -74,6 +74,7 @@ int main(int argc, char *argv[]) {
                 { "device",  required_argument, NULL, 'd' },
                 { "ram-mib", required_argument, NULL, 'm' },
                 { "hold",    required_argument, NULL, 'H' },
+                { "virtio-mem-mib", required_argument, NULL, 'v' },
                 {}
         };
         while ((opt = getopt_long(argc, argv, "", options, NULL)) >= 0)
@@ -83,8 +84,10 @@ int main(int argc, char *argv[]) {
                 case 'd': device_name = optarg; break;
                 case 'm': ram = strtoull(optarg, NULL, 0) << 20; break;
                 case 'H': hold_fifo = optarg; break;
+                case 'v': hotplug = strtoull(optarg, NULL, 0) << 20; break;
                 default:
-                        fprintf(stderr, "Usage: %s [--label=S] [--group=N] [--device=NAME] [--ram-mib=N] [--hold=FIFO]\n",
+                        fprintf(stderr, "Usage: %s [--label=S] [--group=N] [--device=NAME] [--ram-mib=N] [--hold=FIFO] "
+                                "[--virtio-mem-mib=N]\n",
                                 argv[0]);
                         return EXIT_FAILURE;
                 }
@@ -128,6 +131,33 @@ int main(int argc, char *argv[]) {
                 return fail(b, "Map", r);
         printf("mapped %" PRIu64 " MiB of guest RAM at IOVA 0x0 (device may read and write)\n", ram >> 20);
 
+        if (hotplug > 0) {
+                /* Hotpluggable memory, as virtio-mem: a discardable region at 4 GiB in 2 MiB granules,
+                 * nothing plugged; the guest plugs the first half, then gives one block back. */
+                const uint64_t base = 4ULL << 30, granule = 2ULL << 20;
+                hotplug_fd = memfd_create("virtio-mem", MFD_CLOEXEC);
+                if (hotplug_fd < 0 || ftruncate(hotplug_fd, (off_t) hotplug) < 0) {
+                        perror("memfd");
+                        return EXIT_FAILURE;
+                }
+                r = vfio_broker_container_map_discardable(c, hotplug_fd, 0, hotplug, base,
+                                                          VFIO_BROKER_MAP_READ | VFIO_BROKER_MAP_WRITE, granule, false);
+                if (r < 0)
+                        return fail(b, "MapDiscardable", r);
+                r = vfio_broker_container_populate(c, base, hotplug / 2);
+                if (r < 0)
+                        return fail(b, "Populate", r);
+                /* Unplug: out of the IOMMU first, only then may the memory go. */
+                r = vfio_broker_container_discard(c, base, granule);
+                if (r < 0)
+                        return fail(b, "Discard", r);
+                if (fallocate(hotplug_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, (off_t) granule) < 0)
+                        perror("fallocate");
+                printf("virtio-mem: %" PRIu64 " MiB discardable at IOVA 0x%" PRIx64 " in 2 MiB granules, %" PRIu64
+                       " MiB plugged, one granule discarded and its memory freed\n", hotplug >> 20, base,
+                       (hotplug / 2 - granule) >> 20);
+        }
+
         if (!device_name) {
                 vfio_broker_group *groups;
                 size_t n;
@@ -166,6 +196,12 @@ int main(int argc, char *argv[]) {
         r = vfio_broker_container_unmap(c, 0, ram);
         if (r < 0)
                 return fail(b, "Unmap", r);
+        if (hotplug > 0) {
+                r = vfio_broker_container_unmap(c, 4ULL << 30, hotplug);
+                if (r < 0)
+                        return fail(b, "Unmap", r);
+                close(hotplug_fd);
+        }
         printf("unmapped guest RAM\n");
         close(device);
         r = vfio_broker_container_detach_group(c, group);

@@ -11,6 +11,7 @@ import tempfile
 import time
 
 ctl, mini_vmm = sys.argv[1], sys.argv[2]
+agent = sys.argv[3] if len(sys.argv) > 3 else None
 n = 0
 failed = 0
 
@@ -120,6 +121,29 @@ check(rc == 0 and json.loads(out2) == [], "close ID by root removes the containe
 with open(fifo, "w") as f:
     f.write("go\n")
 vmm.wait(timeout=30)
+
+# A VMM with hotpluggable memory (virtio-mem): its discardable region is shown, and a balloon agent
+# following the container learns where it may reclaim.
+vmm = subprocess.Popen([mini_vmm, "--label=hotplug", "--group=3", "--ram-mib=8", "--virtio-mem-mib=16",
+                        "--hold=" + fifo], stdout=subprocess.PIPE, text=True)
+for line in vmm.stdout:
+    if line.startswith("holding"):
+        break
+rc, out, _ = run("--json", "list")
+c = json.loads(out)[0] if rc == 0 and json.loads(out) else {}
+check(c.get("discardable") == [{"first": 4 << 30, "last": (4 << 30) + (16 << 20) - 1, "granule": 2 << 20}] and
+      c.get("mappings") == 1 + 3 and c.get("mapped_bytes") == (8 + 6) << 20,
+      "list --json: the discardable region, 3 of its 8 granules populated", out)
+rc, out, _ = run("show", str(c.get("id")))
+check(rc == 0 and "Discardable:       [0x100000000, 0x100ffffff]/0x200000" in out, "show (human): the region", out)
+if agent:
+    a = subprocess.run(["timeout", "3", agent, "--container=" + c.get("path", "/")], capture_output=True, text=True)
+    check("discardable %s [0x100000000, 0x100ffffff]/0x200000" % c.get("path") in a.stdout,
+          "the balloon agent reports the container's discardable ranges", a.stdout + a.stderr)
+with open(fifo, "w") as f:
+    f.write("go\n")
+vmm.wait(timeout=30)
+check(vmm.returncode == 0, "the VMM unmaps its region and leaves")
 
 print("1..%d" % n)
 sys.exit(1 if failed else 0)
