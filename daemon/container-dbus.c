@@ -185,8 +185,9 @@ static int method_map(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         return sd_bus_reply_method_return(m, NULL);
 }
 
-static int method_unmap(sd_bus_message *m, void *userdata, sd_bus_error *error) {
-        Container *c = userdata;
+/* Unmap, Discard, Populate: (t iova, t size) in, nothing out. */
+static int method_range(sd_bus_message *m, Container *c, sd_bus_error *error,
+                        int (*op)(Container *c, uint64_t iova, uint64_t size, BrokerError *e)) {
         BrokerError e = BROKER_ERROR_INIT;
         uint64_t iova, size;
         int r;
@@ -199,11 +200,15 @@ static int method_unmap(sd_bus_message *m, void *userdata, sd_bus_error *error) 
         if (r <= 0)
                 return r < 0 ? r : 1;
 
-        r = container_unmap(c, iova, size, &e);
+        r = op(c, iova, size, &e);
         if (r < 0)
                 return bus_error_from_broker(error, r, &e);
 
         return sd_bus_reply_method_return(m, NULL);
+}
+
+static int method_unmap(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        return method_range(m, userdata, error, container_unmap);
 }
 
 #define UPDATE_MAX 65536
@@ -395,32 +400,12 @@ static int method_map_discardable(sd_bus_message *m, void *userdata, sd_bus_erro
         return sd_bus_reply_method_return(m, NULL);
 }
 
-static int method_discard_or_populate(sd_bus_message *m, void *userdata, sd_bus_error *error, bool populate) {
-        Container *c = userdata;
-        BrokerError e = BROKER_ERROR_INIT;
-        uint64_t iova, size;
-        int r;
-
-        r = sd_bus_message_read(m, "tt", &iova, &size);
-        if (r < 0)
-                return r;
-
-        r = container_verify_caller(c, m, NULL, error);
-        if (r <= 0)
-                return r < 0 ? r : 1;
-
-        r = populate ? container_populate(c, iova, size, &e) : container_discard(c, iova, size, &e);
-        if (r < 0)
-                return bus_error_from_broker(error, r, &e);
-        return sd_bus_reply_method_return(m, NULL);
-}
-
 static int method_discard(sd_bus_message *m, void *userdata, sd_bus_error *error) {
-        return method_discard_or_populate(m, userdata, error, false);
+        return method_range(m, userdata, error, container_discard);
 }
 
 static int method_populate(sd_bus_message *m, void *userdata, sd_bus_error *error) {
-        return method_discard_or_populate(m, userdata, error, true);
+        return method_range(m, userdata, error, container_populate);
 }
 
 static int method_close(sd_bus_message *m, void *userdata, sd_bus_error *error) {

@@ -22,10 +22,6 @@
 #include "quota.h"
 #include "state.h"
 
-static uint64_t lowest_bit(uint64_t x) {
-        return x & -x;
-}
-
 bool container_discardable_remove(Container *c, uint64_t first, uint64_t last) {
         MappingTableNode *node, *next;
         bool any = false;
@@ -42,6 +38,29 @@ bool container_discardable_remove(Container *c, uint64_t first, uint64_t last) {
                 any = true;
         }
         return any;
+}
+
+/* Takes the reference to memory (released on failure); the range must be free. */
+static int discard_region_add(Container *c, uint64_t iova, uint64_t size, uint64_t offset, uint32_t flags,
+                              uint64_t granule, MemoryRegion *memory, DiscardRegion **ret) {
+        DiscardRegion *d;
+        int r;
+
+        d = calloc(1, sizeof(*d));
+        if (!d) {
+                memory_pool_release(c->memory, memory);
+                return -ENOMEM;
+        }
+        mapping_table_node_init(&d->node, iova, size);
+        d->region = memory;
+        d->offset = offset;
+        d->flags = flags;
+        d->granule = granule;
+        r = mapping_table_insert(&c->discardable, &d->node, NULL);
+        assert(r == 0);
+        if (ret)
+                *ret = d;
+        return 0;
 }
 
 /* Maps one granule of d at iova. */
@@ -111,58 +130,17 @@ static void changed(Container *c, ContainerProperty extra) {
 
 int container_map_discardable(Container *c, int fd, uint64_t offset, uint64_t size, uint64_t iova, uint32_t flags,
                               uint64_t granule, bool populated, BrokerError *e) {
-        _cleanup_free_ DiscardRegion *d = NULL;
+        DiscardRegion *region;
+        MemoryRegion *memory;
         MemoryFileInfo info;
-        MappingTableNode *conflict;
-        uint64_t vaddr, min;
+        uint64_t vaddr;
         int r;
 
-        if (flags == 0 || (flags & ~(BROKER_MAP_READ | BROKER_MAP_WRITE)))
-                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS,
-                                        "Map flags 0x%" PRIx32 " are invalid: use 1 (device may read), 2 "
-                                        "(device may write) or 3 (both).", flags);
-        if (size == 0)
-                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "Size must not be 0.");
-        if (c->n_groups == 0)
-                return broker_error_set(e, BROKER_ERROR_NO_GROUPS,
-                                        "The container has no VFIO group attached, so there is no IOMMU "
-                                        "to map into yet; AttachGroup() first.");
-
-        r = memory_check_fd(fd, flags, &info, e);
+        if (granule == 0)
+                return broker_error_set(e, BROKER_ERROR_UNALIGNED, "The granule must not be 0.");
+        r = container_check_map(c, fd, offset, size, iova, flags, granule, &info, e);
         if (r < 0)
                 return r;
-
-        min = lowest_bit(c->iommu.page_sizes);
-        if (min < info.page_size)
-                min = info.page_size;
-        if (granule == 0 || (granule & (granule - 1)) || granule < min)
-                return broker_error_set(e, BROKER_ERROR_UNALIGNED,
-                                        "Granule 0x%" PRIx64 " must be a power of two of at least 0x%" PRIx64
-                                        " (the smallest IOMMU page and the memory's page size).", granule, min);
-        if ((offset | size | iova) & (granule - 1))
-                return broker_error_set(e, BROKER_ERROR_UNALIGNED,
-                                        "Offset 0x%" PRIx64 ", size 0x%" PRIx64 " and IOVA 0x%" PRIx64 " must be "
-                                        "multiples of the granule 0x%" PRIx64 ".", offset, size, iova, granule);
-        r = memory_check_range(&info, offset, size, e);
-        if (r < 0)
-                return r;
-        if (iova + (size - 1) < iova)
-                return broker_error_set(e, BROKER_ERROR_OUT_OF_RANGE,
-                                        "IOVA 0x%" PRIx64 " + size 0x%" PRIx64 " wraps around the address space.",
-                                        iova, size);
-        if (!container_iova_usable(c, iova, iova + (size - 1)))
-                return broker_error_set(e, BROKER_ERROR_OUT_OF_RANGE,
-                                        "IOVA range [0x%" PRIx64 ", 0x%" PRIx64 "] is not inside one of the "
-                                        "usable ranges the IOMMU reports (see the IovaRanges property).",
-                                        iova, iova + (size - 1));
-        conflict = mapping_table_first_intersecting(&c->discardable, iova, iova + (size - 1));
-        if (!conflict)
-                conflict = mapping_table_first_intersecting(&c->mappings, iova, iova + (size - 1));
-        if (conflict)
-                return broker_error_set(e, BROKER_ERROR_OVERLAP,
-                                        "IOVA range [0x%" PRIx64 ", 0x%" PRIx64 "] overlaps the existing mapping "
-                                        "[0x%" PRIx64 ", 0x%" PRIx64 "].", iova, iova + (size - 1),
-                                        conflict->first, conflict->last);
         if (populated && size / granule > container_dma_available(c))
                 return broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED,
                                         "Populating 0x%" PRIx64 " bytes in granules of 0x%" PRIx64 " needs %" PRIu64
@@ -170,19 +148,12 @@ int container_map_discardable(Container *c, int fd, uint64_t offset, uint64_t si
                                         "a larger granule.", size, granule, size / granule,
                                         container_dma_available(c));
 
-        d = calloc(1, sizeof(*d));
-        if (!d)
-                return -ENOMEM;
-        mapping_table_node_init(&d->node, iova, size);
-        d->offset = offset;
-        d->flags = flags;
-        d->granule = granule;
-        r = memory_pool_acquire(c->memory, fd, &info, offset, size, flags, &d->region, &vaddr, e);
+        r = memory_pool_acquire(c->memory, fd, &info, offset, size, flags, &memory, &vaddr, e);
         if (r < 0)
                 return r;
-        r = mapping_table_insert(&c->discardable, &d->node, NULL);
-        assert(r == 0);
-        DiscardRegion *region = TAKE_PTR(d);
+        r = discard_region_add(c, iova, size, offset, flags, granule, memory, &region);
+        if (r < 0)
+                return r;
 
         if (populated)
                 for (uint64_t a = iova; a - iova < size; a += granule) {
@@ -292,7 +263,7 @@ rollback:
 
 int container_restore_discardable(Container *c, unsigned region, uint64_t offset, uint64_t size, uint64_t iova,
                                   uint32_t flags, uint64_t granule, BrokerError *e) {
-        _cleanup_free_ DiscardRegion *d = NULL;
+        MemoryRegion *memory;
         uint64_t vaddr;
         int r;
 
@@ -302,18 +273,8 @@ int container_restore_discardable(Container *c, unsigned region, uint64_t offset
         if (mapping_table_first_intersecting(&c->discardable, iova, iova + (size - 1)))
                 return broker_error_set(e, BROKER_ERROR_OVERLAP, "Overlapping discardable regions in the state.");
 
-        d = calloc(1, sizeof(*d));
-        if (!d)
-                return -ENOMEM;
-        mapping_table_node_init(&d->node, iova, size);
-        d->offset = offset;
-        d->flags = flags;
-        d->granule = granule;
-        r = memory_pool_acquire_id(c->memory, region, offset, size, &d->region, &vaddr, e);
+        r = memory_pool_acquire_id(c->memory, region, offset, size, &memory, &vaddr, e);
         if (r < 0)
                 return r;
-        r = mapping_table_insert(&c->discardable, &d->node, NULL);
-        assert(r == 0);
-        TAKE_PTR(d);
-        return 0;
+        return discard_region_add(c, iova, size, offset, flags, granule, memory, NULL);
 }

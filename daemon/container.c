@@ -320,7 +320,8 @@ int container_detach_group(Container *c, unsigned id, BrokerError *e) {
         return 0;
 }
 
-int container_open_device(Container *c, const char *device, BrokerError *e) {
+/* The group of a device that this container may use. */
+static int container_device_group(Container *c, const char *device, Group **ret, BrokerError *e) {
         Group *g;
 
         g = broker_find_group_of_device(c->broker, device);
@@ -331,6 +332,17 @@ int container_open_device(Container *c, const char *device, BrokerError *e) {
                 return broker_error_set(e, BROKER_ERROR_NO_SUCH_DEVICE,
                                         "Device %s is in VFIO group %u, which is not attached to this "
                                         "container; AttachGroup(%u) first.", device, g->id, g->id);
+        *ret = g;
+        return 0;
+}
+
+int container_open_device(Container *c, const char *device, BrokerError *e) {
+        Group *g;
+        int r;
+
+        r = container_device_group(c, device, &g, e);
+        if (r < 0)
+                return r;
 
         int fd = c->broker->backend->ops->container_open_device(c->backend, g->id, device, e);
         if (fd >= 0)
@@ -351,12 +363,10 @@ bool container_iova_usable(const Container *c, uint64_t first, uint64_t last) {
         return false;
 }
 
-static int container_map_internal(Container *c, int fd, uint64_t offset, uint64_t size, uint64_t iova,
-                                  uint32_t flags, BrokerError *e) {
-        MemoryFileInfo info;
+int container_check_map(Container *c, int fd, uint64_t offset, uint64_t size, uint64_t iova, uint32_t flags,
+                        uint64_t granule, MemoryFileInfo *ret_info, BrokerError *e) {
         MappingTableNode *conflict;
-        _cleanup_free_ Mapping *m = NULL;
-        uint64_t align, vaddr;
+        uint64_t align;
         int r;
 
         /* Malformed first, then state, then the memory, then the address space. */
@@ -371,30 +381,37 @@ static int container_map_internal(Container *c, int fd, uint64_t offset, uint64_
                                         "The container has no VFIO group attached, so there is no IOMMU "
                                         "to map into yet; AttachGroup() first.");
 
-        r = memory_check_fd(fd, flags, &info, e);
+        r = memory_check_fd(fd, flags, ret_info, e);
         if (r < 0)
                 return r;
 
         align = lowest_bit(c->iommu.page_sizes);
-        if (align < info.page_size)
-                align = info.page_size;
+        if (align < ret_info->page_size)
+                align = ret_info->page_size;
+        const char *why = align == ret_info->page_size && ret_info->hugetlbfs ?
+                "huge page size of the hugetlbfs file" : "smallest IOMMU/host page size";
+        if (granule != 0) {
+                if ((granule & (granule - 1)) || granule < align)
+                        return broker_error_set(e, BROKER_ERROR_UNALIGNED,
+                                                "Granule 0x%" PRIx64 " must be a power of two of at least 0x%" PRIx64
+                                                " (the %s).", granule, align, why);
+                align = granule;
+                why = "granule";
+        }
         if (offset % align)
                 return broker_error_set(e, BROKER_ERROR_UNALIGNED,
                                         "Offset 0x%" PRIx64 " is not a multiple of 0x%" PRIx64 " (the %s).",
-                                        offset, align, align == info.page_size && info.hugetlbfs ?
-                                        "huge page size of the hugetlbfs file" : "smallest IOMMU/host page size");
+                                        offset, align, why);
         if (size % align)
                 return broker_error_set(e, BROKER_ERROR_UNALIGNED,
                                         "Size 0x%" PRIx64 " is not a multiple of 0x%" PRIx64 " (the %s).",
-                                        size, align, align == info.page_size && info.hugetlbfs ?
-                                        "huge page size of the hugetlbfs file" : "smallest IOMMU/host page size");
+                                        size, align, why);
         if (iova % align)
                 return broker_error_set(e, BROKER_ERROR_UNALIGNED,
                                         "IOVA 0x%" PRIx64 " is not a multiple of 0x%" PRIx64 " (the %s).",
-                                        iova, align, align == info.page_size && info.hugetlbfs ?
-                                        "huge page size of the hugetlbfs file" : "smallest IOMMU/host page size");
+                                        iova, align, why);
 
-        r = memory_check_range(&info, offset, size, e);
+        r = memory_check_range(ret_info, offset, size, e);
         if (r < 0)
                 return r;
 
@@ -420,6 +437,19 @@ static int container_map_internal(Container *c, int fd, uint64_t offset, uint64_
                                         "IOVA range [0x%" PRIx64 ", 0x%" PRIx64 "] overlaps the existing mapping "
                                         "[0x%" PRIx64 ", 0x%" PRIx64 "].", iova, iova + (size - 1),
                                         conflict->first, conflict->last);
+        return 0;
+}
+
+static int container_map_internal(Container *c, int fd, uint64_t offset, uint64_t size, uint64_t iova,
+                                  uint32_t flags, BrokerError *e) {
+        MemoryFileInfo info;
+        _cleanup_free_ Mapping *m = NULL;
+        uint64_t vaddr;
+        int r;
+
+        r = container_check_map(c, fd, offset, size, iova, flags, 0, &info, e);
+        if (r < 0)
+                return r;
 
         m = calloc(1, sizeof(*m));
         if (!m)
@@ -570,6 +600,18 @@ static void mappings_release(Container *c, Mapping **l, size_t n) {
         free(l);
 }
 
+/* After an Unmap: the memory goes, the regions inside the range go, and everybody hears of it. */
+static void unmap_done(Container *c, Mapping **removed, size_t n_removed, uint64_t iova, uint64_t size) {
+        bool regions;
+
+        mappings_release(c, removed, n_removed);
+        regions = container_discardable_remove(c, iova, iova + (size - 1));
+        (void) state_save_container(c);
+        (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES |
+                                                      CONTAINER_PROPERTY_DMA_AVAILABLE |
+                                                      (regions ? CONTAINER_PROPERTY_DISCARDABLE : 0));
+}
+
 int container_unmap(Container *c, uint64_t iova, uint64_t size, BrokerError *e) {
         Mapping **removed = NULL;
         size_t n_removed = 0;
@@ -578,12 +620,7 @@ int container_unmap(Container *c, uint64_t iova, uint64_t size, BrokerError *e) 
         r = container_unmap_internal(c, iova, size, true, NULL, &removed, &n_removed, e);
         if (r < 0)
                 return r;
-        mappings_release(c, removed, n_removed);
-        bool regions = container_discardable_remove(c, iova, iova + (size - 1));
-        (void) state_save_container(c);
-        (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES |
-                                                      CONTAINER_PROPERTY_DMA_AVAILABLE |
-                                                      (regions ? CONTAINER_PROPERTY_DISCARDABLE : 0));
+        unmap_done(c, removed, n_removed, iova, size);
         return 0;
 }
 
@@ -727,12 +764,7 @@ int container_unmap_dirty(Container *c, uint64_t iova, uint64_t size, uint64_t p
         r = container_unmap_internal(c, iova, size, true, bitmap, &removed, &n_removed, e);
         if (r < 0)
                 return r;
-        mappings_release(c, removed, n_removed);
-        bool regions = container_discardable_remove(c, iova, iova + (size - 1));
-        (void) state_save_container(c);
-        (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES |
-                                                      CONTAINER_PROPERTY_DMA_AVAILABLE |
-                                                      (regions ? CONTAINER_PROPERTY_DISCARDABLE : 0));
+        unmap_done(c, removed, n_removed, iova, size);
 
         /* The mappings are gone whatever happens now; a write that fails (the VMM truncated the file
          * meanwhile) loses only the report, and says so. */
@@ -756,14 +788,9 @@ int container_hot_reset(Container *c, const char *device, BrokerError *e) {
         Group *g;
         int r;
 
-        g = broker_find_group_of_device(b, device);
-        if (!g)
-                return broker_error_set(e, BROKER_ERROR_NO_SUCH_DEVICE,
-                                        "There is no device \"%s\" in any VFIO group on this host.", device);
-        if (g->container != c)
-                return broker_error_set(e, BROKER_ERROR_NO_SUCH_DEVICE,
-                                        "Device %s is in VFIO group %u, which is not attached to this "
-                                        "container; AttachGroup(%u) first.", device, g->id, g->id);
+        r = container_device_group(c, device, &g, e);
+        if (r < 0)
+                return r;
 
         r = b->backend->ops->container_hot_reset_groups(c->backend, g->id, device, &groups, &n, e);
         if (r < 0)

@@ -138,7 +138,10 @@ int container_restore_discardable(Container *c, unsigned region, uint64_t offset
 /* Frees every region inside [first, last] (their granules must be gone already); true if any. */
 bool container_discardable_remove(Container *c, uint64_t first, uint64_t last);
 
-/* Shared by container*.c. */
+/* Shared by container*.c. Every check of a Map request (granule 0) or a MapDiscardable one, in the
+ * order that gives the most specific error first; changes nothing. */
+int container_check_map(Container *c, int fd, uint64_t offset, uint64_t size, uint64_t iova, uint32_t flags,
+                        uint64_t granule, MemoryFileInfo *ret_info, BrokerError *e);
 void container_mapping_free(Container *c, Mapping *m);
 bool container_iova_usable(const Container *c, uint64_t first, uint64_t last);
 
