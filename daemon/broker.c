@@ -31,6 +31,7 @@ int broker_new(sd_event *event, Backend *backend, BrokerConfig *config, Broker *
         b->backend = backend;
         b->config = config;
         b->next_container_id = 1;
+        b->notify_fd = -EBADF;
 
         *ret = TAKE_PTR(b);
         return 0;
@@ -59,6 +60,7 @@ Broker *broker_free(Broker *b) {
         backend_free(b->backend);
         broker_config_free(b->config);
         free(b->state_dir);
+        safe_close(b->notify_fd);
         sd_event_unref(b->event);
         free(b);
         return NULL;

@@ -44,6 +44,7 @@ typedef struct Broker {
         unsigned balloon_inhibitors; /* groups attached to containers, summed over all containers */
 
         char *state_dir;      /* persistence across restarts, NULL when off (state.c) */
+        int notify_fd;        /* connected to $NOTIFY_SOCKET while state_dir is set (state.c) */
         bool handing_over;    /* exiting with every container left to the next instance */
 
         PolkitQuery *polkit_queries; /* authorization checks in flight, see polkit.c */

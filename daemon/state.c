@@ -8,7 +8,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <systemd/sd-daemon.h>
 
@@ -20,33 +23,84 @@
 
 #define STATE_VERSION 1
 
+/* One socket to the service manager for the daemon's life: every Map of new memory and every Unmap
+ * of the last mapping of a file stores or removes an fd, and sd_pid_notify_with_fds() would open and
+ * set up a socket for each. */
+static int notify_connect(Broker *b) {
+        const char *e = getenv("NOTIFY_SOCKET");
+        union {
+                struct sockaddr sa;
+                struct sockaddr_un un;
+        } sa = { .un.sun_family = AF_UNIX };
+        _cleanup_close_ int fd = -EBADF;
+        size_t len;
+
+        if (!e || (e[0] != '/' && e[0] != '@') || (len = strlen(e)) >= sizeof(sa.un.sun_path))
+                return -EINVAL;
+        memcpy(sa.un.sun_path, e, len);
+        if (e[0] == '@')
+                sa.un.sun_path[0] = 0; /* abstract namespace */
+        fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return -errno;
+        if (connect(fd, &sa.sa, (socklen_t) (offsetof(struct sockaddr_un, sun_path) + len)) < 0)
+                return -errno;
+        b->notify_fd = TAKE_FD(fd);
+        return 0;
+}
+
 int state_setup(Broker *b, const char *state_dir) {
+        int r;
+
         /* Without a service manager nobody would keep the fds, and a state file alone cannot bring a
          * container back. */
         if (!getenv("NOTIFY_SOCKET") || !state_dir)
                 return 0;
         if (mkdir(state_dir, 0700) < 0 && errno != EEXIST)
                 return log_warning_errno(-errno, "Cannot create %s, restarts will not keep VMs: %m", state_dir);
+        r = notify_connect(b);
+        if (r < 0)
+                return log_warning_errno(r, "Cannot connect to $NOTIFY_SOCKET, restarts will not keep VMs: %m");
         b->state_dir = strdup(state_dir);
         return b->state_dir ? 1 : -ENOMEM;
 }
 
-static int fdstore_push(const char *name, int fd, bool poll) {
+static int notify_send(Broker *b, const char *msg, int fd) {
+        struct iovec iov = { .iov_base = (char *) msg, .iov_len = strlen(msg) };
+        union {
+                struct cmsghdr h;
+                char buf[CMSG_SPACE(sizeof(int))];
+        } control = {};
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+
+        if (fd >= 0) {
+                mh.msg_control = &control;
+                mh.msg_controllen = sizeof(control);
+                struct cmsghdr *cmsg = CMSG_FIRSTHDR(&mh);
+                cmsg->cmsg_level = SOL_SOCKET;
+                cmsg->cmsg_type = SCM_RIGHTS;
+                cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+                memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+        }
+        return sendmsg(b->notify_fd, &mh, MSG_NOSIGNAL) < 0 ? -errno : 0;
+}
+
+static int fdstore_push(Broker *b, const char *name, int fd, bool poll) {
         char msg[160];
         int r;
 
         snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=%s%s", name, poll ? "" : "\nFDPOLL=0");
-        r = sd_pid_notify_with_fds(0, false, msg, &fd, 1);
+        r = notify_send(b, msg, fd);
         if (r < 0)
                 log_debug_errno(r, "Cannot store fd %s: %m", name);
         return r;
 }
 
-static void fdstore_remove(const char *name) {
+static void fdstore_remove(Broker *b, const char *name) {
         char msg[160];
 
         snprintf(msg, sizeof(msg), "FDSTOREREMOVE=1\nFDNAME=%s", name);
-        (void) sd_notify(false, msg);
+        (void) notify_send(b, msg, -EBADF);
 }
 
 static bool strv_contains(char **l, const char *s) {
@@ -87,13 +141,13 @@ static int state_sync_fds(Container *c) {
         for (size_t i = 0; i < n_fds; i++) {
                 snprintf(name, sizeof(name), "c%" PRIu64 "-%s", c->id, fds[i].name);
                 (void) strv_push(&want, name);
-                if (!strv_contains(c->stored_fds, name) && fdstore_push(name, fds[i].fd, fds[i].poll) >= 0)
+                if (!strv_contains(c->stored_fds, name) && fdstore_push(c->broker, name, fds[i].fd, fds[i].poll) >= 0)
                         (void) strv_push(&c->stored_fds, name);
         }
         for (MemoryRegion *m = memory_pool_first(c->memory); m; m = memory_region_next(m)) {
                 snprintf(name, sizeof(name), "c%" PRIu64 "-mem-%u", c->id, memory_region_id(m));
                 (void) strv_push(&want, name);
-                if (!strv_contains(c->stored_fds, name) && fdstore_push(name, memory_region_fd(m), true) >= 0)
+                if (!strv_contains(c->stored_fds, name) && fdstore_push(c->broker, name, memory_region_fd(m), true) >= 0)
                         (void) strv_push(&c->stored_fds, name);
         }
         free(fds);
@@ -104,7 +158,7 @@ static int state_sync_fds(Container *c) {
                 if (strv_contains(want, *s))
                         (void) strv_push(&keep, *s);
                 else
-                        fdstore_remove(*s);
+                        fdstore_remove(c->broker, *s);
         }
         strv_free(c->stored_fds);
         c->stored_fds = keep;
@@ -119,6 +173,14 @@ static json_object *json_u64(uint64_t v) {
         char buf[32];
         snprintf(buf, sizeof(buf), "0x%" PRIx64, v);
         return json_object_new_string(buf);
+}
+
+/* As json_u64(), written out. */
+static void fput_u64(FILE *f, uint64_t v) {
+        if (v <= INT64_MAX)
+                fprintf(f, "%" PRIu64, v);
+        else
+                fprintf(f, "\"0x%" PRIx64 "\"", v);
 }
 
 static int parse_u64(json_object *o, uint64_t *ret) {
@@ -141,7 +203,7 @@ static int parse_u64(json_object *o, uint64_t *ret) {
 int state_save_container(Container *c) {
         Broker *b = c->broker;
         _cleanup_free_ char *path = NULL, *tmp = NULL;
-        json_object *root, *groups, *regions, *mappings;
+        json_object *root, *groups, *regions;
         MappingTableNode *node;
         FILE *f;
         int r;
@@ -172,19 +234,6 @@ int state_save_container(Container *c) {
                 json_object_array_add(regions, o);
         }
         json_object_object_add(root, "regions", regions);
-        /* [iova, size, region, offset, flags]: compact, a container can hold 65535 of them. */
-        mappings = json_object_new_array_ext((int) container_n_mappings(c));
-        for (node = mapping_table_first(&c->mappings); node; node = mapping_table_next(node)) {
-                Mapping *m = container_of(node, Mapping, node);
-                json_object *a = json_object_new_array_ext(5);
-                json_object_array_add(a, json_u64(node->first));
-                json_object_array_add(a, json_u64(mapping_table_node_size(node)));
-                json_object_array_add(a, json_object_new_int64(memory_region_id(m->region)));
-                json_object_array_add(a, json_u64(m->offset));
-                json_object_array_add(a, json_object_new_int64(m->flags));
-                json_object_array_add(mappings, a);
-        }
-        json_object_object_add(root, "mappings", mappings);
         if (c->dirty_tracking)
                 json_object_object_add(root, "dirty_tracking", json_object_new_boolean(true));
         if (mapping_table_size(&c->discardable) > 0) {
@@ -214,7 +263,25 @@ int state_save_container(Container *c) {
                 json_object_put(root);
                 return log_warning_errno(-errno, "Cannot write %s: %m", tmp);
         }
-        r = fputs(json_object_to_json_string_ext(root, JSON_C_TO_STRING_PLAIN), f) < 0 ? -EIO : 0;
+        /* The small part through json-c; the mappings, up to 65535 of them, straight to the file as
+         * [iova, size, region, offset, flags]: building a json-c tree for them cost more time and memory
+         * than everything else a Map does. */
+        size_t len;
+        const char *head = json_object_to_json_string_length(root, JSON_C_TO_STRING_PLAIN, &len);
+        assert(len > 2 && head[len - 1] == '}');
+        fwrite(head, 1, len - 1, f);
+        fputs(",\"mappings\":[", f);
+        for (node = mapping_table_first(&c->mappings); node; node = mapping_table_next(node)) {
+                Mapping *m = container_of(node, Mapping, node);
+                fputs(node == mapping_table_first(&c->mappings) ? "[" : ",[", f);
+                fput_u64(f, node->first);
+                fputc(',', f);
+                fput_u64(f, mapping_table_node_size(node));
+                fprintf(f, ",%u,", memory_region_id(m->region));
+                fput_u64(f, m->offset);
+                fprintf(f, ",%" PRIu32 "]", m->flags);
+        }
+        r = fputs("]}", f) < 0 || ferror(f) ? -EIO : 0;
         json_object_put(root);
         /* No fsync(): the state only has to survive the daemon's death, not the machine's (/run does
          * not survive a reboot, nor do the fds it describes), and the page cache outlives any process. */
@@ -236,7 +303,7 @@ void state_forget_container(Container *c) {
         if (!c->broker->state_dir)
                 return;
         for (char **s = c->stored_fds; s && *s; s++)
-                fdstore_remove(*s);
+                fdstore_remove(c->broker, *s);
         path = state_file(c->broker, c->id);
         if (path)
                 (void) unlink(path);
@@ -247,11 +314,11 @@ typedef struct StoredFd {
         int fd;
 } StoredFd;
 
-static void stored_fds_close_unused(StoredFd *fds, size_t n, const char *why) {
+static void stored_fds_close_unused(Broker *b, StoredFd *fds, size_t n, const char *why) {
         for (size_t i = 0; i < n; i++)
                 if (fds[i].fd >= 0) {
                         log_warning("Closing fd %s from the fd store: %s.", fds[i].name, why);
-                        fdstore_remove(fds[i].name);
+                        fdstore_remove(b, fds[i].name);
                         fds[i].fd = safe_close(fds[i].fd);
                 }
 }
@@ -490,7 +557,7 @@ int state_restore(Broker *b) {
                         snprintf(prefix, sizeof(prefix), "c%" PRIu64 "-", id);
                         for (size_t i = 0; i < n_stored; i++)
                                 if (strncmp(stored[i].name, prefix, strlen(prefix)) == 0) {
-                                        fdstore_remove(stored[i].name);
+                                        fdstore_remove(b, stored[i].name);
                                         stored[i].fd = safe_close(stored[i].fd);
                                 }
                 }
@@ -499,7 +566,7 @@ int state_restore(Broker *b) {
                 closedir(d);
 
         /* Fds without state: nobody can reach what they hold. Closing them releases it. */
-        stored_fds_close_unused(stored, n_stored, "no restorable state refers to it");
+        stored_fds_close_unused(b, stored, n_stored, "no restorable state refers to it");
         free(stored);
         if (n > 0 || restored > 0)
                 log_info("Restart: %zu containers restored from %d stored fds.", restored, n);
