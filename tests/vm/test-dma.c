@@ -36,8 +36,6 @@
 
 static sd_bus *bus;
 
-
-
 #define create_container(label) vm_create_container(bus, label)
 #define open_device(path, device) vm_open_device(bus, path, device)
 #define find_groups vm_find_groups

@@ -29,8 +29,6 @@
 #define CONTAINER BUS_NAME ".Container"
 #define MiB (UINT64_C(1) << 20)
 
-
-
 static const char *harness(const char *cmd) {
         static char answer[256];
         char path[512];
@@ -68,10 +66,6 @@ static long pinned_pages(void) {
         fclose(f);
         return acquired < 0 || released < 0 ? -1 : acquired - released;
 }
-
-
-
-
 
 static bool dma_round_trip(Edu *edu, int ram, uint64_t iova_base, uint64_t from, uint64_t to, uint8_t seed) {
         fill(ram, from, seed, 1024);
@@ -113,18 +107,44 @@ int main(int argc, char *argv[]) {
         tap(ok, "restart: a VMM with 8 MiB mapped DMAs through the broker");
         tap(pinned_pages() - baseline >= 2000, "restart: 8 MiB are pinned (%ld pages)", pinned_pages() - baseline);
 
+        /* Hotpluggable memory with one granule given back, and dirty tracking for a migration. */
+        int bitmap = memfd_create("bitmap", MFD_CLOEXEC);
+        ok = bitmap >= 0 && ftruncate(bitmap, 4096) == 0 &&
+             !vm_call(bus, path, CONTAINER, "MapDiscardable", NULL, "htttutb", ram, 12 * MiB, 4 * MiB, 64 * MiB,
+                      UINT32_C(3), 2 * MiB, 1) &&
+             !vm_call(bus, path, CONTAINER, "Discard", NULL, "tt", 66 * MiB, 2 * MiB) &&
+             !vm_call(bus, path, CONTAINER, "StartDirtyTracking", NULL, NULL);
+        tap(ok, "restart: a discardable region with one granule discarded, and dirty tracking started");
+
         for (size_t i = 0; i < 2; i++) {
                 char a[256], b[256];
                 snprintf(a, sizeof(a), "%s", harness(how[i]));
                 snprintf(b, sizeof(b), "%s", harness("start"));
                 tap(strncmp(b, "started", 7) == 0, "restart: %s (%s), then a new instance (%s)", how[i], a, b);
                 uint32_t n = 0;
-                ok = sd_bus_get_property_trivial(bus, BUS_NAME, path, CONTAINER, "Mappings", NULL, 'u', &n) >= 0 && n == 1;
-                tap(ok, "restart after %s: the container is back with its mapping", how[i]);
+                ok = sd_bus_get_property_trivial(bus, BUS_NAME, path, CONTAINER, "Mappings", NULL, 'u', &n) >= 0 && n == 2;
+                tap(ok, "restart after %s: the container is back with its mapping and its populated granule", how[i]);
+                int tracking = 0;
+                uint64_t dirty = 0;
+                ok = sd_bus_get_property_trivial(bus, BUS_NAME, path, CONTAINER, "DirtyTracking", NULL, 'b', &tracking) >= 0 &&
+                     tracking && !vm_call(bus, path, CONTAINER, "GetDirtyBitmap", &reply, "tttht", 1 * MiB, 8 * MiB,
+                                          UINT64_C(4096), bitmap, UINT64_C(0)) &&
+                     sd_bus_message_read(reply, "t", &dirty) > 0;
+                reply = sd_bus_message_unref(reply);
+                tap(ok && dirty == 2048, "restart after %s: dirty tracking is still on in the kernel (%" PRIu64 " dirty pages)",
+                    how[i], dirty);
                 tap(dma_round_trip(&edu, ram, 1 * MiB, 0x2000 + i * 0x1000, 0x20000 + i * 0x1000, (uint8_t) (0x40 + i)),
                     "restart after %s: the device still DMAs into the memfd through the restored mapping", how[i]);
                 tap(pinned_pages() - baseline >= 2000, "restart after %s: the pages stayed pinned", how[i]);
         }
+
+        /* The region's memory came back with it: the discarded granule can be populated and reached. */
+        ok = !vm_call(bus, path, CONTAINER, "Populate", NULL, "tt", 66 * MiB, 2 * MiB) &&
+             dma_round_trip(&edu, ram, 1 * MiB, 0x5000, 0, 0x66) &&
+             edu_dma_from_device(&edu, 0, 66 * MiB + 0x1000, 1024) == 0 && check(ram, 14 * MiB + 0x1000, 0x66, 1024);
+        tap(ok, "restart: Populate after the restarts, and the device reaches the granule");
+        tap(!vm_call(bus, path, CONTAINER, "Unmap", NULL, "tt", 64 * MiB, 4 * MiB), "restart: Unmap of the region");
+        close(bitmap);
 
         /* Unmap still blocks; a new mapping works. */
         fill(ram, 0x3000, 0x77, 1024);
