@@ -200,6 +200,18 @@ static int parse_u64(json_object *o, uint64_t *ret) {
         return -EINVAL;
 }
 
+/* One [iova, size, region, offset, flags, ...] entry of n numbers; region is 32-bit, flags READ|WRITE. */
+static int parse_entry(json_object *a, uint64_t *f, size_t n, const char *what, BrokerError *e) {
+        if (!json_object_is_type(a, json_type_array) || json_object_array_length(a) != n)
+                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed %s", what);
+        for (size_t k = 0; k < n; k++)
+                if (parse_u64(json_object_array_get_idx(a, k), &f[k]) < 0)
+                        return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed %s", what);
+        if (f[2] > UINT32_MAX || f[4] > 3)
+                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed %s", what);
+        return 0;
+}
+
 int state_save_container(Container *c) {
         Broker *b = c->broker;
         _cleanup_free_ char *path = NULL, *tmp = NULL;
@@ -415,45 +427,23 @@ static int state_restore_container(Broker *b, json_object *root, StoredFd *store
                 if (r >= 0)
                         stored[found].fd = -EBADF;
         }
+        /* Both lists hold [iova, size, region, offset, flags(, granule)]. */
         if (r >= 0 && json_object_object_get_ex(root, "discardable", &v)) {
                 if (!json_object_is_type(v, json_type_array))
                         r = broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed discardable regions");
                 for (size_t i = 0; r >= 0 && i < json_object_array_length(v); i++) {
-                        json_object *a = json_object_array_get_idx(v, i);
                         uint64_t f[6];
-
-                        if (!json_object_is_type(a, json_type_array) || json_object_array_length(a) != 6) {
-                                r = broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed discardable region");
-                                break;
-                        }
-                        for (size_t k = 0; k < 6 && r >= 0; k++)
-                                if (parse_u64(json_object_array_get_idx(a, k), &f[k]) < 0)
-                                        r = broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed discardable region");
-                        if (r >= 0 && (f[2] > UINT32_MAX || f[4] > 3))
-                                r = broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed discardable region");
+                        r = parse_entry(json_object_array_get_idx(v, i), f, 6, "discardable region", e);
                         if (r >= 0)
                                 r = container_restore_discardable(c, (unsigned) f[2], f[3], f[1], f[0],
                                                                   (uint32_t) f[4], f[5], e);
                 }
         }
         for (size_t i = 0; i < json_object_array_length(mappings_o) && r >= 0; i++) {
-                json_object *a = json_object_array_get_idx(mappings_o, i);
                 uint64_t f[5];
-
-                if (!json_object_is_type(a, json_type_array) || json_object_array_length(a) != 5) {
-                        r = broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed mapping");
-                        break;
-                }
-                for (size_t k = 0; k < 5 && r >= 0; k++)
-                        if (parse_u64(json_object_array_get_idx(a, k), &f[k]) < 0)
-                                r = broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed mapping");
-                if (r < 0)
-                        break;
-                if (f[2] > UINT32_MAX || f[4] > 3) {
-                        r = broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed mapping");
-                        break;
-                }
-                r = container_restore_mapping(c, (unsigned) f[2], f[3], f[1], f[0], (uint32_t) f[4], e);
+                r = parse_entry(json_object_array_get_idx(mappings_o, i), f, 5, "mapping", e);
+                if (r >= 0)
+                        r = container_restore_mapping(c, (unsigned) f[2], f[3], f[1], f[0], (uint32_t) f[4], e);
         }
         memory_pool_prune(c->memory);
 
