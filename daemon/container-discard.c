@@ -206,7 +206,7 @@ static int discard_range(Container *c, uint64_t iova, uint64_t size, DiscardRegi
 }
 
 int container_discard(Container *c, uint64_t iova, uint64_t size, BrokerError *e) {
-        DiscardRegion *d;
+        DiscardRegion *d = NULL;
         int r;
 
         r = discard_range(c, iova, size, &d, e);
@@ -222,7 +222,7 @@ int container_discard(Container *c, uint64_t iova, uint64_t size, BrokerError *e
 }
 
 int container_populate(Container *c, uint64_t iova, uint64_t size, BrokerError *e) {
-        DiscardRegion *d;
+        DiscardRegion *d = NULL;
         uint64_t *made = NULL;
         size_t n_made = 0;
         int r;

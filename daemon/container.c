@@ -337,7 +337,7 @@ static int container_device_group(Container *c, const char *device, Group **ret,
 }
 
 int container_open_device(Container *c, const char *device, BrokerError *e) {
-        Group *g;
+        Group *g = NULL;
         int r;
 
         r = container_device_group(c, device, &g, e);
@@ -720,7 +720,7 @@ int container_dirty_bitmap(Container *c, uint64_t iova, uint64_t size, uint64_t 
                            uint64_t fd_offset, uint64_t *ret_dirty, BrokerError *e) {
         _cleanup_free_ uint64_t *bitmap = NULL;
         MappingTableNode *node;
-        uint64_t bytes;
+        uint64_t bytes = 0;
         int r;
 
         r = dirty_bitmap_prepare(c, iova, size, page_size, fd, fd_offset, &bytes, &bitmap, e);
@@ -755,7 +755,7 @@ int container_unmap_dirty(Container *c, uint64_t iova, uint64_t size, uint64_t p
         _cleanup_free_ uint64_t *bitmap = NULL;
         Mapping **removed = NULL;
         size_t n_removed = 0;
-        uint64_t bytes;
+        uint64_t bytes = 0;
         int r;
 
         r = dirty_bitmap_prepare(c, iova, size, page_size, fd, fd_offset, &bytes, &bitmap, e);
@@ -785,7 +785,7 @@ int container_hot_reset(Container *c, const char *device, BrokerError *e) {
         _cleanup_free_ char *blocked = NULL;
         size_t n = 0, blocked_len = 0;
         FILE *f;
-        Group *g;
+        Group *g = NULL;
         int r;
 
         r = container_device_group(c, device, &g, e);
