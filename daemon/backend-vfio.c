@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "backend-device.h"
 #include "backend.h"
 #include "log.h"
 
@@ -782,6 +783,7 @@ static const BackendOps vfio_ops = {
         .container_restore_mapping = vfio_container_restore_mapping,
         .container_invalidate_vaddr = vfio_container_invalidate_vaddr,
         .container_abandon = vfio_container_abandon,
+        .container_device_open = backend_vfio_device_open,
 };
 
 int backend_vfio_new(const BrokerConfig *config, Backend **ret, BrokerError *e) {

@@ -22,6 +22,7 @@
 
 typedef struct Backend Backend;
 typedef struct BackendContainer BackendContainer;
+typedef struct BackendDevice BackendDevice; /* backend-device.h */
 typedef struct BrokerConfig BrokerConfig;
 
 typedef struct IovaRange {
@@ -142,6 +143,10 @@ typedef struct BackendOps {
 
         /* Frees the backend's side without touching the kernel objects, which the fd store keeps. */
         void (*container_abandon)(BackendContainer *c);
+
+        /* A device of an attached group for the broker to drive itself (vfio-user), backend-device.h. */
+        int (*container_device_open)(BackendContainer *c, unsigned group, const char *device,
+                                     BackendDevice **ret, BrokerError *e);
 } BackendOps;
 
 struct Backend {

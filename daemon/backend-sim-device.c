@@ -1,0 +1,440 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+/* The sim backend's device, as the SPEC describes it: every sim device behaves like QEMU's edu
+ * (hw/misc/edu.c, docs/specs/edu.rst), so a VMM can be run end to end against --backend=sim.
+ *
+ * Config space is a type-0 PCI header (1234:11e8, class 00ff, INTx pin A, no capabilities) whose BAR0
+ * is a 1 MiB 32-bit memory BAR that sizes like real hardware (write all ones, read back the size mask).
+ * BAR0 registers: 0x00 identity 0x010000ed, 0x04 liveness (reads the inverse of what was written), 0x08
+ * factorial, 0x20 status, 0x24 interrupt status, 0x60 raise, 0x64 acknowledge, 0x80 DMA source, 0x88
+ * destination, 0x90 count, 0x98 command (bit 0 start, cleared when done; bit 1 device buffer to RAM;
+ * bit 2 interrupt when done), and the 4 KiB DMA buffer at 0x40000 (which the sim, unlike edu, also lets
+ * the CPU read and write).
+ *
+ * DMA goes through the sim container's mappings (backend_sim_dma()), exactly as an IOMMU would: an
+ * unmapped IOVA or a missing permission moves nothing and is logged as a fault. A DMA only happens
+ * with bus mastering enabled in the command register, as on a real PCI bus. The transfer completes
+ * before the register write returns, which a guest cannot tell from a fast device.
+ *
+ * The device holds a sim device fd (container_open_device), so its group stays busy while it is served,
+ * as a VFIO device fd keeps a group busy in the kernel. */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <linux/vfio.h>
+
+#include "backend-device.h"
+#include "backend-sim-internal.h"
+#include "log.h"
+
+#define EDU_BAR_SIZE       (UINT64_C(1) << 20)
+#define EDU_CONFIG_SIZE    256
+#define EDU_BUFFER_OFFSET  UINT64_C(0x40000)
+#define EDU_BUFFER_SIZE    4096
+#define EDU_IDENTITY       UINT32_C(0x010000ed)
+#define EDU_STATUS_COMPUTING UINT32_C(0x01)
+#define EDU_STATUS_IRQFACT   UINT32_C(0x80)
+#define EDU_IRQ_FACTORIAL  UINT32_C(0x00000001)
+#define EDU_IRQ_DMA        UINT32_C(0x00000100)
+#define EDU_DMA_START      UINT64_C(0x1)
+#define EDU_DMA_TO_RAM     UINT64_C(0x2)
+#define EDU_DMA_IRQ        UINT64_C(0x4)
+
+#define PCI_COMMAND_MASTER UINT16_C(0x4)
+
+typedef struct SimDevice {
+        BackendDevice base;
+        BackendContainer *container;
+        char *name;
+        int device_fd; /* keeps the group busy */
+
+        uint8_t config[EDU_CONFIG_SIZE];
+        uint8_t config_wmask[EDU_CONFIG_SIZE]; /* writable bits per byte */
+
+        uint32_t liveness, factorial, status, irq_status;
+        uint64_t dma_src, dma_dst, dma_count, dma_cmd;
+        uint8_t buffer[EDU_BUFFER_SIZE];
+
+        int intx_fd;       /* the client's eventfd, written to raise INTx */
+        bool intx_masked;  /* INTx is automasked once signalled, until the client unmasks it */
+        uint64_t faults;
+} SimDevice;
+
+static void put16(uint8_t *p, uint16_t v) {
+        memcpy(p, &v, sizeof(v));
+}
+
+static uint16_t get16(const uint8_t *p) {
+        uint16_t v;
+        memcpy(&v, p, sizeof(v));
+        return v;
+}
+
+static void config_reset(SimDevice *s) {
+        memset(s->config, 0, sizeof(s->config));
+        memset(s->config_wmask, 0, sizeof(s->config_wmask));
+
+        put16(s->config + 0x00, 0x1234); /* vendor */
+        put16(s->config + 0x02, 0x11e8); /* device */
+        s->config[0x08] = 0x10;          /* revision, as edu */
+        s->config[0x0a] = 0xff;          /* subclass: class code 0x00ff, "unclassified" */
+        s->config[0x0b] = 0x00;
+        put16(s->config + 0x2c, 0x1af4); /* subsystem vendor and id, as QEMU's devices */
+        put16(s->config + 0x2e, 0x1100);
+        s->config[0x3d] = 0x01;          /* INTx pin A */
+
+        /* Command: I/O space, memory space, bus master; INTx disable (bit 10). */
+        s->config_wmask[0x04] = 0x07;
+        s->config_wmask[0x05] = 0x04;
+        s->config_wmask[0x0c] = 0xff; /* cache line size */
+        s->config_wmask[0x0d] = 0xff; /* latency timer */
+        /* BAR0: 32-bit non-prefetchable memory; bits below the 1 MiB size read as zero, which is how
+         * a guest sizes it (write ~0, read back 0xfff00000). */
+        s->config_wmask[0x12] = 0xf0;
+        s->config_wmask[0x13] = 0xff;
+        s->config_wmask[0x3c] = 0xff; /* interrupt line */
+}
+
+static void device_reset(SimDevice *s) {
+        config_reset(s);
+        s->liveness = s->factorial = s->status = s->irq_status = 0;
+        s->dma_src = s->dma_dst = s->dma_count = s->dma_cmd = 0;
+        memset(s->buffer, 0, sizeof(s->buffer));
+        s->intx_masked = false;
+}
+
+static void intx_update(SimDevice *s) {
+        uint64_t one = 1;
+
+        /* Level-triggered INTx over an edge eventfd, as vfio-pci does: signal once, then stay masked
+         * until the client unmasks (VFIO_IRQ_INFO_AUTOMASKED); a still-pending interrupt fires again on
+         * unmask. */
+        if (s->irq_status == 0 || s->intx_masked || s->intx_fd < 0)
+                return;
+        if (get16(s->config + 0x04) & 0x400) /* INTx disabled in the command register */
+                return;
+        if (write(s->intx_fd, &one, sizeof(one)) < 0)
+                log_debug_errno(-errno, "sim device %s: cannot signal INTx: %m", s->name);
+        s->intx_masked = true;
+}
+
+static void raise_irq(SimDevice *s, uint32_t bits) {
+        s->irq_status |= bits;
+        intx_update(s);
+}
+
+static void dma_fault(SimDevice *s, const char *why, uint64_t address) {
+        s->faults++;
+        log_warning("sim device %s: DMA fault, nothing moved: %s at 0x%" PRIx64 " (src 0x%" PRIx64 ", dst 0x%" PRIx64
+                    ", count %" PRIu64 ").", s->name, why, address, s->dma_src, s->dma_dst, s->dma_count);
+}
+
+static void dma_run(SimDevice *s) {
+        bool to_ram = s->dma_cmd & EDU_DMA_TO_RAM;
+        uint64_t buf_addr = to_ram ? s->dma_src : s->dma_dst;
+        uint64_t ram_addr = to_ram ? s->dma_dst : s->dma_src;
+        uint64_t fault = 0;
+        int r;
+
+        if (!(get16(s->config + 0x04) & PCI_COMMAND_MASTER))
+                dma_fault(s, "bus mastering is disabled in the command register", ram_addr);
+        else if (buf_addr < EDU_BUFFER_OFFSET || s->dma_count > EDU_BUFFER_SIZE ||
+                 buf_addr - EDU_BUFFER_OFFSET > EDU_BUFFER_SIZE - s->dma_count)
+                dma_fault(s, "the transfer leaves the 4 KiB device buffer", buf_addr);
+        else {
+                uint8_t *b = s->buffer + (buf_addr - EDU_BUFFER_OFFSET);
+
+                r = backend_sim_dma(s->container, ram_addr, b, s->dma_count, to_ram, &fault);
+                if (r == -EFAULT)
+                        dma_fault(s, "IOVA not mapped", fault);
+                else if (r == -EACCES)
+                        dma_fault(s, to_ram ? "IOVA not mapped writable" : "IOVA not mapped readable", fault);
+        }
+
+        s->dma_cmd &= ~EDU_DMA_START;
+        if (s->dma_cmd & EDU_DMA_IRQ)
+                raise_irq(s, EDU_IRQ_DMA);
+}
+
+static uint64_t bar_read(SimDevice *s, uint64_t addr, size_t size) {
+        switch (addr) {
+        case 0x00: return EDU_IDENTITY;
+        case 0x04: return ~s->liveness & UINT32_MAX;
+        case 0x08: return s->factorial;
+        case 0x20: return s->status;
+        case 0x24: return s->irq_status;
+        case 0x80: return s->dma_src;
+        case 0x88: return s->dma_dst;
+        case 0x90: return s->dma_count;
+        case 0x98: return s->dma_cmd;
+        default:   return size == 8 ? UINT64_MAX : UINT32_MAX;
+        }
+}
+
+static void bar_write(SimDevice *s, uint64_t addr, uint64_t v, size_t size) {
+        switch (addr) {
+        case 0x04:
+                s->liveness = (uint32_t) v;
+                break;
+        case 0x08: {
+                /* edu computes n! in a thread; the sim at once. */
+                uint32_t n = (uint32_t) v, f = 1;
+                for (uint32_t i = 2; i <= n && i != 0; i++)
+                        f *= i;
+                s->factorial = f;
+                if (s->status & EDU_STATUS_IRQFACT)
+                        raise_irq(s, EDU_IRQ_FACTORIAL);
+                break;
+        }
+        case 0x20:
+                s->status = (s->status & EDU_STATUS_COMPUTING) | ((uint32_t) v & EDU_STATUS_IRQFACT);
+                break;
+        case 0x60:
+                raise_irq(s, (uint32_t) v);
+                break;
+        case 0x64:
+                s->irq_status &= ~(uint32_t) v;
+                break;
+        case 0x80:
+                s->dma_src = size == 8 ? v : (s->dma_src & ~UINT64_C(0xffffffff)) | (uint32_t) v;
+                break;
+        case 0x84:
+                s->dma_src = (s->dma_src & UINT32_MAX) | (v << 32);
+                break;
+        case 0x88:
+                s->dma_dst = size == 8 ? v : (s->dma_dst & ~UINT64_C(0xffffffff)) | (uint32_t) v;
+                break;
+        case 0x8c:
+                s->dma_dst = (s->dma_dst & UINT32_MAX) | (v << 32);
+                break;
+        case 0x90:
+                s->dma_count = size == 8 ? v : (s->dma_count & ~UINT64_C(0xffffffff)) | (uint32_t) v;
+                break;
+        case 0x98:
+                if (s->dma_cmd & EDU_DMA_START)
+                        break; /* as edu: a running transfer ignores new commands */
+                s->dma_cmd = v;
+                if (s->dma_cmd & EDU_DMA_START)
+                        dma_run(s);
+                break;
+        default:
+                break;
+        }
+}
+
+static void sim_device_free(BackendDevice *d) {
+        SimDevice *s = (SimDevice *) d;
+
+        if (s->faults > 0)
+                log_info("sim device %s: %" PRIu64 " DMA faults while served.", s->name, s->faults);
+        safe_close(s->intx_fd);
+        safe_close(s->device_fd);
+        free(s->name);
+        free(s);
+}
+
+static int sim_device_get_info(BackendDevice *d, BackendDeviceInfo *ret) {
+        *ret = (BackendDeviceInfo) {
+                .flags = VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET,
+                .num_regions = VFIO_PCI_NUM_REGIONS,
+                .num_irqs = VFIO_PCI_NUM_IRQS,
+        };
+        return 0;
+}
+
+static int sim_device_region_info(BackendDevice *d, uint32_t index, BackendRegionInfo *ret) {
+        *ret = (BackendRegionInfo) { .mmap_fd = -EBADF };
+
+        if (index >= VFIO_PCI_NUM_REGIONS)
+                return -EINVAL;
+        if (index == VFIO_PCI_BAR0_REGION_INDEX)
+                /* Emulated registers: no mmap, every access is a REGION_READ/WRITE. */
+                *ret = (BackendRegionInfo) { VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE,
+                                             EDU_BAR_SIZE, -EBADF, 0, NULL, 0 };
+        else if (index == VFIO_PCI_CONFIG_REGION_INDEX)
+                *ret = (BackendRegionInfo) { VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE,
+                                             EDU_CONFIG_SIZE, -EBADF, 0, NULL, 0 };
+        return 0;
+}
+
+static bool register_access(uint64_t offset, size_t size) {
+        return (size == 4 || size == 8) && offset % size == 0;
+}
+
+static int sim_device_region_read(BackendDevice *d, uint32_t index, uint64_t offset, void *buf, size_t size) {
+        SimDevice *s = (SimDevice *) d;
+
+        if (index == VFIO_PCI_CONFIG_REGION_INDEX) {
+                if (offset > EDU_CONFIG_SIZE || size > EDU_CONFIG_SIZE - offset)
+                        return -EINVAL;
+                memcpy(buf, s->config + offset, size);
+                return 0;
+        }
+        if (index != VFIO_PCI_BAR0_REGION_INDEX || offset > EDU_BAR_SIZE || size > EDU_BAR_SIZE - offset)
+                return -EINVAL;
+
+        if (offset >= EDU_BUFFER_OFFSET && offset - EDU_BUFFER_OFFSET + size <= EDU_BUFFER_SIZE) {
+                memcpy(buf, s->buffer + (offset - EDU_BUFFER_OFFSET), size);
+                return 0;
+        }
+        if (register_access(offset, size)) {
+                uint64_t v = bar_read(s, offset, size);
+                if (size == 4) {
+                        uint32_t w = (uint32_t) v;
+                        memcpy(buf, &w, 4);
+                } else
+                        memcpy(buf, &v, 8);
+                return 0;
+        }
+        /* As edu: what is not a register reads as all ones. */
+        memset(buf, 0xff, size);
+        return 0;
+}
+
+static int sim_device_region_write(BackendDevice *d, uint32_t index, uint64_t offset, const void *buf,
+                                   size_t size) {
+        SimDevice *s = (SimDevice *) d;
+        const uint8_t *b = buf;
+
+        if (index == VFIO_PCI_CONFIG_REGION_INDEX) {
+                if (offset > EDU_CONFIG_SIZE || size > EDU_CONFIG_SIZE - offset)
+                        return -EINVAL;
+                for (size_t i = 0; i < size; i++) {
+                        uint8_t m = s->config_wmask[offset + i];
+                        s->config[offset + i] = (uint8_t) ((s->config[offset + i] & ~m) | (b[i] & m));
+                }
+                intx_update(s); /* INTx disable may have been cleared */
+                return 0;
+        }
+        if (index != VFIO_PCI_BAR0_REGION_INDEX || offset > EDU_BAR_SIZE || size > EDU_BAR_SIZE - offset)
+                return -EINVAL;
+
+        if (offset >= EDU_BUFFER_OFFSET && offset - EDU_BUFFER_OFFSET + size <= EDU_BUFFER_SIZE) {
+                memcpy(s->buffer + (offset - EDU_BUFFER_OFFSET), buf, size);
+                return 0;
+        }
+        if (register_access(offset, size)) {
+                uint64_t v;
+                if (size == 4) {
+                        uint32_t w;
+                        memcpy(&w, buf, 4);
+                        v = w;
+                } else
+                        memcpy(&v, buf, 8);
+                bar_write(s, offset, v, size);
+        }
+        return 0; /* writes elsewhere are ignored, as edu */
+}
+
+static int sim_device_irq_info(BackendDevice *d, uint32_t index, BackendIrqInfo *ret) {
+        if (index >= VFIO_PCI_NUM_IRQS)
+                return -EINVAL;
+        if (index == VFIO_PCI_INTX_IRQ_INDEX)
+                *ret = (BackendIrqInfo) { VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED, 1 };
+        else
+                /* No MSI capability in config space, so no MSI (as vfio-pci reports for such a device). */
+                *ret = (BackendIrqInfo) { VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE, 0 };
+        return 0;
+}
+
+static int sim_device_set_irqs(BackendDevice *d, uint32_t flags, uint32_t index, uint32_t start, uint32_t count,
+                               const int *fds, const uint8_t *bools) {
+        SimDevice *s = (SimDevice *) d;
+        uint32_t data = flags & VFIO_IRQ_SET_DATA_TYPE_MASK, action = flags & VFIO_IRQ_SET_ACTION_TYPE_MASK;
+        bool act;
+
+        if (index >= VFIO_PCI_NUM_IRQS)
+                return -EINVAL;
+        if (count == 0) {
+                /* DATA_NONE|TRIGGER with count 0: disable the index. */
+                if (index == VFIO_PCI_INTX_IRQ_INDEX)
+                        s->intx_fd = safe_close(s->intx_fd);
+                return 0;
+        }
+        if (index != VFIO_PCI_INTX_IRQ_INDEX || start != 0 || count != 1)
+                return -EINVAL;
+
+        if (data == VFIO_IRQ_SET_DATA_EVENTFD) {
+                if (action != VFIO_IRQ_SET_ACTION_TRIGGER)
+                        /* A resample (unmask) eventfd needs KVM's irqfd; the client unmasks by message. */
+                        return -EOPNOTSUPP;
+                s->intx_fd = safe_close(s->intx_fd);
+                if (fds && fds[0] >= 0) {
+                        s->intx_fd = fcntl(fds[0], F_DUPFD_CLOEXEC, 3);
+                        if (s->intx_fd < 0)
+                                return -errno;
+                }
+                intx_update(s);
+                return 0;
+        }
+
+        act = data == VFIO_IRQ_SET_DATA_NONE || (bools && bools[0]);
+        if (!act)
+                return 0;
+        switch (action) {
+        case VFIO_IRQ_SET_ACTION_MASK:
+                s->intx_masked = true;
+                break;
+        case VFIO_IRQ_SET_ACTION_UNMASK:
+                s->intx_masked = false;
+                intx_update(s);
+                break;
+        case VFIO_IRQ_SET_ACTION_TRIGGER: {
+                /* The loopback test: signal the eventfd as the device would. */
+                uint64_t one = 1;
+                if (s->intx_fd >= 0 && write(s->intx_fd, &one, sizeof(one)) < 0)
+                        return -errno;
+                break;
+        }
+        default:
+                return -EINVAL;
+        }
+        return 0;
+}
+
+static int sim_device_reset(BackendDevice *d) {
+        device_reset((SimDevice *) d);
+        return 0;
+}
+
+static const BackendDeviceOps sim_device_ops = {
+        .free = sim_device_free,
+        .get_info = sim_device_get_info,
+        .region_info = sim_device_region_info,
+        .region_read = sim_device_region_read,
+        .region_write = sim_device_region_write,
+        .irq_info = sim_device_irq_info,
+        .set_irqs = sim_device_set_irqs,
+        .reset = sim_device_reset,
+};
+
+int backend_sim_device_open(BackendContainer *c, unsigned group, const char *device, BackendDevice **ret,
+                            BrokerError *e) {
+        _cleanup_close_ int fd = -EBADF;
+        SimDevice *s;
+
+        /* The same checks as OpenDevice, and the same effect on the group. */
+        fd = c->backend->ops->container_open_device(c, group, device, e);
+        if (fd < 0)
+                return fd;
+
+        s = calloc(1, sizeof(*s));
+        if (!s)
+                return -ENOMEM;
+        s->name = strdup(device);
+        if (!s->name) {
+                free(s);
+                return -ENOMEM;
+        }
+        s->base.ops = &sim_device_ops;
+        s->container = c;
+        s->device_fd = TAKE_FD(fd);
+        s->intx_fd = -EBADF;
+        device_reset(s);
+        *ret = &s->base;
+        return 0;
+}
