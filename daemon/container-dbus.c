@@ -12,6 +12,7 @@
 #include "log.h"
 #include "peer.h"
 #include "polkit.h"
+#include "vfio-user-dbus.h"
 
 static int container_object_find(sd_bus *bus, const char *path, const char *interface, void *userdata,
                                  void **found, sd_bus_error *error) {
@@ -56,8 +57,8 @@ static int container_node_enumerator(sd_bus *bus, const char *path, void *userda
 
 /* Only the owner may act on a container; anybody else needs the manage action (root always has it).
  * extra is a further check the method needs (attach-group), or NULL. */
-static int container_verify_caller(Container *c, sd_bus_message *m, const PolkitCheck *extra,
-                                   sd_bus_error *error) {
+int container_verify_caller(Container *c, sd_bus_message *m, const PolkitCheck *extra,
+                            sd_bus_error *error) {
         PolkitCheck checks[2];
         size_t n = 0;
         char uid[32];
@@ -537,6 +538,10 @@ static const sd_bus_vtable container_vtable[] = {
         SD_BUS_METHOD_WITH_ARGS("UnmapWithDirtyBitmap",
                                 SD_BUS_ARGS("t", iova, "t", size, "t", page_size, "h", bitmap, "t", bitmap_offset),
                                 SD_BUS_RESULT("t", dirty_pages), method_unmap_dirty, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("ServeVfioUser", SD_BUS_ARGS("s", device, "h", listener), SD_BUS_NO_RESULT,
+                                vfio_user_dbus_method_serve, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("StopVfioUser", SD_BUS_ARGS("s", device), SD_BUS_NO_RESULT,
+                                vfio_user_dbus_method_stop, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Close", SD_BUS_NO_ARGS, SD_BUS_NO_RESULT,
                                 method_close, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_PROPERTY("Owner", "s", NULL, offsetof(Container, owner), SD_BUS_VTABLE_PROPERTY_CONST),
@@ -553,6 +558,8 @@ static const sd_bus_vtable container_vtable[] = {
         SD_BUS_PROPERTY("DirtyTracking", "b", property_get_dirty_tracking, 0,
                         SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("DiscardableRanges", "a(ttt)", property_get_discardable_ranges, 0,
+                        SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("VfioUserDevices", "as", vfio_user_dbus_property_devices, 0,
                         SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_VTABLE_END,
 };

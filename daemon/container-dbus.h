@@ -23,3 +23,8 @@ void container_dbus_untrack(Container *c);
 void container_dbus_close(Container *c);
 
 int container_dbus_emit_changed(Container *c, ContainerProperty mask);
+
+/* Only the owner may act on a container; anybody else needs the manage action. extra: a further polkit
+ * check, or NULL. 1: go ahead; 0: the reply comes when polkit answers; < 0: refused. */
+typedef struct PolkitCheck PolkitCheck;
+int container_verify_caller(Container *c, sd_bus_message *m, const PolkitCheck *extra, sd_bus_error *error);

@@ -12,6 +12,7 @@
 #include "group-dbus.h"
 #include "log.h"
 #include "quota.h"
+#include "vfio-user-server.h"
 #include "state.h"
 
 static int container_alloc(Broker *b, uint64_t id, const char *owner, uid_t uid, const char *label,
@@ -111,6 +112,9 @@ Container *container_free(Container *c) {
         if (!c)
                 return NULL;
         b = c->broker;
+
+        /* First, while the container is whole: the clients' mappings go through container_unmap(). */
+        vfio_user_server_free_all(c);
 
         if (c->prev)
                 c->prev->next = c->next;

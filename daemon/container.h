@@ -57,6 +57,8 @@ struct Container {
         MemoryPool *memory;
 
         char **stored_fds;    /* names this container has in the fd store (state.c) */
+
+        struct VfioUserServer *vfio_user_servers; /* devices served over vfio-user (vfio-user-server.c) */
 };
 
 /* Property bits for change notification. */
