@@ -16,7 +16,7 @@ common=(-std=gnu11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno
 daemon=$(ls "$src"/daemon/*.c | grep -v '/main.c$')
 n=0
 failed=0
-for target in config request state; do
+for target in config request state vfio-user; do
         n=$((n + 1))
         if [ $target = config ]; then
                 sources=("$src/daemon/config.c" "$src/daemon/backend.c" "$src/daemon/error.c")
