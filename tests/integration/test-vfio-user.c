@@ -460,6 +460,36 @@ static void test_dma(void **state) {
         assert_int_equal(region_read(fd, 0, EDU_BUFFER, buf, 64), 0);
         assert_memory_equal(buf, zero, 64);
 
+        /* A mapping the device may only read: the device reads it, a write to it moves nothing. */
+        {
+                _cleanup_close_ int ro = test_memfd(MiB);
+                uint8_t *rom = mmap(NULL, MiB, PROT_READ | PROT_WRITE, MAP_SHARED, ro, 0);
+                assert_true(rom != MAP_FAILED);
+                memset(rom, 0xab, 64);
+                assert_int_equal(dma_map(fd, ro, 0, 0x800000, MiB, VFIO_USER_DMA_MAP_FLAG_READ), 0);
+                edu_dma(fd, 0x800000, EDU_BUFFER, 64, 0);
+                assert_int_equal(region_read(fd, 0, EDU_BUFFER, buf, 64), 0);
+                assert_memory_equal(buf, rom, 64);
+                edu_dma(fd, EDU_BUFFER + 64, 0x800000 + 0x1000, 64, 2);
+                assert_memory_equal(rom + 0x1000, zero, 64);
+                assert_int_equal(dma_unmap(fd, 0x800000, MiB, 0), 0);
+                munmap(rom, MiB);
+        }
+
+        /* Without bus mastering the device does not DMA at all. */
+        {
+                uint16_t cmd = 0x2;
+                memset(ram + 0xb000, 0, 16);
+                assert_int_equal(region_write(fd, VFIO_USER_PCI_CONFIG_REGION_INDEX, 4, &cmd, 2), 0);
+                edu_dma(fd, EDU_BUFFER, IOVA + 0xb000, 16, 2);
+                assert_memory_equal(ram + 0xb000, zero, 16);
+                enable_bus_master(fd);
+                edu_dma(fd, EDU_BUFFER, IOVA + 0xb000, 16, 2);
+                assert_int_equal(region_read(fd, 0, EDU_BUFFER, buf, 16), 0);
+                assert_memory_equal(ram + 0xb000, buf, 16);
+                assert_memory_not_equal(buf, zero, 16);
+        }
+
         /* The interrupt goes to the client's eventfd. */
         _cleanup_close_ int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         VfioUserIrqSet set = { sizeof(set), VFIO_USER_IRQ_SET_DATA_EVENTFD | VFIO_USER_IRQ_SET_ACTION_TRIGGER,
