@@ -729,6 +729,16 @@ _public_ int vfio_broker_container_unmap(vfio_broker_container *c, uint64_t iova
         return c ? call(c->broker, c->path, CONTAINER_IFACE, "Unmap", NULL, "tt", iova, size) : -EINVAL;
 }
 
+_public_ int vfio_broker_container_serve_vfio_user(vfio_broker_container *c, const char *device, int listener_fd) {
+        if (!c || !device || listener_fd < 0)
+                return -EINVAL;
+        return call(c->broker, c->path, CONTAINER_IFACE, "ServeVfioUser", NULL, "sh", device, listener_fd);
+}
+
+_public_ int vfio_broker_container_stop_vfio_user(vfio_broker_container *c, const char *device) {
+        return c && device ? call(c->broker, c->path, CONTAINER_IFACE, "StopVfioUser", NULL, "s", device) : -EINVAL;
+}
+
 _public_ int vfio_broker_container_hot_reset(vfio_broker_container *c, const char *device) {
         return c && device ? call(c->broker, c->path, CONTAINER_IFACE, "HotReset", NULL, "s", device) : -EINVAL;
 }

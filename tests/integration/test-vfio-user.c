@@ -23,6 +23,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include <vfio-broker/vfio-broker.h>
+
 #include "client-util.h"
 #include "macro.h"
 #include "vfio-user-protocol.h"
@@ -722,6 +724,36 @@ static void test_stop(void **state) {
         assert_int_equal(served_devices(NULL, 0), 1);
 }
 
+/* The same through libvfio-broker, on a container of its own. */
+static void test_library(void **state) {
+        vfio_broker *b = NULL;
+        vfio_broker_container *c = NULL;
+        char path[64];
+        _cleanup_close_ int mem = test_memfd(MiB);
+
+        snprintf(path, sizeof(path), "%s/lib.sock", dir);
+        _cleanup_close_ int l = make_listener(path);
+        assert_int_equal(vfio_broker_open(&b), 0);
+        assert_int_equal(vfio_broker_container_new(b, "vfio-user-lib", &c), 0);
+        assert_int_equal(vfio_broker_container_serve_vfio_user(c, "0000:00:02.0", l), -ENODEV);
+        assert_int_equal(vfio_broker_container_attach_group(c, 2), 0);
+        assert_int_equal(vfio_broker_container_serve_vfio_user(c, "0000:00:02.0", mem), -EBADF);
+        assert_int_equal(vfio_broker_container_serve_vfio_user(c, "0000:00:02.0", l), 0);
+        assert_int_equal(vfio_broker_container_serve_vfio_user(c, "0000:00:02.0", l), -EBUSY);
+
+        snprintf(sock_path, sizeof(sock_path), "%s", path);
+        _cleanup_close_ int fd = vu_open();
+        assert_int_equal(bar_read64(fd, 0) & UINT32_MAX, 0x010000ed);
+        snprintf(sock_path, sizeof(sock_path), "%s/edu.sock", dir);
+
+        assert_int_equal(vfio_broker_container_stop_vfio_user(c, "0000:00:02.0"), 0);
+        assert_true(disconnected(fd));
+        assert_int_equal(vfio_broker_container_stop_vfio_user(c, "0000:00:02.0"), -ENODEV);
+        vfio_broker_container_close(c);
+        vfio_broker_unref(b);
+        (void) unlink(path);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_serve_errors),
@@ -731,6 +763,7 @@ int main(void) {
                 cmocka_unit_test(test_other_uid),
                 cmocka_unit_test(test_malformed),
                 cmocka_unit_test(test_stop),
+                cmocka_unit_test(test_library),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -162,6 +162,20 @@ int vfio_broker_container_update(vfio_broker_container *c, const vfio_broker_unm
                                  const int *memory_fds, size_t n_fds, const vfio_broker_map *maps, size_t n_maps);
 int vfio_broker_container_get_info(vfio_broker_container *c, vfio_broker_container_info *ret);
 
+/* --- vfio-user: a brokered device for unmodified VMMs -------------------------------------------------- */
+
+/* Serves device (of an attached group) over the vfio-user protocol on listener_fd: a listening AF_UNIX
+ * SOCK_STREAM socket the caller bound at a path of its choosing (the broker switches it to non-blocking
+ * and never creates files). A VMM that speaks vfio-user (QEMU >= 10.1: -device
+ * vfio-user-pci,socket={"type":"unix","path":PATH}) then connects there, unprivileged, and its DMA_MAPs
+ * with fds become mappings of this container, exactly as vfio_broker_container_map(). One client at a
+ * time, of the container's uid or root; when it leaves, its mappings go and the device stays served.
+ * -ENODEV: the device's group is not attached; -EBUSY: already served; -EBADF: not a listening unix
+ * stream socket. */
+int vfio_broker_container_serve_vfio_user(vfio_broker_container *c, const char *device, int listener_fd);
+/* Stops serving: the client is disconnected and its mappings dropped. -ENODEV: not served. */
+int vfio_broker_container_stop_vfio_user(vfio_broker_container *c, const char *device);
+
 /* --- what only the holder of the group and container fds can do ------------------------------------ */
 
 /* PCI hot reset (VFIO_DEVICE_PCI_HOT_RESET) of a device of an attached group. Every group the reset
