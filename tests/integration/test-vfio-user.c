@@ -27,7 +27,7 @@
 
 #include "client-util.h"
 #include "macro.h"
-#include "vfio-user-protocol.h"
+#include "vfio-user-client.h"
 
 #define MiB (UINT64_C(1) << 20)
 #define DEVICE "0000:00:01.0"
@@ -40,129 +40,11 @@ static char *container;
 static char dir[] = "/tmp/vfio-user-test-XXXXXX";
 static char sock_path[100];
 static int listener = -EBADF;
-static uint16_t next_id = 1;
-
-/* --- a small vfio-user client --- */
-
-static int vu_send(int fd, uint16_t command, uint32_t flags, const void *payload, size_t size, const int *fds,
-                   size_t n_fds, uint16_t *ret_id) {
-        VfioUserHeader h = { .msg_id = next_id++, .command = command, .msg_size = (uint32_t) (sizeof(h) + size),
-                             .flags = flags };
-        struct iovec iov[2] = { { &h, sizeof(h) }, { (void *) payload, size } };
-        uint8_t control[CMSG_SPACE(sizeof(int) * 253)] = {};
-        struct msghdr mh = { .msg_iov = iov, .msg_iovlen = size > 0 ? 2 : 1 };
-
-        if (n_fds > 0) {
-                struct cmsghdr *c;
-                mh.msg_control = control;
-                mh.msg_controllen = CMSG_SPACE(sizeof(int) * n_fds);
-                c = CMSG_FIRSTHDR(&mh);
-                c->cmsg_level = SOL_SOCKET;
-                c->cmsg_type = SCM_RIGHTS;
-                c->cmsg_len = CMSG_LEN(sizeof(int) * n_fds);
-                memcpy(CMSG_DATA(c), fds, sizeof(int) * n_fds);
-        }
-        if (ret_id)
-                *ret_id = h.msg_id;
-        return sendmsg(fd, &mh, MSG_NOSIGNAL) == (ssize_t) (sizeof(h) + size) ? 0 : -errno;
-}
-
-/* Receives one reply (5 s at most). Returns payload bytes, -ECONNRESET at EOF, -ETIMEDOUT. */
-static ssize_t vu_recv(int fd, VfioUserHeader *h, void *buf, size_t max, int *ret_fd) {
-        uint8_t control[CMSG_SPACE(sizeof(int) * 4)];
-        size_t have = 0;
-        uint8_t *all = malloc(sizeof(*h) + max);
-        ssize_t n;
-
-        assert_non_null(all);
-        if (ret_fd)
-                *ret_fd = -1;
-        for (;;) {
-                struct pollfd p = { fd, POLLIN, 0 };
-                struct iovec iov = { all + have, sizeof(*h) + max - have };
-                struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
-                                     .msg_controllen = sizeof(control) };
-                size_t want = have < sizeof(*h) ? sizeof(*h) : ((VfioUserHeader *) all)->msg_size;
-
-                if (have >= sizeof(*h) && have >= want)
-                        break;
-                if (poll(&p, 1, 5000) <= 0) {
-                        free(all);
-                        return -ETIMEDOUT;
-                }
-                if (have >= sizeof(*h))
-                        iov.iov_len = want - have;
-                else
-                        iov.iov_len = sizeof(*h) - have;
-                n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
-                if (n <= 0) {
-                        free(all);
-                        return -ECONNRESET;
-                }
-                for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-                        if (c->cmsg_type == SCM_RIGHTS && ret_fd)
-                                memcpy(ret_fd, CMSG_DATA(c), sizeof(int));
-                have += (size_t) n;
-                if (have == sizeof(*h) && ((VfioUserHeader *) all)->msg_size > sizeof(*h) + max) {
-                        free(all);
-                        return -E2BIG;
-                }
-        }
-        memcpy(h, all, sizeof(*h));
-        memcpy(buf, all + sizeof(*h), have - sizeof(*h));
-        free(all);
-        return (ssize_t) (have - sizeof(*h));
-}
-
-/* A command and its reply; returns the reply's errno (0 on success) or a negative transport error. */
-static int vu_call(int fd, uint16_t command, const void *payload, size_t size, const int *fds, size_t n_fds,
-                   void *reply, size_t reply_max, size_t *ret_size, int *ret_fd) {
-        uint8_t scratch[256];
-        VfioUserHeader h;
-        uint16_t id;
-        ssize_t n;
-        int r;
-
-        r = vu_send(fd, command, 0, payload, size, fds, n_fds, &id);
-        if (r < 0)
-                return r;
-        n = vu_recv(fd, &h, reply ?: scratch, reply ? reply_max : sizeof(scratch), ret_fd);
-        if (n < 0)
-                return (int) n;
-        assert_int_equal(h.msg_id, id);
-        assert_int_equal(h.command, command);
-        assert_int_equal(h.flags & VFIO_USER_FLAGS_TYPE_MASK, VFIO_USER_FLAGS_TYPE_REPLY);
-        if (ret_size)
-                *ret_size = (size_t) n;
-        if (h.flags & VFIO_USER_FLAGS_ERROR) {
-                assert_int_equal(n, 0);
-                return (int) h.error_no;
-        }
-        return 0;
-}
 
 static int vu_connect(void) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
+        int fd = vu_connect_path(sock_path);
         assert_true(fd >= 0);
-        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock_path);
-        assert_int_equal(connect(fd, (struct sockaddr *) &sa, sizeof(sa)), 0);
         return fd;
-}
-
-static int vu_negotiate(int fd) {
-        static const char caps[] = "{\"capabilities\":{\"max_msg_fds\":16,\"max_data_xfer_size\":1048576,"
-                                   "\"pgsizes\":4096,\"max_dma_maps\":65535,\"write_multiple\":true,"
-                                   "\"migration\":{\"pgsize\":4096,\"max_bitmap_size\":1048576}}}";
-        uint8_t msg[sizeof(VfioUserVersion) + sizeof(caps)];
-        VfioUserVersion v = { VFIO_USER_MAJOR, VFIO_USER_MINOR };
-        uint8_t reply[1024];
-        size_t n = 0;
-
-        memcpy(msg, &v, sizeof(v));
-        memcpy(msg + sizeof(v), caps, sizeof(caps));
-        return vu_call(fd, VFIO_USER_VERSION, msg, sizeof(msg), NULL, 0, reply, sizeof(reply), &n, NULL);
 }
 
 static int vu_open(void) {
@@ -171,44 +53,10 @@ static int vu_open(void) {
         return fd;
 }
 
-static int dma_map(int fd, int mem, uint64_t offset, uint64_t iova, uint64_t size, uint32_t flags) {
-        VfioUserDmaMap m = { sizeof(m), flags, offset, iova, size };
-        return vu_call(fd, VFIO_USER_DMA_MAP, &m, sizeof(m), mem >= 0 ? &mem : NULL, mem >= 0, NULL, 0, NULL, NULL);
-}
-
-static int dma_unmap(int fd, uint64_t iova, uint64_t size, uint32_t flags) {
-        VfioUserDmaUnmap u = { sizeof(u), flags, iova, size }, reply;
-        size_t n = 0;
-        int r = vu_call(fd, VFIO_USER_DMA_UNMAP, &u, sizeof(u), NULL, 0, &reply, sizeof(reply), &n, NULL);
-        if (r == 0)
-                assert_int_equal(n, sizeof(reply));
-        return r;
-}
-
-static int region_write(int fd, uint32_t region, uint64_t offset, const void *data, uint32_t count) {
-        uint8_t msg[sizeof(VfioUserRegionAccess) + 64];
-        VfioUserRegionAccess a = { offset, region, count };
-
-        assert_true(count <= 64);
-        memcpy(msg, &a, sizeof(a));
-        memcpy(msg + sizeof(a), data, count);
-        return vu_call(fd, VFIO_USER_REGION_WRITE, msg, sizeof(a) + count, NULL, 0, NULL, 0, NULL, NULL);
-}
-
-static int region_read(int fd, uint32_t region, uint64_t offset, void *data, uint32_t count) {
-        uint8_t reply[sizeof(VfioUserRegionAccess) + 4096];
-        VfioUserRegionAccess a = { offset, region, count };
-        size_t n = 0;
-        int r;
-
-        assert_true(count <= 4096);
-        r = vu_call(fd, VFIO_USER_REGION_READ, &a, sizeof(a), NULL, 0, reply, sizeof(reply), &n, NULL);
-        if (r == 0) {
-                assert_int_equal(n, sizeof(a) + count);
-                memcpy(data, reply + sizeof(a), count);
-        }
-        return r;
-}
+#define dma_map vu_dma_map
+#define dma_unmap vu_dma_unmap
+#define region_write vu_region_write
+#define region_read vu_region_read
 
 static void bar_write64(int fd, uint64_t offset, uint64_t v) {
         assert_int_equal(region_write(fd, 0, offset, &v, 8), 0);
