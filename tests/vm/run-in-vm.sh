@@ -50,6 +50,9 @@ awk '/^ok [0-9]+ - / { sub(/^ok [0-9]+ - /, ""); print "VMTAP: ok - contract: " 
 # Hot reset, dirty tracking and coordinated discard on the real kernel.
 /tests/test-vmm-features 2>&1
 
+# An edu served over vfio-user, driven by protocol messages only.
+/tests/test-vfio-user 2>&1
+
 # The client library and the command-line tool on the real kernel.
 export LD_LIBRARY_PATH=$prefix/lib/x86_64-linux-gnu:$prefix/lib
 group=$(ls /dev/vfio | grep -v vfio | sort -n | head -n 1)
