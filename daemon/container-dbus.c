@@ -416,7 +416,7 @@ static int method_close(sd_bus_message *m, void *userdata, sd_bus_error *error) 
         if (r <= 0)
                 return r < 0 ? r : 1;
 
-        container_dbus_close(c);
+        container_close(c);
         return sd_bus_reply_method_return(m, NULL);
 }
 
@@ -603,7 +603,7 @@ static int owner_track_handler(sd_bus_track *track, void *userdata) {
         for (Container *c = b->containers, *next; c; c = next) {
                 next = c->next;
                 if (strcmp(c->owner, name) == 0)
-                        container_dbus_close(c);
+                        container_close(c);
         }
         return 0;
 }
@@ -644,8 +644,7 @@ int container_dbus_track(Container *c, const char *owner) {
         }
         w->n_containers++;
         c->owner_watch = w;
-
-        return sd_bus_emit_object_added(b->bus, c->path);
+        return 0;
 }
 
 void container_dbus_untrack(Container *c) {
@@ -670,15 +669,6 @@ int container_dbus_attach(Container *c, sd_bus_message *m) {
         return container_dbus_track(c, broker_caller_name(c->broker, m));
 }
 
-void container_dbus_close(Container *c) {
-        Broker *b = c->broker;
-
-        if (b->bus)
-                (void) sd_bus_emit_object_removed(b->bus, c->path);
-        log_debug("Container %s closed.", c->path);
-        container_free(c);
-}
-
 int container_dbus_emit_changed(Container *c, ContainerProperty mask) {
         static const char * const names[] = {
                 "Groups", "Mappings", "MappedBytes", "BalloonInhibited", "IovaRanges", "PageSizes", "DmaAvailable",
@@ -687,6 +677,7 @@ int container_dbus_emit_changed(Container *c, ContainerProperty mask) {
         const char *l[ELEMENTSOF(names) + 1];
         size_t n = 0;
 
+        _Static_assert(ELEMENTSOF(names) == __builtin_popcount(_CONTAINER_PROPERTY_ALL), "a name per property");
         if (!c->broker->bus)
                 return 0;
         for (size_t i = 0; i < ELEMENTSOF(names); i++)

@@ -7,7 +7,7 @@
 int container_dbus_register(Broker *b);
 int container_dbus_register_on(Broker *b, sd_bus *bus);
 
-/* Starts tracking the owner (the sender of m) and announces the object. */
+/* Starts tracking the owner (the sender of m): when it leaves the bus, its containers are closed. */
 int container_dbus_attach(Container *c, sd_bus_message *m);
 
 /* Starts tracking owner (a unique name, e.g. of a container restored after a restart). */
@@ -18,8 +18,5 @@ void container_dbus_untrack(Container *c);
  * and dbus-daemon's system bus allows 512 per connection; a failing match would cost the daemon its
  * bus connection. */
 #define OWNERS_MAX 384
-
-/* Close(): announce removal, then free everything (container_free()). */
-void container_dbus_close(Container *c);
 
 int container_dbus_emit_changed(Container *c, ContainerProperty mask);

@@ -17,10 +17,8 @@
 #include <stdlib.h>
 
 #include "container.h"
-#include "container-dbus.h"
 #include "log.h"
 #include "quota.h"
-#include "state.h"
 
 bool container_discardable_remove(Container *c, uint64_t first, uint64_t last) {
         MappingTableNode *node, *next;
@@ -123,8 +121,7 @@ static int granules_unmap(Container *c, uint64_t iova, uint64_t last, BrokerErro
 }
 
 static void changed(Container *c, ContainerProperty extra) {
-        (void) state_save_container(c);
-        (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES |
+        broker_container_changed(c->broker, c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES |
                                                       CONTAINER_PROPERTY_DMA_AVAILABLE | extra);
 }
 

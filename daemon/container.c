@@ -7,12 +7,9 @@
 #include <string.h>
 
 #include "container.h"
-#include "container-dbus.h"
 #include "group.h"
-#include "group-dbus.h"
 #include "log.h"
 #include "quota.h"
-#include "state.h"
 
 static int container_alloc(Broker *b, uint64_t id, const char *owner, uid_t uid, const char *label,
                            Container **ret) {
@@ -92,7 +89,7 @@ int container_new(Broker *b, const char *owner, uid_t uid, const char *label, Co
         }
         c->backend = TAKE_PTR(bc);
         container_link(c);
-        (void) state_save_container(c);
+        broker_container_added(b, c);
 
         *ret = c;
         return 0;
@@ -104,13 +101,14 @@ void container_mapping_free(Container *c, Mapping *m) {
         free(m);
 }
 
-Container *container_free(Container *c) {
+static Container *container_free(Container *c) {
         MappingTableNode *node, *next;
         Broker *b;
 
         if (!c)
                 return NULL;
         b = c->broker;
+        assert(!c->changed_queued);
 
         if (c->prev)
                 c->prev->next = c->next;
@@ -127,14 +125,13 @@ Container *container_free(Container *c) {
                 /* The backend unmaps (unpins) and detaches everything first; only then may the memory
                  * the IOMMU pointed at be unmapped from the daemon. */
                 backend_container_free(c->backend);
-                state_forget_container(c);
         }
 
         for (size_t i = 0; i < c->n_groups; i++) {
                 Group *g = broker_find_group(b, c->groups[i]);
                 if (g) {
                         g->container = NULL;
-                        (void) group_dbus_emit_changed(g);
+                        broker_group_changed(b, g);
                 }
         }
         if (c->n_groups > 0)
@@ -150,13 +147,22 @@ Container *container_free(Container *c) {
         backend_iommu_info_done(&c->iommu);
         quota_release(b, c->uid, 1, 0, 0);
 
-        container_dbus_untrack(c);
         strv_free(c->stored_fds);
         free(c->path);
         free(c->owner);
         free(c->label);
         free(c);
         return NULL;
+}
+
+void container_close(Container *c) {
+        if (!c)
+                return;
+        log_debug("Container %s closed.", c->path);
+        /* The watchers hear of it while the container is still whole (the state store removes its fds,
+         * the D-Bus face its object and owner watch); then everything goes. */
+        broker_container_removed(c->broker, c);
+        container_free(c);
 }
 
 static ssize_t container_group_index(const Container *c, unsigned id) {
@@ -255,12 +261,11 @@ int container_attach_group(Container *c, unsigned id, BrokerError *e) {
         g->container = c;
         log_info("Container %" PRIu64 " (%s, uid %u): attached VFIO group %u.", c->id, c->label, c->uid, id);
 
-        (void) state_save_container(c);
-        (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_GROUPS | CONTAINER_PROPERTY_DMA_AVAILABLE |
+        broker_container_changed(c->broker, c, CONTAINER_PROPERTY_GROUPS | CONTAINER_PROPERTY_DMA_AVAILABLE |
                                               CONTAINER_PROPERTY_IOVA_RANGES |
                                               CONTAINER_PROPERTY_PAGE_SIZES |
                                               (c->n_groups == 1 ? CONTAINER_PROPERTY_BALLOON_INHIBITED : 0));
-        (void) group_dbus_emit_changed(g);
+        broker_group_changed(b, g);
         broker_balloon_inhibitors_changed(b, +1);
         return 0;
 }
@@ -306,12 +311,11 @@ int container_detach_group(Container *c, unsigned id, BrokerError *e) {
         g = broker_find_group(b, id);
         if (g) {
                 g->container = NULL;
-                (void) group_dbus_emit_changed(g);
+                broker_group_changed(b, g);
         }
         log_info("Container %" PRIu64 " (%s, uid %u): detached VFIO group %u.", c->id, c->label, c->uid, id);
 
-        (void) state_save_container(c);
-        (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_GROUPS | CONTAINER_PROPERTY_DMA_AVAILABLE |
+        broker_container_changed(c->broker, c, CONTAINER_PROPERTY_GROUPS | CONTAINER_PROPERTY_DMA_AVAILABLE |
                                               CONTAINER_PROPERTY_IOVA_RANGES |
                                               CONTAINER_PROPERTY_PAGE_SIZES |
                                               (c->n_groups == 0 ? CONTAINER_PROPERTY_BALLOON_INHIBITED : 0) |
@@ -347,7 +351,7 @@ int container_open_device(Container *c, const char *device, BrokerError *e) {
         int fd = c->broker->backend->ops->container_open_device(c->backend, g->id, device, e);
         if (fd >= 0)
                 /* The sim's device ends must survive a restart to keep the group busy. */
-                (void) state_save_container(c);
+                broker_container_changed(c->broker, c, CONTAINER_CHANGE_FDS);
         return fd;
 }
 
@@ -493,8 +497,7 @@ int container_map(Container *c, int fd, uint64_t offset, uint64_t size, uint64_t
         int r = container_map_internal(c, fd, offset, size, iova, flags, e);
         if (r < 0)
                 return r;
-        (void) state_save_container(c);
-        (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES |
+        broker_container_changed(c->broker, c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES |
                                                       CONTAINER_PROPERTY_DMA_AVAILABLE);
         return 0;
 }
@@ -606,8 +609,7 @@ static void unmap_done(Container *c, Mapping **removed, size_t n_removed, uint64
 
         mappings_release(c, removed, n_removed);
         regions = container_discardable_remove(c, iova, iova + (size - 1));
-        (void) state_save_container(c);
-        (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES |
+        broker_container_changed(c->broker, c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES |
                                                       CONTAINER_PROPERTY_DMA_AVAILABLE |
                                                       (regions ? CONTAINER_PROPERTY_DISCARDABLE : 0));
 }
@@ -642,8 +644,7 @@ int container_set_dirty_tracking(Container *c, bool start, BrokerError *e) {
         c->dirty_tracking = start;
         log_info("Container %" PRIu64 " (%s, uid %u): dirty page tracking %s.", c->id, c->label, c->uid,
                  start ? "started" : "stopped");
-        (void) state_save_container(c);
-        (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_DIRTY_TRACKING);
+        broker_container_changed(c->broker, c, CONTAINER_PROPERTY_DIRTY_TRACKING);
         return 0;
 }
 
@@ -865,9 +866,8 @@ int container_update(Container *c, const UpdateUnmap *unmaps, size_t n_unmaps, c
         }
 
         mappings_release(c, removed, n_removed);
-        (void) state_save_container(c);
         if (n_unmaps > 0 || n_maps > 0)
-                (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES |
+                broker_container_changed(c->broker, c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES |
                                                       CONTAINER_PROPERTY_DMA_AVAILABLE);
         return 0;
 
@@ -978,4 +978,14 @@ int container_restore_mapping(Container *c, unsigned region, uint64_t offset, ui
         assert(r == 0);
         TAKE_PTR(m);
         return 0;
+}
+
+void container_restore_done(Container *c) {
+        broker_container_added(c->broker, c);
+}
+
+void container_forget_vaddrs(Container *c) {
+        for (MappingTableNode *node = mapping_table_first(&c->mappings); node; node = mapping_table_next(node))
+                (void) c->backend->backend->ops->container_invalidate_vaddr(c->backend, node->first,
+                                                                           mapping_table_node_size(node));
 }

@@ -14,6 +14,9 @@ struct Group {
         char **devices;
         bool viable;
         Container *container; /* attached to, or NULL */
+
+        Group *changed_next;  /* queued for coalesced change delivery (broker.c) */
+        bool changed_queued;
 };
 
 int group_new(Broker *b, const BackendGroupInfo *info, Group **ret);

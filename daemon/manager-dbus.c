@@ -3,6 +3,7 @@
 #include <assert.h>
 #include <string.h>
 
+#include "bus.h"
 #include "bus-error.h"
 #include "config-build.h"
 #include "container.h"
@@ -70,7 +71,7 @@ static int method_create_container(sd_bus_message *m, void *userdata, sd_bus_err
 
         /* On a peer connection the owner is the bus connection that opened it: it must still be there,
          * or nobody would ever close the container. */
-        if (!sd_bus_message_get_sender(m) && !broker_name_has_owner(b, broker_caller_name(b, m)))
+        if (!sd_bus_message_get_sender(m) && !bus_name_has_owner(b, broker_caller_name(b, m)))
                 return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED,
                                         "The bus connection that opened this peer connection has left the bus.");
 
@@ -80,7 +81,7 @@ static int method_create_container(sd_bus_message *m, void *userdata, sd_bus_err
 
         r = container_dbus_attach(c, m);
         if (r < 0) {
-                container_dbus_close(c);
+                container_close(c);
                 if (r == -EUSERS)
                         return sd_bus_error_setf(error, "org.vfiobroker.Broker1.Error.QuotaExceeded",
                                                  "The broker already serves %d VMM connections, its limit; "

@@ -16,6 +16,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "container.h"
+#include "bus.h"
 #include "container-dbus.h"
 #include "group.h"
 #include "log.h"
@@ -49,6 +50,28 @@ static int notify_connect(Broker *b) {
         return 0;
 }
 
+static void on_container_added(void *userdata, Container *c) {
+        (void) state_save_container(c);
+}
+
+static void on_container_changed(void *userdata, Container *c, unsigned mask) {
+        (void) state_save_container(c);
+}
+
+static void on_container_removed(void *userdata, Container *c) {
+        /* Handed over: the next instance needs every fd and file as they are. */
+        if (!c->broker->handing_over)
+                state_forget_container(c);
+}
+
+static const BrokerObserver state_observer = {
+        /* Saved before the reply: an acknowledged change must survive the daemon's death. */
+        .coalesce = false,
+        .container_added = on_container_added,
+        .container_changed = on_container_changed,
+        .container_removed = on_container_removed,
+};
+
 int state_setup(Broker *b, const char *state_dir) {
         int r;
 
@@ -62,7 +85,10 @@ int state_setup(Broker *b, const char *state_dir) {
         if (r < 0)
                 return log_warning_errno(r, "Cannot connect to $NOTIFY_SOCKET, restarts will not keep VMs: %m");
         b->state_dir = strdup(state_dir);
-        return b->state_dir ? 1 : -ENOMEM;
+        if (!b->state_dir)
+                return -ENOMEM;
+        r = broker_observe(b, &state_observer, b);
+        return r < 0 ? r : 1;
 }
 
 static int notify_send(Broker *b, const char *msg, int fd) {
@@ -457,22 +483,23 @@ static int state_restore_container(Broker *b, json_object *root, StoredFd *store
                         (void) strv_push(&c->stored_fds, stored[i].name);
 
         if (r < 0) {
-                container_dbus_close(c);
+                container_close(c);
                 return r;
         }
 
         /* The owner may have gone while we were away. */
-        if (!broker_name_has_owner(b, c->owner)) {
+        if (!bus_name_has_owner(b, c->owner)) {
                 log_info("Owner %s of restored container %s is gone; closing it.", c->owner, c->path);
-                container_dbus_close(c);
+                container_close(c);
                 return 0;
         }
         r = container_dbus_track(c, c->owner);
         if (r < 0) {
-                container_dbus_close(c);
+                container_close(c);
                 return r;
         }
-        (void) state_save_container(c);
+        /* Whole again: the watchers hear of it (and the state store saves it). */
+        container_restore_done(c);
         log_info("Restored container %s (%s, owner %s): %zu groups, %zu mappings.", c->path, c->label, c->owner,
                  c->n_groups, container_n_mappings(c));
         return 1;
@@ -568,9 +595,7 @@ bool state_hand_over(Broker *b) {
                 return false;
 
         for (Container *c = b->containers; c; c = c->next) {
-                for (MappingTableNode *node = mapping_table_first(&c->mappings); node; node = mapping_table_next(node))
-                        (void) c->broker->backend->ops->container_invalidate_vaddr(c->backend, node->first,
-                                                                                   mapping_table_node_size(node));
+                container_forget_vaddrs(c);
                 (void) state_save_container(c);
         }
         b->handing_over = true;
