@@ -643,7 +643,7 @@ static int vfio_container_hot_reset_groups(BackendContainer *bc, unsigned group,
                         return broker_error_set(e, BROKER_ERROR_NOT_SUPPORTED,
                                                 "Device %s cannot be reset with a PCI hot reset: it has neither a "
                                                 "resettable slot nor a resettable bus (a root-bus device, for "
-                                                "example); the kernel says %s.", device, errno_to_name(-r) ?: "?");
+                                                "example); the kernel says %s.", device, strerrorname_np(-r) ?: "?");
                 return broker_error_set_errno(e, r, "VFIO_DEVICE_GET_PCI_HOT_RESET_INFO on %s failed", device);
         }
 

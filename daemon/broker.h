@@ -13,13 +13,7 @@
 typedef struct Group Group;
 typedef struct Container Container;
 
-#define BROKER_BUS_NAME      "org.vfiobroker.Broker1"
-#define BROKER_OBJECT_PATH   "/org/vfiobroker/Broker1"
-#define BROKER_GROUP_PREFIX  "/org/vfiobroker/Broker1/group"
-#define BROKER_CONTAINER_PREFIX "/org/vfiobroker/Broker1/container"
-#define BROKER_MANAGER_INTERFACE   "org.vfiobroker.Broker1.Manager"
-#define BROKER_GROUP_INTERFACE     "org.vfiobroker.Broker1.Group"
-#define BROKER_CONTAINER_INTERFACE "org.vfiobroker.Broker1.Container"
+#include "broker-wire.h"
 
 /* What the logic tells its watchers (the D-Bus faces, the state store, later vfio-user and the journal).
  * The logic never calls a face: it reports through this one interface, and each face subscribes.
@@ -45,7 +39,7 @@ typedef struct BrokerObserver {
 #define BROKER_OBSERVERS_MAX 8
 
 typedef struct UserUsage UserUsage;
-typedef struct PolkitQuery PolkitQuery;
+typedef struct PolkitRegistry PolkitRegistry;
 typedef struct OwnerWatch OwnerWatch;
 typedef struct Peer Peer;
 
@@ -79,7 +73,7 @@ typedef struct Broker {
         int notify_fd;        /* connected to $NOTIFY_SOCKET while state_dir is set (state.c) */
         bool handing_over;    /* exiting with every container left to the next instance */
 
-        PolkitQuery *polkit_queries; /* authorization checks in flight, see polkit.c */
+        PolkitRegistry *polkit;      /* authorization checks in flight, see polkit.h */
         OwnerWatch *owners;          /* one sd_bus_track per owning connection, see container-dbus.c */
         size_t n_owners;
         Peer *peers;                 /* peer-to-peer connections, see peer.c */

@@ -52,7 +52,7 @@ static void on_balloon_changed(void *userdata, bool flipped) {
 static void on_done(void *userdata) {
         Broker *b = userdata;
 
-        polkit_queries_free(b);
+        b->polkit = polkit_registry_free(b->polkit);
         peer_free_all(b);
         if (b->bus) {
                 sd_bus_flush_close_unref(b->bus);
@@ -84,6 +84,10 @@ int bus_connect(Broker *b) {
         r = sd_bus_open_system(&b->bus);
         if (r < 0)
                 return log_error_errno(r, "Failed to connect to the system bus: %m");
+
+        r = polkit_registry_new(b->bus, b->event, &b->polkit);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up polkit queries: %m");
 
         r = broker_observe(b, &bus_observer, b);
         if (r < 0)

@@ -7,11 +7,11 @@
 #include <string.h>
 
 #include "bus-error.h"
+#include "caller.h"
 #include "container-dbus.h"
 #include "group.h"
 #include "log.h"
 #include "peer.h"
-#include "polkit.h"
 
 static int container_object_find(sd_bus *bus, const char *path, const char *interface, void *userdata,
                                  void **found, sd_bus_error *error) {
@@ -54,26 +54,8 @@ static int container_node_enumerator(sd_bus *bus, const char *path, void *userda
         return 1;
 }
 
-/* Only the owner may act on a container; anybody else needs the manage action (root always has it).
- * extra is a further check the method needs (attach-group), or NULL. */
-static int container_verify_caller(Container *c, sd_bus_message *m, const PolkitCheck *extra,
-                                   sd_bus_error *error) {
-        PolkitCheck checks[2];
-        size_t n = 0;
-        char uid[32];
-        const char *manage_details[] = { "container", c->path, "owner_uid", uid, NULL };
-        const char *sender = broker_caller_name(c->broker, m);
-
-        (void) snprintf(uid, sizeof(uid), "%u", c->uid);
-
-        if (!sender || strcmp(sender, c->owner) != 0)
-                checks[n++] = (PolkitCheck) { POLKIT_ACTION_MANAGE, manage_details };
-        if (extra)
-                checks[n++] = *extra;
-        if (n == 0)
-                return 1;
-
-        return polkit_verify_async(c->broker, m, checks, n, error);
+static int container_verify_caller(Container *c, sd_bus_message *m, const PolkitCheck *extra, sd_bus_error *error) {
+        return caller_verify_owner(c->broker, m, c->path, c->owner, c->uid, extra, error);
 }
 
 static int method_attach_group(sd_bus_message *m, void *userdata, sd_bus_error *error) {
@@ -211,8 +193,6 @@ static int method_unmap(sd_bus_message *m, void *userdata, sd_bus_error *error) 
         return method_range(m, userdata, error, container_unmap);
 }
 
-#define UPDATE_MAX 65536
-
 static int method_update(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         Container *c = userdata;
         BrokerError e = BROKER_ERROR_INIT;
@@ -233,9 +213,9 @@ static int method_update(sd_bus_message *m, void *userdata, sd_bus_error *error)
                         return r;
                 if (r == 0)
                         break;
-                if (n_unmaps >= UPDATE_MAX)
+                if (n_unmaps >= BROKER_UPDATE_MAX)
                         return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "At most %d unmaps per Update.",
-                                                 UPDATE_MAX);
+                                                 BROKER_UPDATE_MAX);
                 UpdateUnmap *a = realloc(unmaps, (n_unmaps + 1) * sizeof(*a));
                 if (!a)
                         return -ENOMEM;
@@ -256,8 +236,9 @@ static int method_update(sd_bus_message *m, void *userdata, sd_bus_error *error)
                         return r;
                 if (r == 0)
                         break;
-                if (n_fds >= 1024)
-                        return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS, "At most 1024 memory fds per Update.");
+                if (n_fds >= BROKER_UPDATE_FDS_MAX)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "At most %d memory fds per Update.",
+                                                 BROKER_UPDATE_FDS_MAX);
                 int *a = realloc(fds, (n_fds + 1) * sizeof(int));
                 if (!a)
                         return -ENOMEM;
@@ -278,9 +259,9 @@ static int method_update(sd_bus_message *m, void *userdata, sd_bus_error *error)
                         return r;
                 if (r == 0)
                         break;
-                if (n_maps >= UPDATE_MAX)
+                if (n_maps >= BROKER_UPDATE_MAX)
                         return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "At most %d maps per Update.",
-                                                 UPDATE_MAX);
+                                                 BROKER_UPDATE_MAX);
                 UpdateMap *a = realloc(maps, (n_maps + 1) * sizeof(*a));
                 if (!a)
                         return -ENOMEM;
@@ -666,7 +647,7 @@ void container_dbus_untrack(Container *c) {
 }
 
 int container_dbus_attach(Container *c, sd_bus_message *m) {
-        return container_dbus_track(c, broker_caller_name(c->broker, m));
+        return container_dbus_track(c, caller_name(c->broker, m));
 }
 
 int container_dbus_emit_changed(Container *c, ContainerProperty mask) {
