@@ -16,7 +16,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 
-#include "container.h"
+#include "container-private.h"
 #include "log.h"
 #include "quota.h"
 
@@ -64,7 +64,6 @@ static int discard_region_add(Container *c, uint64_t iova, uint64_t size, uint64
 /* Maps one granule of d at iova. */
 static int granule_map(Container *c, DiscardRegion *d, uint64_t iova, BrokerError *e) {
         _cleanup_free_ Mapping *m = NULL;
-        uint64_t vaddr;
         int r;
 
         m = calloc(1, sizeof(*m));
@@ -74,55 +73,20 @@ static int granule_map(Container *c, DiscardRegion *d, uint64_t iova, BrokerErro
         m->offset = d->offset + (iova - d->node.first);
         m->flags = d->flags;
 
-        r = quota_charge(c->broker, c->uid, 0, 1, d->granule, e);
+        r = container_pin(c, m, &(PinSource) { .kind = PIN_REGION, .region = memory_region_id(d->region) }, e);
         if (r < 0)
                 return r;
-        r = memory_pool_acquire_id(c->memory, memory_region_id(d->region), m->offset, d->granule, &m->region,
-                                   &vaddr, e);
-        if (r < 0) {
-                quota_release(c->broker, c->uid, 0, 1, d->granule);
-                return r;
-        }
-        r = c->broker->backend->ops->container_map(c->backend, vaddr, iova, d->granule, d->flags, e);
-        if (r < 0) {
-                quota_release(c->broker, c->uid, 0, 1, d->granule);
-                memory_pool_release(c->memory, m->region);
-                if (r == -ENOSPC)
-                        return broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED,
-                                                "The kernel's limit of DMA mappings per container is reached "
-                                                "(%zu mappings; every populated granule is one, see "
-                                                "DmaAvailable); use a larger granule.", container_n_mappings(c));
-                return r;
-        }
-        r = mapping_table_insert(&c->mappings, &m->node, NULL);
-        assert(r == 0);
         TAKE_PTR(m);
         return 0;
 }
 
 /* Unmaps every populated granule in [iova, last] from the kernel and the table. */
 static int granules_unmap(Container *c, uint64_t iova, uint64_t last, BrokerError *e) {
-        MappingTableNode *node, *next;
-        uint64_t unmapped = 0;
-        int r;
-
-        node = mapping_table_first_intersecting(&c->mappings, iova, last);
-        if (!node)
-                return 0;
-        r = c->broker->backend->ops->container_unmap(c->backend, iova, last - iova + 1, &unmapped, e);
-        if (r < 0)
-                return r;
-        for (; node && node->first <= last; node = next) {
-                next = mapping_table_next(node);
-                mapping_table_remove(&c->mappings, node);
-                container_mapping_free(c, container_of(node, Mapping, node));
-        }
-        return 0;
+        return container_unpin_range(c, iova, last, NULL, NULL, NULL, e);
 }
 
 static void changed(Container *c, ContainerProperty extra) {
-        broker_container_changed(c->broker, c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES |
-                                                      CONTAINER_PROPERTY_DMA_AVAILABLE | extra);
+        broker_container_changed(c->broker, c, CONTAINER_CHANGE_MAPPINGS | extra);
 }
 
 int container_map_discardable(Container *c, int fd, uint64_t offset, uint64_t size, uint64_t iova, uint32_t flags,
