@@ -4,7 +4,9 @@
 /* Small systemd-style helpers shared by the daemon, the client library and the tests.
  * Ownership is visible in declarations: _cleanup_free_, _cleanup_close_, TAKE_FD(), TAKE_PTR(). */
 
+#include <dirent.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -37,6 +39,20 @@ static inline void closep(int *fd) {
         *fd = safe_close(*fd);
 }
 #define _cleanup_close_ _cleanup_(closep)
+
+static inline void fclosep(FILE **f) {
+        if (*f)
+                (void) fclose(*f);
+        *f = NULL;
+}
+#define _cleanup_fclose_ _cleanup_(fclosep)
+
+static inline void closedirp(DIR **d) {
+        if (*d)
+                (void) closedir(*d);
+        *d = NULL;
+}
+#define _cleanup_closedir_ _cleanup_(closedirp)
 
 #define TAKE_GENERIC(var, type, nullvalue)                       \
         ({                                                       \
