@@ -173,32 +173,53 @@ int broker_observe(Broker *b, const BrokerObserver *ops, void *userdata) {
                         (b)->observers[i].ops->member((b)->observers[i].userdata, __VA_ARGS__); \
         } while (0)
 
-void broker_flush_changes(Broker *b) {
-        /* Observers may queue more while we deliver: take the queues as they are, loop until empty. */
-        while (b->changed_containers || b->changed_groups) {
-                Container *c = TAKE_PTR(b->changed_containers);
-                Group *g = TAKE_PTR(b->changed_groups);
+static void change_queue_push(ChangeLink **head, ChangeLink *l) {
+        if (l->queued)
+                return;
+        l->queued = true;
+        l->next = *head;
+        *head = l;
+}
 
-                while (c) {
-                        Container *next = c->changed_next;
-                        unsigned mask = c->changed_mask;
-                        c->changed_next = NULL;
-                        c->changed_mask = 0;
-                        c->changed_queued = false;
-                        FOREACH_OBSERVER(b, i)
-                                if (b->observers[i].ops->coalesce)
-                                        OBSERVER_CALL(b, i, container_changed, c, mask);
-                        c = next;
-                }
-                while (g) {
-                        Group *next = g->changed_next;
-                        g->changed_next = NULL;
-                        g->changed_queued = false;
-                        FOREACH_OBSERVER(b, i)
-                                if (b->observers[i].ops->coalesce)
-                                        OBSERVER_CALL(b, i, group_changed, g);
-                        g = next;
-                }
+static void change_queue_drop(ChangeLink **head, ChangeLink *l) {
+        if (l->queued)
+                for (ChangeLink **p = head; *p; p = &(*p)->next)
+                        if (*p == l) {
+                                *p = l->next;
+                                break;
+                        }
+        l->queued = false;
+        l->next = NULL;
+}
+
+/* Unlinks the first entry of the queue and returns it. */
+static ChangeLink *change_queue_pop(ChangeLink **head) {
+        ChangeLink *l = *head;
+
+        if (l) {
+                *head = l->next;
+                l->next = NULL;
+                l->queued = false;
+        }
+        return l;
+}
+
+void broker_flush_changes(Broker *b) {
+        ChangeLink *l;
+
+        /* Observers may queue more while we deliver: pop until empty. */
+        while ((l = change_queue_pop(&b->changed_containers))) {
+                Container *c = container_of(l, Container, changed);
+                unsigned mask = TAKE_GENERIC(c->changed_mask, unsigned, 0);
+                FOREACH_OBSERVER(b, i)
+                        if (b->observers[i].ops->coalesce)
+                                OBSERVER_CALL(b, i, container_changed, c, mask);
+        }
+        while ((l = change_queue_pop(&b->changed_groups))) {
+                Group *g = container_of(l, Group, changed);
+                FOREACH_OBSERVER(b, i)
+                        if (b->observers[i].ops->coalesce)
+                                OBSERVER_CALL(b, i, group_changed, g);
         }
 }
 
@@ -249,24 +270,14 @@ void broker_container_changed(Broker *b, Container *c, unsigned mask) {
         if (!have_coalescing_observer(b))
                 return;
         c->changed_mask |= mask;
-        if (!c->changed_queued) {
-                c->changed_queued = true;
-                c->changed_next = b->changed_containers;
-                b->changed_containers = c;
-        }
+        change_queue_push(&b->changed_containers, &c->changed);
         changes_schedule(b);
 }
 
 void broker_container_removed(Broker *b, Container *c) {
         /* A removal supersedes what was queued. */
-        if (c->changed_queued)
-                for (Container **p = &b->changed_containers; *p; p = &(*p)->changed_next)
-                        if (*p == c) {
-                                *p = c->changed_next;
-                                break;
-                        }
-        c->changed_queued = false;
-        c->changed_next = NULL;
+        change_queue_drop(&b->changed_containers, &c->changed);
+        c->changed_mask = 0;
         FOREACH_OBSERVER(b, i)
                 OBSERVER_CALL(b, i, container_removed, c);
 }
@@ -282,22 +293,12 @@ void broker_group_changed(Broker *b, Group *g) {
                         OBSERVER_CALL(b, i, group_changed, g);
         if (!have_coalescing_observer(b))
                 return;
-        if (!g->changed_queued) {
-                g->changed_queued = true;
-                g->changed_next = b->changed_groups;
-                b->changed_groups = g;
-        }
+        change_queue_push(&b->changed_groups, &g->changed);
         changes_schedule(b);
 }
 
 void broker_group_removed(Broker *b, Group *g) {
-        if (g->changed_queued)
-                for (Group **p = &b->changed_groups; *p; p = &(*p)->changed_next)
-                        if (*p == g) {
-                                *p = g->changed_next;
-                                break;
-                        }
-        g->changed_queued = false;
+        change_queue_drop(&b->changed_groups, &g->changed);
         FOREACH_OBSERVER(b, i)
                 OBSERVER_CALL(b, i, group_removed, g);
 }

@@ -38,6 +38,12 @@ typedef struct BrokerObserver {
 
 #define BROKER_OBSERVERS_MAX 8
 
+/* An object's place in the queue of coalesced changes (embedded in Container and Group). */
+typedef struct ChangeLink {
+        struct ChangeLink *next;
+        bool queued;
+} ChangeLink;
+
 typedef struct UserUsage UserUsage;
 typedef struct PolkitRegistry PolkitRegistry;
 typedef struct OwnerWatch OwnerWatch;
@@ -66,8 +72,8 @@ typedef struct Broker {
         } observers[BROKER_OBSERVERS_MAX];
         size_t n_observers;
         sd_event_source *changes_event; /* delivers coalesced changes */
-        Container *changed_containers;  /* queued for coalesced delivery, via Container.changed_next */
-        Group *changed_groups;          /* likewise, via Group.changed_next */
+        ChangeLink *changed_containers; /* queued for coalesced delivery (Container.changed) */
+        ChangeLink *changed_groups;     /* likewise (Group.changed) */
 
         char *state_dir;      /* persistence across restarts, NULL when off (state.c) */
         int notify_fd;        /* connected to $NOTIFY_SOCKET while state_dir is set (state.c) */

@@ -66,13 +66,9 @@ static int granule_map(Container *c, DiscardRegion *d, uint64_t iova, BrokerErro
         _cleanup_free_ Mapping *m = NULL;
         int r;
 
-        m = calloc(1, sizeof(*m));
+        m = mapping_new(iova, d->granule, d->offset + (iova - d->node.first), d->flags);
         if (!m)
                 return -ENOMEM;
-        mapping_table_node_init(&m->node, iova, d->granule);
-        m->offset = d->offset + (iova - d->node.first);
-        m->flags = d->flags;
-
         r = container_pin(c, m, &(PinSource) { .kind = PIN_REGION, .region = memory_region_id(d->region) }, e);
         if (r < 0)
                 return r;
@@ -140,13 +136,11 @@ int container_map_discardable(Container *c, int fd, uint64_t offset, uint64_t si
 static int discard_range(Container *c, uint64_t iova, uint64_t size, DiscardRegion **ret, BrokerError *e) {
         MappingTableNode *node;
         DiscardRegion *d;
+        int r;
 
-        if (size == 0)
-                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "Size must not be 0.");
-        if (iova + (size - 1) < iova)
-                return broker_error_set(e, BROKER_ERROR_OUT_OF_RANGE,
-                                        "IOVA 0x%" PRIx64 " + size 0x%" PRIx64 " wraps around the address space.",
-                                        iova, size);
+        r = container_check_range(iova, size, "The range's", e);
+        if (r < 0)
+                return r;
         node = mapping_table_find(&c->discardable, iova);
         if (!node)
                 return broker_error_set(e, BROKER_ERROR_NOT_MAPPED,

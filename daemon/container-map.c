@@ -97,6 +97,27 @@ int container_check_map(Container *c, int fd, uint64_t offset, uint64_t size, ui
         return 0;
 }
 
+Mapping *mapping_new(uint64_t iova, uint64_t size, uint64_t offset, uint32_t flags) {
+        Mapping *m = calloc(1, sizeof(*m));
+
+        if (!m)
+                return NULL;
+        mapping_table_node_init(&m->node, iova, size);
+        m->offset = offset;
+        m->flags = flags;
+        return m;
+}
+
+int container_check_range(uint64_t iova, uint64_t size, const char *what, BrokerError *e) {
+        if (size == 0)
+                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "%s size must not be 0.", what);
+        if (iova + (size - 1) < iova)
+                return broker_error_set(e, BROKER_ERROR_OUT_OF_RANGE,
+                                        "IOVA 0x%" PRIx64 " + size 0x%" PRIx64 " wraps around the address space.",
+                                        iova, size);
+        return 0;
+}
+
 int container_pin(Container *c, Mapping *m, const PinSource *src, BrokerError *e) {
         uint64_t size = mapping_table_node_size(&m->node), vaddr = 0;
         int r;
@@ -169,13 +190,9 @@ static int container_map_internal(Container *c, int fd, uint64_t offset, uint64_
         if (r < 0)
                 return r;
 
-        m = calloc(1, sizeof(*m));
+        m = mapping_new(iova, size, offset, flags);
         if (!m)
                 return -ENOMEM;
-        mapping_table_node_init(&m->node, iova, size);
-        m->offset = offset;
-        m->flags = flags;
-
         r = container_pin(c, m, &(PinSource) { .kind = PIN_FD, .fd = fd, .info = &info }, e);
         if (r < 0)
                 return r;
@@ -198,13 +215,11 @@ int container_unmap_internal(Container *c, uint64_t iova, uint64_t size, bool re
                                     Mapping ***removed, size_t *n_removed, BrokerError *e) {
         MappingTableNode *first, *last_node, *node, *dfirst;
         uint64_t last;
+        int r;
 
-        if (size == 0)
-                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "Unmap size must not be 0.");
-        if (iova + (size - 1) < iova)
-                return broker_error_set(e, BROKER_ERROR_OUT_OF_RANGE,
-                                        "IOVA 0x%" PRIx64 " + size 0x%" PRIx64 " wraps around the address space.",
-                                        iova, size);
+        r = container_check_range(iova, size, "Unmap", e);
+        if (r < 0)
+                return r;
         last = iova + (size - 1);
 
         first = mapping_table_first_intersecting(&c->mappings, iova, last);

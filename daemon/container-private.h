@@ -9,6 +9,12 @@ static inline uint64_t lowest_bit(uint64_t x) {
         return x & -x;
 }
 
+/* A new, unlinked mapping of [iova, iova+size) at offset of its memory; NULL without memory. */
+Mapping *mapping_new(uint64_t iova, uint64_t size, uint64_t offset, uint32_t flags);
+
+/* InvalidArgs for an empty range, OutOfRange for one that wraps around the address space. */
+int container_check_range(uint64_t iova, uint64_t size, const char *what, BrokerError *e);
+
 /* container.c: allocation and the broker's list. */
 int container_alloc(Broker *b, uint64_t id, const char *owner, uid_t uid, const char *label, Container **ret);
 void container_unalloc(Container *c);

@@ -70,13 +70,9 @@ int container_restore_mapping(Container *c, unsigned region, uint64_t offset, ui
         if (mapping_table_first_intersecting(&c->mappings, iova, iova + (size - 1)))
                 return broker_error_set(e, BROKER_ERROR_OVERLAP, "Overlapping mappings in the state.");
 
-        m = calloc(1, sizeof(*m));
+        m = mapping_new(iova, size, offset, flags);
         if (!m)
                 return -ENOMEM;
-        mapping_table_node_init(&m->node, iova, size);
-        m->offset = offset;
-        m->flags = flags;
-
         r = container_pin(c, m, &(PinSource) { .kind = PIN_RESTORE, .region = region }, e);
         if (r < 0)
                 return r;

@@ -110,7 +110,7 @@ static Container *container_free(Container *c) {
         if (!c)
                 return NULL;
         b = c->broker;
-        assert(!c->changed_queued);
+        assert(!c->changed.queued);
 
         if (c->prev)
                 c->prev->next = c->next;
@@ -145,15 +145,10 @@ static Container *container_free(Container *c) {
                 container_mapping_free(c, container_of(node, Mapping, node));
         }
         container_discardable_remove(c, 0, UINT64_MAX);
-        memory_pool_free(c->memory);
         backend_iommu_info_done(&c->iommu);
         quota_release(b, c->uid, 1, 0, 0);
-
         strv_free(c->stored_fds);
-        free(c->path);
-        free(c->owner);
-        free(c->label);
-        free(c);
+        container_unalloc(c); /* the memory last, now that neither the IOMMU nor a mapping uses it */
         return NULL;
 }
 

@@ -58,9 +58,8 @@ struct Container {
 
         char **stored_fds;    /* names this container has in the fd store (state store) */
 
-        Container *changed_next; /* queued for coalesced change delivery (broker.c) */
+        ChangeLink changed;   /* queued for coalesced change delivery (broker.c) */
         unsigned changed_mask;
-        bool changed_queued;
 };
 
 /* Property bits for change notification. */

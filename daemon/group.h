@@ -15,8 +15,7 @@ struct Group {
         bool viable;
         Container *container; /* attached to, or NULL */
 
-        Group *changed_next;  /* queued for coalesced change delivery (broker.c) */
-        bool changed_queued;
+        ChangeLink changed;   /* queued for coalesced change delivery (broker.c) */
 };
 
 int group_new(Broker *b, const BackendGroupInfo *info, Group **ret);
