@@ -80,7 +80,7 @@ typedef struct Broker {
         bool handing_over;    /* exiting with every container left to the next instance */
 
         PolkitRegistry *polkit;      /* authorization checks in flight, see polkit.h */
-        OwnerWatch *owners;          /* one sd_bus_track per owning connection, see container-dbus.c */
+        OwnerWatch *owners;          /* one sd_bus_track per owning connection, see owner-watch.c */
         size_t n_owners;
         Peer *peers;                 /* peer-to-peer connections, see peer.c */
 } Broker;

@@ -9,6 +9,7 @@
 #include "container-dbus.h"
 #include "group-dbus.h"
 #include "log.h"
+#include "owner-watch.h"
 #include "manager-dbus.h"
 #include "peer.h"
 #include "polkit.h"
@@ -30,7 +31,7 @@ static void on_container_removed(void *userdata, Container *c) {
 
         if (b->bus)
                 (void) sd_bus_emit_object_removed(b->bus, c->path);
-        container_dbus_untrack(c);
+        owner_watch_untrack(c);
 }
 
 static void on_group_added(void *userdata, Group *g) {

@@ -42,7 +42,7 @@ struct Container {
         uid_t uid;
         char *label;
 
-        OwnerWatch *owner_watch; /* shared by every container of the same owner; see container-dbus.c */
+        OwnerWatch *owner_watch; /* shared by every container of the same owner; see owner-watch.c */
 
         BackendContainer *backend;
         unsigned *groups;     /* attached group ids, sorted */

@@ -10,6 +10,7 @@
 #include "container.h"
 #include "container-dbus.h"
 #include "log.h"
+#include "owner-watch.h"
 #include "manager-dbus.h"
 #include "peer.h"
 
@@ -77,7 +78,7 @@ static int method_create_container(sd_bus_message *m, void *userdata, sd_bus_err
         if (r < 0)
                 return bus_error_from_broker(error, r, &e);
 
-        r = container_dbus_attach(c, m);
+        r = owner_watch_track_caller(c, m);
         if (r < 0) {
                 container_close(c);
                 if (r == -EUSERS)

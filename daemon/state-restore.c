@@ -17,6 +17,7 @@
 #include "container-dbus.h"
 #include "fdstore.h"
 #include "log.h"
+#include "owner-watch.h"
 #include "state.h"
 #include "state-encode.h"
 #include "state-private.h"
@@ -127,7 +128,7 @@ static int state_restore_container(Broker *b, const ContainerState *st, StoredFd
                 container_close(c);
                 return 0;
         }
-        r = container_dbus_track(c, c->owner);
+        r = owner_watch_track(c, c->owner);
         if (r < 0) {
                 container_close(c);
                 return r;
