@@ -38,38 +38,41 @@ int caller_uid(Broker *b, sd_bus_message *m, uid_t *ret) {
         return caller_bus_sender_uid(m, ret);
 }
 
-/* Root needs no asking; everybody else is asked about, as their bus name (on a peer connection: the
- * bus name that opened it, still on the bus for polkit to check). */
-static int caller_verify(Broker *b, sd_bus_message *m, const PolkitCheck *checks, size_t n_checks,
-                         sd_bus_error *error) {
-        uid_t uid;
-        int r;
+size_t caller_checks_needed(const char *caller, uid_t caller_uid, const char *owner, const PolkitCheck *manage,
+                            const PolkitCheck *extra, PolkitCheck ret[static 2]) {
+        size_t n = 0;
 
-        r = caller_uid(b, m, &uid);
-        if (r < 0)
-                return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED, "Cannot tell the caller's uid; refusing.");
-        if (uid == 0) {
-                polkit_forget(b->polkit, m);
-                return 1;
-        }
-        return polkit_check_async(b->polkit, m, caller_name(b, m), checks, n_checks, error);
+        if (caller_uid == 0)
+                return 0;
+        if (!caller || !owner || strcmp(caller, owner) != 0)
+                ret[n++] = *manage;
+        if (extra)
+                ret[n++] = *extra;
+        return n;
 }
 
 int caller_verify_owner(Broker *b, sd_bus_message *m, const char *path, const char *owner, uid_t owner_uid,
                         const PolkitCheck *extra, sd_bus_error *error) {
         PolkitCheck checks[2];
-        size_t n = 0;
-        char uid[32];
-        const char *manage_details[] = { "container", path, "owner_uid", uid, NULL };
+        char uid_text[32];
+        const char *manage_details[] = { "container", path, "owner_uid", uid_text, NULL };
+        const PolkitCheck manage = { POLKIT_ACTION_MANAGE, manage_details };
         const char *name = caller_name(b, m);
+        size_t n;
+        uid_t uid;
+        int r;
 
-        (void) snprintf(uid, sizeof(uid), "%u", owner_uid);
+        (void) snprintf(uid_text, sizeof(uid_text), "%u", owner_uid);
 
-        if (!name || strcmp(name, owner) != 0)
-                checks[n++] = (PolkitCheck) { POLKIT_ACTION_MANAGE, manage_details };
-        if (extra)
-                checks[n++] = *extra;
-        if (n == 0)
+        r = caller_uid(b, m, &uid);
+        if (r < 0)
+                return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED, "Cannot tell the caller's uid; refusing.");
+        n = caller_checks_needed(name, uid, owner, &manage, extra, checks);
+        if (n == 0) {
+                polkit_forget(b->polkit, m);
                 return 1;
-        return caller_verify(b, m, checks, n, error);
+        }
+        /* Asked about as their bus name (on a peer connection: the bus name that opened it, still on the
+         * bus for polkit to check). */
+        return polkit_check_async(b->polkit, m, name, checks, n, error);
 }

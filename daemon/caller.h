@@ -21,6 +21,13 @@ int caller_uid(Broker *b, sd_bus_message *m, uid_t *ret);
 /* The sender's effective uid as the bus reports it. */
 int caller_bus_sender_uid(sd_bus_message *m, uid_t *ret);
 
+/* The rule itself, without a bus: which polkit checks a caller (caller, caller_uid) needs to act on a
+ * container of owner, given the manage check and an optional further one. Root needs none (uid 0 is
+ * always allowed); the owner needs only extra; anybody else needs manage too. Returns how many were put
+ * in ret. */
+size_t caller_checks_needed(const char *caller, uid_t caller_uid, const char *owner, const PolkitCheck *manage,
+                            const PolkitCheck *extra, PolkitCheck ret[static 2]);
+
 /* The owner-or-manage rule for a container owned by (owner, owner_uid) at path, plus an optional
  * further check (attach-group). 1: go on; 0: polkit was asked, return 1 from the handler without a
  * reply; negative: refused, error set. */
