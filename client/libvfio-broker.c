@@ -11,12 +11,12 @@
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
 
-#include "error.h"
+#include "broker-wire.h"
 #include "macro.h"
 #include "vfio-broker/vfio-broker.h"
 
-#define BUS_NAME "org.vfiobroker.Broker1"
-#define ROOT_PATH "/org/vfiobroker/Broker1"
+#define BUS_NAME BROKER_BUS_NAME
+#define ROOT_PATH BROKER_OBJECT_PATH
 #define CONTAINER_PREFIX ROOT_PATH "/container/"
 #define MANAGER_IFACE BUS_NAME ".Manager"
 #define GROUP_IFACE BUS_NAME ".Group"

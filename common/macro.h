@@ -4,7 +4,10 @@
 /* Small systemd-style helpers shared by the daemon, the client library and the tests.
  * Ownership is visible in declarations: _cleanup_free_, _cleanup_close_, TAKE_FD(), TAKE_PTR(). */
 
+#include <dirent.h>
 #include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -17,6 +20,7 @@
 #define _unlikely_(x) (__builtin_expect(!!(x), 0))
 
 #define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
+#define container_of(ptr, type, member) ((type *) ((char *) (ptr) - offsetof(type, member)))
 
 static inline void freep(void *p) {
         free(*(void **) p);
@@ -37,6 +41,20 @@ static inline void closep(int *fd) {
         *fd = safe_close(*fd);
 }
 #define _cleanup_close_ _cleanup_(closep)
+
+static inline void fclosep(FILE **f) {
+        if (*f)
+                (void) fclose(*f);
+        *f = NULL;
+}
+#define _cleanup_fclose_ _cleanup_(fclosep)
+
+static inline void closedirp(DIR **d) {
+        if (*d)
+                (void) closedir(*d);
+        *d = NULL;
+}
+#define _cleanup_closedir_ _cleanup_(closedirp)
 
 #define TAKE_GENERIC(var, type, nullvalue)                       \
         ({                                                       \

@@ -3,7 +3,8 @@
 /* The sim backend: an in-memory model of a VFIO type1v2 container, for developing a VMM without VFIO
  * hardware and for fast tests, like libvirt's test driver. Its rules follow Linux 6.1's
  * drivers/vfio/vfio_main.c and vfio_iommu_type1.c, and tests/vm holds it to the same contract tests
- * as the real kernel:
+ * as the real kernel (longer than 600 lines: it models the whole type1 surface that backend-vfio.c
+ * drives, rule for rule, and is easiest to check against it as one file):
  *  - a group is in at most one container (EBUSY), and only a viable group can join one (EPERM);
  *  - the first group sets the IOMMU; when the last group leaves, the IOMMU and every DMA mapping go;
  *  - MAP_DMA: READ/WRITE flags only, iova/size/vaddr aligned to the smallest IOMMU page (EINVAL), inside

@@ -6,15 +6,9 @@
 
 #include "broker.h"
 #include "container.h"
-#include "container-dbus.h"
 #include "group.h"
-#include "group-dbus.h"
 #include "log.h"
-#include "manager-dbus.h"
-#include "peer.h"
-#include "polkit.h"
 #include "quota.h"
-#include "state.h"
 
 int broker_new(sd_event *event, Backend *backend, BrokerConfig *config, Broker **ret) {
         _cleanup_(broker_freep) Broker *b = NULL;
@@ -43,20 +37,21 @@ Broker *broker_free(Broker *b) {
 
         /* Containers first: they release groups, pins and memory. */
         while (b->containers)
-                container_dbus_close(b->containers);
+                container_close(b->containers);
+        broker_flush_changes(b);
 
-        polkit_queries_free(b);
-        peer_free_all(b);
+        for (size_t i = 0; i < b->n_observers; i++)
+                if (b->observers[i].ops->done)
+                        b->observers[i].ops->done(b->observers[i].userdata);
+        b->n_observers = 0;
+        sd_event_source_disable_unref(b->changes_event);
+
         quota_free_all(b);
 
         for (size_t i = 0; i < b->n_groups; i++)
                 group_free(b->groups[i]);
         free(b->groups);
 
-        if (b->bus) {
-                sd_bus_flush_close_unref(b->bus);
-                b->bus = NULL;
-        }
         backend_free(b->backend);
         broker_config_free(b->config);
         free(b->state_dir);
@@ -131,7 +126,7 @@ int broker_refresh_groups(Broker *b) {
                 b->groups[b->n_groups++] = g;
                 qsort(b->groups, b->n_groups, sizeof(Group *), group_compare);
                 log_debug("VFIO group %u appeared.", g->id);
-                (void) group_dbus_emit_added(g);
+                broker_group_added(b, g);
         }
 
         /* Drop groups that vanished, unless a container still holds them: the container keeps its
@@ -147,7 +142,7 @@ int broker_refresh_groups(Broker *b) {
                         continue;
                 }
                 log_debug("VFIO group %u disappeared.", g->id);
-                (void) group_dbus_emit_removed(g);
+                broker_group_removed(b, g);
                 group_free(g);
                 memmove(b->groups + i, b->groups + i + 1, (b->n_groups - i - 1) * sizeof(Group *));
                 b->n_groups--;
@@ -159,6 +154,155 @@ finish:
         return r;
 }
 
+int broker_observe(Broker *b, const BrokerObserver *ops, void *userdata) {
+        assert(b);
+        assert(ops);
+
+        if (b->n_observers >= BROKER_OBSERVERS_MAX)
+                return -ENOSPC;
+        b->observers[b->n_observers].ops = ops;
+        b->observers[b->n_observers].userdata = userdata;
+        b->n_observers++;
+        return 0;
+}
+
+#define FOREACH_OBSERVER(b, i) for (size_t i = 0; i < (b)->n_observers; i++)
+#define OBSERVER_CALL(b, i, member, ...)                                                        \
+        do {                                                                                    \
+                if ((b)->observers[i].ops->member)                                              \
+                        (b)->observers[i].ops->member((b)->observers[i].userdata, __VA_ARGS__); \
+        } while (0)
+
+static void change_queue_push(ChangeLink **head, ChangeLink *l) {
+        if (l->queued)
+                return;
+        l->queued = true;
+        l->next = *head;
+        *head = l;
+}
+
+static void change_queue_drop(ChangeLink **head, ChangeLink *l) {
+        if (l->queued)
+                for (ChangeLink **p = head; *p; p = &(*p)->next)
+                        if (*p == l) {
+                                *p = l->next;
+                                break;
+                        }
+        l->queued = false;
+        l->next = NULL;
+}
+
+/* Unlinks the first entry of the queue and returns it. */
+static ChangeLink *change_queue_pop(ChangeLink **head) {
+        ChangeLink *l = *head;
+
+        if (l) {
+                *head = l->next;
+                l->next = NULL;
+                l->queued = false;
+        }
+        return l;
+}
+
+void broker_flush_changes(Broker *b) {
+        ChangeLink *l;
+
+        /* Observers may queue more while we deliver: pop until empty. */
+        while ((l = change_queue_pop(&b->changed_containers))) {
+                Container *c = container_of(l, Container, changed);
+                unsigned mask = TAKE_GENERIC(c->changed_mask, unsigned, 0);
+                FOREACH_OBSERVER(b, i)
+                        if (b->observers[i].ops->coalesce)
+                                OBSERVER_CALL(b, i, container_changed, c, mask);
+        }
+        while ((l = change_queue_pop(&b->changed_groups))) {
+                Group *g = container_of(l, Group, changed);
+                FOREACH_OBSERVER(b, i)
+                        if (b->observers[i].ops->coalesce)
+                                OBSERVER_CALL(b, i, group_changed, g);
+        }
+}
+
+static int on_changes(sd_event_source *s, void *userdata) {
+        Broker *b = userdata;
+
+        broker_flush_changes(b);
+        return sd_event_source_set_enabled(s, SD_EVENT_OFF);
+}
+
+/* Arms the deferred delivery; without an event loop (unit tests) delivers at once. */
+static void changes_schedule(Broker *b) {
+        int r;
+
+        if (!b->event) {
+                broker_flush_changes(b);
+                return;
+        }
+        if (!b->changes_event) {
+                r = sd_event_add_defer(b->event, &b->changes_event, on_changes, b);
+                if (r < 0) {
+                        log_warning_errno(r, "Cannot defer change notifications, sending them now: %m");
+                        broker_flush_changes(b);
+                        return;
+                }
+        }
+        (void) sd_event_source_set_enabled(b->changes_event, SD_EVENT_ONESHOT);
+}
+
+static bool have_coalescing_observer(Broker *b) {
+        FOREACH_OBSERVER(b, i)
+                if (b->observers[i].ops->coalesce)
+                        return true;
+        return false;
+}
+
+void broker_container_added(Broker *b, Container *c) {
+        FOREACH_OBSERVER(b, i)
+                OBSERVER_CALL(b, i, container_added, c);
+}
+
+void broker_container_changed(Broker *b, Container *c, unsigned mask) {
+        if (mask == 0)
+                return;
+        FOREACH_OBSERVER(b, i)
+                if (!b->observers[i].ops->coalesce)
+                        OBSERVER_CALL(b, i, container_changed, c, mask);
+        if (!have_coalescing_observer(b))
+                return;
+        c->changed_mask |= mask;
+        change_queue_push(&b->changed_containers, &c->changed);
+        changes_schedule(b);
+}
+
+void broker_container_removed(Broker *b, Container *c) {
+        /* A removal supersedes what was queued. */
+        change_queue_drop(&b->changed_containers, &c->changed);
+        c->changed_mask = 0;
+        FOREACH_OBSERVER(b, i)
+                OBSERVER_CALL(b, i, container_removed, c);
+}
+
+void broker_group_added(Broker *b, Group *g) {
+        FOREACH_OBSERVER(b, i)
+                OBSERVER_CALL(b, i, group_added, g);
+}
+
+void broker_group_changed(Broker *b, Group *g) {
+        FOREACH_OBSERVER(b, i)
+                if (!b->observers[i].ops->coalesce)
+                        OBSERVER_CALL(b, i, group_changed, g);
+        if (!have_coalescing_observer(b))
+                return;
+        change_queue_push(&b->changed_groups, &g->changed);
+        changes_schedule(b);
+}
+
+void broker_group_removed(Broker *b, Group *g) {
+        change_queue_drop(&b->changed_groups, &g->changed);
+        FOREACH_OBSERVER(b, i)
+                OBSERVER_CALL(b, i, group_removed, g);
+}
+
 void broker_balloon_inhibitors_changed(Broker *b, int delta) {
         bool was = b->balloon_inhibitors > 0;
 
@@ -167,57 +311,6 @@ void broker_balloon_inhibitors_changed(Broker *b, int delta) {
         if (delta == 0)
                 return;
         b->balloon_inhibitors += delta;
-        (void) manager_dbus_emit_balloon_changed(b, was != (b->balloon_inhibitors > 0));
-}
-
-int broker_connect_bus(Broker *b) {
-        int r;
-
-        assert(b);
-        assert(!b->bus);
-
-        /* sd_bus_open_system() honours $DBUS_SYSTEM_BUS_ADDRESS. */
-        r = sd_bus_open_system(&b->bus);
-        if (r < 0)
-                return log_error_errno(r, "Failed to connect to the system bus: %m");
-
-        r = manager_dbus_register(b);
-        if (r >= 0)
-                r = group_dbus_register(b);
-        if (r >= 0)
-                r = container_dbus_register(b);
-        if (r < 0)
-                return log_error_errno(r, "Failed to register objects: %m");
-
-        r = sd_bus_attach_event(b->bus, b->event, SD_EVENT_PRIORITY_NORMAL);
-        if (r < 0)
-                return log_error_errno(r, "Failed to attach the bus to the event loop: %m");
-
-        /* Losing the bus means losing track of every owner: exit, and let systemd restart us. */
-        r = sd_bus_set_exit_on_disconnect(b->bus, true);
-        if (r < 0)
-                return log_error_errno(r, "Failed to set exit-on-disconnect: %m");
-
-        /* Containers a previous instance left behind come back before anybody can call us. */
-        r = state_restore(b);
-        if (r < 0)
-                return r;
-
-        r = sd_bus_request_name(b->bus, BROKER_BUS_NAME, 0);
-        if (r < 0)
-                return log_error_errno(r, "Failed to acquire the bus name " BROKER_BUS_NAME
-                                       " (is another broker running, or is the bus policy missing?): %m");
-        return 0;
-}
-
-bool broker_name_has_owner(Broker *b, const char *name) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-        int has = 0;
-
-        if (!b->bus || !name ||
-            sd_bus_call_method(b->bus, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
-                               "NameHasOwner", NULL, &reply, "s", name) < 0 ||
-            sd_bus_message_read(reply, "b", &has) < 0)
-                return false;
-        return has;
+        FOREACH_OBSERVER(b, i)
+                OBSERVER_CALL(b, i, balloon_changed, was != (b->balloon_inhibitors > 0));
 }

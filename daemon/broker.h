@@ -13,16 +13,39 @@
 typedef struct Group Group;
 typedef struct Container Container;
 
-#define BROKER_BUS_NAME      "org.vfiobroker.Broker1"
-#define BROKER_OBJECT_PATH   "/org/vfiobroker/Broker1"
-#define BROKER_GROUP_PREFIX  "/org/vfiobroker/Broker1/group"
-#define BROKER_CONTAINER_PREFIX "/org/vfiobroker/Broker1/container"
-#define BROKER_MANAGER_INTERFACE   "org.vfiobroker.Broker1.Manager"
-#define BROKER_GROUP_INTERFACE     "org.vfiobroker.Broker1.Group"
-#define BROKER_CONTAINER_INTERFACE "org.vfiobroker.Broker1.Container"
+#include "broker-wire.h"
+
+/* What the logic tells its watchers (the D-Bus faces, the state store, later vfio-user and the journal).
+ * The logic never calls a face: it reports through this one interface, and each face subscribes.
+ *
+ * Delivery: added/removed and balloon changes are reported at once (a removal before the object is
+ * freed; the balloon state before the reply to the request that changed it). container_changed and
+ * group_changed go at once to observers that need every change before the reply (persistence), and,
+ * with coalesce set, once per event-loop iteration with the masks or-ed (one PropertiesChanged per
+ * object, however many changes a request or an Update made), from a deferred event source. */
+typedef struct BrokerObserver {
+        bool coalesce;
+        void (*container_added)(void *userdata, Container *c);
+        void (*container_changed)(void *userdata, Container *c, unsigned mask); /* ContainerChange bits */
+        void (*container_removed)(void *userdata, Container *c);
+        void (*group_added)(void *userdata, Group *g);
+        void (*group_changed)(void *userdata, Group *g);
+        void (*group_removed)(void *userdata, Group *g);
+        void (*balloon_changed)(void *userdata, bool flipped); /* flipped: BalloonInhibited changed too */
+        /* The broker goes away, every container closed already: release what the watcher holds. */
+        void (*done)(void *userdata);
+} BrokerObserver;
+
+#define BROKER_OBSERVERS_MAX 8
+
+/* An object's place in the queue of coalesced changes (embedded in Container and Group). */
+typedef struct ChangeLink {
+        struct ChangeLink *next;
+        bool queued;
+} ChangeLink;
 
 typedef struct UserUsage UserUsage;
-typedef struct PolkitQuery PolkitQuery;
+typedef struct PolkitRegistry PolkitRegistry;
 typedef struct OwnerWatch OwnerWatch;
 typedef struct Peer Peer;
 
@@ -43,12 +66,21 @@ typedef struct Broker {
 
         unsigned balloon_inhibitors; /* groups attached to containers, summed over all containers */
 
+        struct {
+                const BrokerObserver *ops;
+                void *userdata;
+        } observers[BROKER_OBSERVERS_MAX];
+        size_t n_observers;
+        sd_event_source *changes_event; /* delivers coalesced changes */
+        ChangeLink *changed_containers; /* queued for coalesced delivery (Container.changed) */
+        ChangeLink *changed_groups;     /* likewise (Group.changed) */
+
         char *state_dir;      /* persistence across restarts, NULL when off (state.c) */
         int notify_fd;        /* connected to $NOTIFY_SOCKET while state_dir is set (state.c) */
         bool handing_over;    /* exiting with every container left to the next instance */
 
-        PolkitQuery *polkit_queries; /* authorization checks in flight, see polkit.c */
-        OwnerWatch *owners;          /* one sd_bus_track per owning connection, see container-dbus.c */
+        PolkitRegistry *polkit;      /* authorization checks in flight, see polkit.h */
+        OwnerWatch *owners;          /* one sd_bus_track per owning connection, see owner-watch.c */
         size_t n_owners;
         Peer *peers;                 /* peer-to-peer connections, see peer.c */
 } Broker;
@@ -56,10 +88,6 @@ typedef struct Broker {
 int broker_new(sd_event *event, Backend *backend, BrokerConfig *config, Broker **ret);
 Broker *broker_free(Broker *b);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Broker *, broker_free);
-
-/* Connects to the system bus ($DBUS_SYSTEM_BUS_ADDRESS honoured), registers the objects and requests
- * the name. */
-int broker_connect_bus(Broker *b);
 
 /* Re-reads the backend's groups, adding and removing Group objects. */
 int broker_refresh_groups(Broker *b);
@@ -69,8 +97,17 @@ Container *broker_find_container(Broker *b, uint64_t id);
 /* The group that holds device name, or NULL. */
 Group *broker_find_group_of_device(Broker *b, const char *device);
 
-/* Whether a unique name is still on the bus (a synchronous call: not for the hot path). */
-bool broker_name_has_owner(Broker *b, const char *name);
+/* Subscribes a watcher (see BrokerObserver). */
+int broker_observe(Broker *b, const BrokerObserver *ops, void *userdata);
 
-/* Called by container.c whenever a group is attached or detached anywhere. */
+/* For the logic: report a change to every observer. */
+void broker_container_added(Broker *b, Container *c);
+void broker_container_changed(Broker *b, Container *c, unsigned mask);
+void broker_container_removed(Broker *b, Container *c);
+void broker_group_added(Broker *b, Group *g);
+void broker_group_changed(Broker *b, Group *g);
+void broker_group_removed(Broker *b, Group *g);
+/* Called by the container logic whenever a group is attached or detached anywhere. */
 void broker_balloon_inhibitors_changed(Broker *b, int delta);
+/* Delivers queued coalesced changes now (the deferred source does it once per iteration). */
+void broker_flush_changes(Broker *b);

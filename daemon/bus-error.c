@@ -17,6 +17,6 @@ int bus_error_from_broker(sd_bus_error *error, int r, const BrokerError *e) {
                 return r; /* sd-bus answers org.freedesktop.DBus.Error.NoMemory */
 
         sd_bus_error_setf(error, broker_error_code_to_dbus_name(BROKER_ERROR_KERNEL),
-                          "Unexpected error: %s (%s)", errno_to_name(-r) ?: "unknown errno", strerror(-r));
+                          "Unexpected error: %s (%s)", strerrorname_np(-r) ?: "unknown errno", strerror(-r));
         return r;
 }

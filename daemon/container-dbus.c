@@ -7,11 +7,10 @@
 #include <string.h>
 
 #include "bus-error.h"
+#include "caller.h"
 #include "container-dbus.h"
 #include "group.h"
 #include "log.h"
-#include "peer.h"
-#include "polkit.h"
 #include "vfio-user-dbus.h"
 
 static int container_object_find(sd_bus *bus, const char *path, const char *interface, void *userdata,
@@ -55,26 +54,8 @@ static int container_node_enumerator(sd_bus *bus, const char *path, void *userda
         return 1;
 }
 
-/* Only the owner may act on a container; anybody else needs the manage action (root always has it).
- * extra is a further check the method needs (attach-group), or NULL. */
-int container_verify_caller(Container *c, sd_bus_message *m, const PolkitCheck *extra,
-                            sd_bus_error *error) {
-        PolkitCheck checks[2];
-        size_t n = 0;
-        char uid[32];
-        const char *manage_details[] = { "container", c->path, "owner_uid", uid, NULL };
-        const char *sender = broker_caller_name(c->broker, m);
-
-        (void) snprintf(uid, sizeof(uid), "%u", c->uid);
-
-        if (!sender || strcmp(sender, c->owner) != 0)
-                checks[n++] = (PolkitCheck) { POLKIT_ACTION_MANAGE, manage_details };
-        if (extra)
-                checks[n++] = *extra;
-        if (n == 0)
-                return 1;
-
-        return polkit_verify_async(c->broker, m, checks, n, error);
+static int container_verify_caller(Container *c, sd_bus_message *m, const PolkitCheck *extra, sd_bus_error *error) {
+        return caller_verify_owner(c->broker, m, c->path, c->owner, c->uid, extra, error);
 }
 
 static int method_attach_group(sd_bus_message *m, void *userdata, sd_bus_error *error) {
@@ -212,8 +193,6 @@ static int method_unmap(sd_bus_message *m, void *userdata, sd_bus_error *error) 
         return method_range(m, userdata, error, container_unmap);
 }
 
-#define UPDATE_MAX 65536
-
 static int method_update(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         Container *c = userdata;
         BrokerError e = BROKER_ERROR_INIT;
@@ -234,9 +213,9 @@ static int method_update(sd_bus_message *m, void *userdata, sd_bus_error *error)
                         return r;
                 if (r == 0)
                         break;
-                if (n_unmaps >= UPDATE_MAX)
+                if (n_unmaps >= BROKER_UPDATE_MAX)
                         return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "At most %d unmaps per Update.",
-                                                 UPDATE_MAX);
+                                                 BROKER_UPDATE_MAX);
                 UpdateUnmap *a = realloc(unmaps, (n_unmaps + 1) * sizeof(*a));
                 if (!a)
                         return -ENOMEM;
@@ -257,8 +236,9 @@ static int method_update(sd_bus_message *m, void *userdata, sd_bus_error *error)
                         return r;
                 if (r == 0)
                         break;
-                if (n_fds >= 1024)
-                        return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS, "At most 1024 memory fds per Update.");
+                if (n_fds >= BROKER_UPDATE_FDS_MAX)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "At most %d memory fds per Update.",
+                                                 BROKER_UPDATE_FDS_MAX);
                 int *a = realloc(fds, (n_fds + 1) * sizeof(int));
                 if (!a)
                         return -ENOMEM;
@@ -279,9 +259,9 @@ static int method_update(sd_bus_message *m, void *userdata, sd_bus_error *error)
                         return r;
                 if (r == 0)
                         break;
-                if (n_maps >= UPDATE_MAX)
+                if (n_maps >= BROKER_UPDATE_MAX)
                         return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "At most %d maps per Update.",
-                                                 UPDATE_MAX);
+                                                 BROKER_UPDATE_MAX);
                 UpdateMap *a = realloc(maps, (n_maps + 1) * sizeof(*a));
                 if (!a)
                         return -ENOMEM;
@@ -417,7 +397,7 @@ static int method_close(sd_bus_message *m, void *userdata, sd_bus_error *error) 
         if (r <= 0)
                 return r < 0 ? r : 1;
 
-        container_dbus_close(c);
+        container_close(c);
         return sd_bus_reply_method_return(m, NULL);
 }
 
@@ -578,114 +558,6 @@ int container_dbus_register(Broker *b) {
         return container_dbus_register_on(b, b->bus);
 }
 
-/* One watch per owning connection, however many containers it owns: every sd_bus_track costs a
- * match rule on the bus, and dbus-daemon limits those per connection. */
-struct OwnerWatch {
-        OwnerWatch *next;
-        Broker *broker;
-        char *name;
-        sd_bus_track *track;
-        unsigned n_containers;
-};
-
-static OwnerWatch *owner_watch_free(OwnerWatch *w) {
-        if (!w)
-                return NULL;
-        sd_bus_track_unref(w->track);
-        free(w->name);
-        free(w);
-        return NULL;
-}
-
-static int owner_track_handler(sd_bus_track *track, void *userdata) {
-        OwnerWatch *w = userdata;
-        Broker *b = w->broker;
-        _cleanup_free_ char *name = strdup(w->name);
-
-        if (!name)
-                return -ENOMEM;
-        log_info("Owner %s disconnected; closing its containers.", name);
-        peer_close_all_of(b, name);
-        /* Closing the last container frees w: walk the broker's list, not w. */
-        for (Container *c = b->containers, *next; c; c = next) {
-                next = c->next;
-                if (strcmp(c->owner, name) == 0)
-                        container_dbus_close(c);
-        }
-        return 0;
-}
-
-int container_dbus_track(Container *c, const char *owner) {
-        Broker *b = c->broker;
-        OwnerWatch *w;
-        int r;
-
-        if (!b->bus)
-                return 0;
-
-        for (w = b->owners; w; w = w->next)
-                if (strcmp(w->name, owner) == 0)
-                        break;
-        if (!w) {
-                if (b->n_owners >= OWNERS_MAX)
-                        return -EUSERS;
-                w = calloc(1, sizeof(*w));
-                if (!w)
-                        return -ENOMEM;
-                w->broker = b;
-                w->name = strdup(owner);
-                if (!w->name) {
-                        owner_watch_free(w);
-                        return -ENOMEM;
-                }
-                r = sd_bus_track_new(b->bus, &w->track, owner_track_handler, w);
-                if (r >= 0)
-                        r = sd_bus_track_add_name(w->track, owner);
-                if (r < 0) {
-                        owner_watch_free(w);
-                        return r;
-                }
-                w->next = b->owners;
-                b->owners = w;
-                b->n_owners++;
-        }
-        w->n_containers++;
-        c->owner_watch = w;
-
-        return sd_bus_emit_object_added(b->bus, c->path);
-}
-
-void container_dbus_untrack(Container *c) {
-        OwnerWatch *w = c->owner_watch;
-        Broker *b = c->broker;
-
-        if (!w)
-                return;
-        c->owner_watch = NULL;
-        if (--w->n_containers > 0)
-                return;
-        for (OwnerWatch **p = &b->owners; *p; p = &(*p)->next)
-                if (*p == w) {
-                        *p = w->next;
-                        break;
-                }
-        b->n_owners--;
-        owner_watch_free(w);
-}
-
-int container_dbus_attach(Container *c, sd_bus_message *m) {
-        return container_dbus_track(c, broker_caller_name(c->broker, m));
-}
-
-void container_dbus_close(Container *c) {
-        Broker *b = c->broker;
-
-        if (b->bus)
-                (void) sd_bus_emit_object_removed(b->bus, c->path);
-        log_debug("Container %s closed.", c->path);
-        container_free(c);
-}
-
 int container_dbus_emit_changed(Container *c, ContainerProperty mask) {
         static const char * const names[] = {
                 "Groups", "Mappings", "MappedBytes", "BalloonInhibited", "IovaRanges", "PageSizes", "DmaAvailable",
@@ -694,6 +566,7 @@ int container_dbus_emit_changed(Container *c, ContainerProperty mask) {
         const char *l[ELEMENTSOF(names) + 1];
         size_t n = 0;
 
+        _Static_assert(ELEMENTSOF(names) == __builtin_popcount(_CONTAINER_PROPERTY_ALL), "a name per property");
         if (!c->broker->bus)
                 return 0;
         for (size_t i = 0; i < ELEMENTSOF(names); i++)

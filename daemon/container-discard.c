@@ -16,11 +16,9 @@
 #include <inttypes.h>
 #include <stdlib.h>
 
-#include "container.h"
-#include "container-dbus.h"
+#include "container-private.h"
 #include "log.h"
 #include "quota.h"
-#include "state.h"
 
 bool container_discardable_remove(Container *c, uint64_t first, uint64_t last) {
         MappingTableNode *node, *next;
@@ -66,66 +64,25 @@ static int discard_region_add(Container *c, uint64_t iova, uint64_t size, uint64
 /* Maps one granule of d at iova. */
 static int granule_map(Container *c, DiscardRegion *d, uint64_t iova, BrokerError *e) {
         _cleanup_free_ Mapping *m = NULL;
-        uint64_t vaddr;
         int r;
 
-        m = calloc(1, sizeof(*m));
+        m = mapping_new(iova, d->granule, d->offset + (iova - d->node.first), d->flags);
         if (!m)
                 return -ENOMEM;
-        mapping_table_node_init(&m->node, iova, d->granule);
-        m->offset = d->offset + (iova - d->node.first);
-        m->flags = d->flags;
-
-        r = quota_charge(c->broker, c->uid, 0, 1, d->granule, e);
+        r = container_pin(c, m, &(PinSource) { .kind = PIN_REGION, .region = memory_region_id(d->region) }, e);
         if (r < 0)
                 return r;
-        r = memory_pool_acquire_id(c->memory, memory_region_id(d->region), m->offset, d->granule, &m->region,
-                                   &vaddr, e);
-        if (r < 0) {
-                quota_release(c->broker, c->uid, 0, 1, d->granule);
-                return r;
-        }
-        r = c->broker->backend->ops->container_map(c->backend, vaddr, iova, d->granule, d->flags, e);
-        if (r < 0) {
-                quota_release(c->broker, c->uid, 0, 1, d->granule);
-                memory_pool_release(c->memory, m->region);
-                if (r == -ENOSPC)
-                        return broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED,
-                                                "The kernel's limit of DMA mappings per container is reached "
-                                                "(%zu mappings; every populated granule is one, see "
-                                                "DmaAvailable); use a larger granule.", container_n_mappings(c));
-                return r;
-        }
-        r = mapping_table_insert(&c->mappings, &m->node, NULL);
-        assert(r == 0);
         TAKE_PTR(m);
         return 0;
 }
 
 /* Unmaps every populated granule in [iova, last] from the kernel and the table. */
 static int granules_unmap(Container *c, uint64_t iova, uint64_t last, BrokerError *e) {
-        MappingTableNode *node, *next;
-        uint64_t unmapped = 0;
-        int r;
-
-        node = mapping_table_first_intersecting(&c->mappings, iova, last);
-        if (!node)
-                return 0;
-        r = c->broker->backend->ops->container_unmap(c->backend, iova, last - iova + 1, &unmapped, e);
-        if (r < 0)
-                return r;
-        for (; node && node->first <= last; node = next) {
-                next = mapping_table_next(node);
-                mapping_table_remove(&c->mappings, node);
-                container_mapping_free(c, container_of(node, Mapping, node));
-        }
-        return 0;
+        return container_unpin_range(c, iova, last, NULL, NULL, NULL, e);
 }
 
 static void changed(Container *c, ContainerProperty extra) {
-        (void) state_save_container(c);
-        (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES |
-                                                      CONTAINER_PROPERTY_DMA_AVAILABLE | extra);
+        broker_container_changed(c->broker, c, CONTAINER_CHANGE_MAPPINGS | extra);
 }
 
 int container_map_discardable(Container *c, int fd, uint64_t offset, uint64_t size, uint64_t iova, uint32_t flags,
@@ -179,13 +136,11 @@ int container_map_discardable(Container *c, int fd, uint64_t offset, uint64_t si
 static int discard_range(Container *c, uint64_t iova, uint64_t size, DiscardRegion **ret, BrokerError *e) {
         MappingTableNode *node;
         DiscardRegion *d;
+        int r;
 
-        if (size == 0)
-                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "Size must not be 0.");
-        if (iova + (size - 1) < iova)
-                return broker_error_set(e, BROKER_ERROR_OUT_OF_RANGE,
-                                        "IOVA 0x%" PRIx64 " + size 0x%" PRIx64 " wraps around the address space.",
-                                        iova, size);
+        r = container_check_range(iova, size, "The range's", e);
+        if (r < 0)
+                return r;
         node = mapping_table_find(&c->discardable, iova);
         if (!node)
                 return broker_error_set(e, BROKER_ERROR_NOT_MAPPED,

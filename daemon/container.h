@@ -42,7 +42,7 @@ struct Container {
         uid_t uid;
         char *label;
 
-        OwnerWatch *owner_watch; /* shared by every container of the same owner; see container-dbus.c */
+        OwnerWatch *owner_watch; /* shared by every container of the same owner; see owner-watch.c */
 
         BackendContainer *backend;
         unsigned *groups;     /* attached group ids, sorted */
@@ -56,7 +56,10 @@ struct Container {
         MappingTable discardable; /* DiscardRegions; their populated granules are in mappings */
         MemoryPool *memory;
 
-        char **stored_fds;    /* names this container has in the fd store (state.c) */
+        char **stored_fds;    /* names this container has in the fd store (state store) */
+
+        ChangeLink changed;   /* queued for coalesced change delivery (broker.c) */
+        unsigned changed_mask;
 
         struct VfioUserServer *vfio_user_servers; /* devices served over vfio-user (vfio-user-server.c) */
 };
@@ -72,7 +75,15 @@ typedef enum ContainerProperty {
         CONTAINER_PROPERTY_DMA_AVAILABLE     = 1 << 6,
         CONTAINER_PROPERTY_DIRTY_TRACKING    = 1 << 7,
         CONTAINER_PROPERTY_DISCARDABLE       = 1 << 8,
+        _CONTAINER_PROPERTY_ALL              = (1 << 9) - 1,
+        /* Not a property: the kernel objects the backend keeps changed (device fds), which only the
+         * state store cares about. */
+        CONTAINER_CHANGE_FDS                 = 1 << 16,
 } ContainerProperty;
+
+/* What every change of the mapping table reports. */
+#define CONTAINER_CHANGE_MAPPINGS \
+        (CONTAINER_PROPERTY_MAPPINGS | CONTAINER_PROPERTY_MAPPED_BYTES | CONTAINER_PROPERTY_DMA_AVAILABLE)
 
 int container_new(Broker *b, const char *owner, uid_t uid, const char *label, Container **ret,
                   BrokerError *e);
@@ -81,13 +92,19 @@ int container_new(Broker *b, const char *owner, uid_t uid, const char *label, Co
 int container_new_restored(Broker *b, uint64_t id, const char *owner, uid_t uid, const char *label,
                            BackendContainer *bc, const unsigned *groups, size_t n_groups, Container **ret,
                            BrokerError *e);
+/* The restored container is whole again (mappings, regions, tracking): its watchers hear of it. */
+void container_restore_done(Container *c);
+/* Before an orderly exit that leaves c to the next instance: the kernel forgets the daemon's addresses
+ * of every mapping (DMA goes on). */
+void container_forget_vaddrs(Container *c);
 /* Re-adds one mapping of a restored container. */
 int container_restore_mapping(Container *c, unsigned region, uint64_t offset, uint64_t size, uint64_t iova,
                               uint32_t flags, BrokerError *e);
 
-/* Unmaps everything, detaches every group, releases the memory, unlinks from the broker and frees.
- * The D-Bus side (object removal, track) is done by container_dbus_close() which calls this. */
-Container *container_free(Container *c);
+/* Close(), or the owner went away: the observers hear of it, then everything is unmapped, every group
+ * detached, the memory released, and c freed. While the broker is handing over to its next instance,
+ * the kernel objects are left as they are instead. */
+void container_close(Container *c);
 
 int container_attach_group(Container *c, unsigned group, BrokerError *e);
 int container_detach_group(Container *c, unsigned group, BrokerError *e);

@@ -14,6 +14,8 @@ struct Group {
         char **devices;
         bool viable;
         Container *container; /* attached to, or NULL */
+
+        ChangeLink changed;   /* queued for coalesced change delivery (broker.c) */
 };
 
 int group_new(Broker *b, const BackendGroupInfo *info, Group **ret);

@@ -10,6 +10,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "broker.h"
+#include "bus.h"
 #include "config-build.h"
 #include "container-dbus.h"
 #include "group-dbus.h"
@@ -232,7 +233,7 @@ static int run(int argc, char *argv[]) {
                         log_warning_errno(r, "Cannot watch /dev/vfio for new groups: %m");
         }
 
-        r = broker_connect_bus(broker);
+        r = bus_connect(broker);
         if (r < 0)
                 return r;
 

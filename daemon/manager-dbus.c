@@ -3,16 +3,16 @@
 #include <assert.h>
 #include <string.h>
 
+#include "bus.h"
 #include "bus-error.h"
+#include "caller.h"
 #include "config-build.h"
 #include "container.h"
 #include "container-dbus.h"
 #include "log.h"
+#include "owner-watch.h"
 #include "manager-dbus.h"
 #include "peer.h"
-#include "polkit.h"
-
-#define LABEL_MAX 256
 
 static int method_create_container(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         Broker *b = userdata;
@@ -43,10 +43,10 @@ static int method_create_container(sd_bus_message *m, void *userdata, sd_bus_err
                 r = sd_bus_message_read(m, "s", &value);
                 if (r < 0)
                         return r;
-                if (strlen(value) > LABEL_MAX)
+                if (strlen(value) > BROKER_LABEL_MAX)
                         return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
                                                  "Label is %zu bytes long; at most %d are allowed.",
-                                                 strlen(value), LABEL_MAX);
+                                                 strlen(value), BROKER_LABEL_MAX);
                 free(label);
                 label = strdup(value);
                 if (!label)
@@ -64,23 +64,23 @@ static int method_create_container(sd_bus_message *m, void *userdata, sd_bus_err
         if (r < 0)
                 return r;
 
-        r = broker_caller_uid(b, m, &uid);
+        r = caller_uid(b, m, &uid);
         if (r < 0)
                 return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED, "Cannot tell the caller's uid.");
 
         /* On a peer connection the owner is the bus connection that opened it: it must still be there,
          * or nobody would ever close the container. */
-        if (!sd_bus_message_get_sender(m) && !broker_name_has_owner(b, broker_caller_name(b, m)))
+        if (!sd_bus_message_get_sender(m) && !bus_name_has_owner(b, caller_name(b, m)))
                 return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED,
                                         "The bus connection that opened this peer connection has left the bus.");
 
-        r = container_new(b, broker_caller_name(b, m), uid, label, &c, &e);
+        r = container_new(b, caller_name(b, m), uid, label, &c, &e);
         if (r < 0)
                 return bus_error_from_broker(error, r, &e);
 
-        r = container_dbus_attach(c, m);
+        r = owner_watch_track_caller(c, m);
         if (r < 0) {
-                container_dbus_close(c);
+                container_close(c);
                 if (r == -EUSERS)
                         return sd_bus_error_setf(error, "org.vfiobroker.Broker1.Error.QuotaExceeded",
                                                  "The broker already serves %d VMM connections, its limit; "
@@ -99,11 +99,11 @@ static int method_open_connection(sd_bus_message *m, void *userdata, sd_bus_erro
         uid_t uid;
         int r;
 
-        r = broker_caller_uid(b, m, &uid);
+        r = caller_uid(b, m, &uid);
         if (r < 0)
                 return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED, "Cannot tell the caller's uid.");
 
-        r = peer_open(b, broker_caller_name(b, m), uid, &fd);
+        r = peer_open(b, caller_name(b, m), uid, &fd);
         if (r < 0)
                 return sd_bus_error_set_errnof(error, r, "Cannot open a peer connection: %m");
 

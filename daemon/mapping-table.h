@@ -14,7 +14,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define container_of(ptr, type, member) ((type *) ((char *) (ptr) - offsetof(type, member)))
 
 typedef struct MappingTableNode {
         struct MappingTableNode *parent, *left, *right;

@@ -16,8 +16,6 @@
 #include "error.h"
 
 /* The kernel's VFIO_DMA_MAP_FLAG_READ / _WRITE: the device may read / write the memory. */
-#define BROKER_MAP_READ  UINT32_C(1)
-#define BROKER_MAP_WRITE UINT32_C(2)
 
 typedef struct MemoryFileInfo {
         dev_t dev;

@@ -11,7 +11,6 @@
 #include "log.h"
 #include "manager-dbus.h"
 #include "peer.h"
-#include "polkit.h"
 
 struct Peer {
         Peer *next;
@@ -127,17 +126,14 @@ void peer_free_all(Broker *b) {
                 peer_free(b->peers);
 }
 
-const char *broker_caller_name(Broker *b, sd_bus_message *m) {
-        Peer *p = peer_find(b, sd_bus_message_get_bus(m));
-        return p ? p->owner : sd_bus_message_get_sender(m);
-}
+int peer_identity(Broker *b, sd_bus *bus, const char **ret_owner, uid_t *ret_uid) {
+        Peer *p = peer_find(b, bus);
 
-int broker_caller_uid(Broker *b, sd_bus_message *m, uid_t *ret) {
-        Peer *p = peer_find(b, sd_bus_message_get_bus(m));
-
-        if (p) {
-                *ret = p->uid;
+        if (!p)
                 return 0;
-        }
-        return bus_message_get_sender_uid(m, ret);
+        if (ret_owner)
+                *ret_owner = p->owner;
+        if (ret_uid)
+                *ret_uid = p->uid;
+        return 1;
 }

@@ -20,6 +20,5 @@ int peer_open(Broker *b, const char *owner, uid_t uid, int *ret_fd);
 void peer_close_all_of(Broker *b, const char *owner);
 void peer_free_all(Broker *b);
 
-/* Who is calling: the sender and its uid on the bus; the fixed identity on a peer connection. */
-const char *broker_caller_name(Broker *b, sd_bus_message *m);
-int broker_caller_uid(Broker *b, sd_bus_message *m, uid_t *ret);
+/* 1 and the identity fixed at opening when bus is a peer connection, 0 otherwise (see caller.h). */
+int peer_identity(Broker *b, sd_bus *bus, const char **ret_owner, uid_t *ret_uid);

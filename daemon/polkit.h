@@ -2,32 +2,45 @@
 #pragma once
 
 /* Asynchronous authorization with polkit's CheckAuthorization, modelled on systemd's
- * bus_verify_polkit_async(): a method handler calls polkit_verify_async() with the checks it needs.
- * It returns 1 (allowed: go on), 0 (asked polkit: return 1 from the handler without replying; when
- * polkit answers, the message is dispatched again and the handler runs from the top, so it must not
- * change anything before this call) or a negative errno with AccessDenied set.
+ * bus_verify_polkit_async(): a method handler asks polkit_check_async() for the checks it needs (through
+ * caller.h, which decides who needs asking at all). It returns 1 (allowed: go on), 0 (asked polkit:
+ * return 1 from the handler without replying; when polkit answers, the message is dispatched again and
+ * the handler runs from the top, so it must not change anything before this call) or a negative errno
+ * with AccessDenied set.
  *
- * uid 0 is always allowed without asking. The subject is the caller's unique bus name
- * ("system-bus-name"), never a pid (CVE-2013-4288). If polkit cannot be reached, everybody else is
- * refused: fail closed. */
+ * Queries live in a registry keyed by the method call they authorize, as in systemd's bus-polkit.c; an
+ * answer that no handler comes back for (its object was closed meanwhile) is dropped once the bus has
+ * nothing more to dispatch. Each caller may have a bounded number of calls waiting for polkit: beyond
+ * it a call is refused at once, so one user's flood never delays another's authorization.
+ *
+ * The subject is the caller's unique bus name ("system-bus-name"), never a pid (CVE-2013-4288). If
+ * polkit cannot be reached, the caller is refused: fail closed. */
 
-#include <sys/types.h>
+#include <stddef.h>
 #include <systemd/sd-bus.h>
+#include <systemd/sd-event.h>
 
-#include "broker.h"
-
-#define POLKIT_ACTION_ATTACH_GROUP "org.vfiobroker.broker1.attach-group"
-#define POLKIT_ACTION_MANAGE       "org.vfiobroker.broker1.manage"
+#include "broker-wire.h"
+#include "macro.h"
 
 typedef struct PolkitCheck {
         const char *action;
         const char * const *details; /* key, value, key, value, ..., NULL; may be NULL */
 } PolkitCheck;
 
-int polkit_verify_async(Broker *b, sd_bus_message *m, const PolkitCheck *checks, size_t n_checks,
-                        sd_bus_error *error);
+typedef struct PolkitRegistry PolkitRegistry;
 
-void polkit_queries_free(Broker *b);
+/* Method calls of one caller that may wait for polkit at the same time. */
+#define POLKIT_PENDING_PER_CALLER_MAX 16
 
-/* The sender's effective uid, from the bus (never augmented from /proc, which a caller could race). */
-int bus_message_get_sender_uid(sd_bus_message *m, uid_t *ret);
+/* bus: where polkit is asked (the system bus, also for calls that came on a peer connection). */
+int polkit_registry_new(sd_bus *bus, sd_event *event, PolkitRegistry **ret);
+PolkitRegistry *polkit_registry_free(PolkitRegistry *r);
+DEFINE_TRIVIAL_CLEANUP_FUNC(PolkitRegistry *, polkit_registry_free);
+
+/* subject: the caller's unique name on the bus. */
+int polkit_check_async(PolkitRegistry *reg, sd_bus_message *m, const char *subject, const PolkitCheck *checks,
+                       size_t n_checks, sd_bus_error *error);
+
+/* The caller needs no asking (root): forget what was asked for m. */
+void polkit_forget(PolkitRegistry *reg, sd_bus_message *m);

@@ -4,7 +4,8 @@
 #include <string.h>
 
 #include "bus-error.h"
-#include "container-dbus.h"
+#include "caller.h"
+#include "container.h"
 #include "log.h"
 #include "vfio-user-dbus.h"
 #include "vfio-user-server.h"
@@ -43,7 +44,7 @@ int vfio_user_dbus_method_serve(sd_bus_message *m, void *userdata, sd_bus_error 
         if (r < 0)
                 return r;
 
-        r = container_verify_caller(c, m, NULL, error);
+        r = caller_verify_owner(c->broker, m, c->path, c->owner, c->uid, NULL, error);
         if (r <= 0)
                 return r < 0 ? r : 1;
 
@@ -64,7 +65,7 @@ int vfio_user_dbus_method_stop(sd_bus_message *m, void *userdata, sd_bus_error *
         if (r <= 0)
                 return r;
 
-        r = container_verify_caller(c, m, NULL, error);
+        r = caller_verify_owner(c->broker, m, c->path, c->owner, c->uid, NULL, error);
         if (r <= 0)
                 return r < 0 ? r : 1;
 

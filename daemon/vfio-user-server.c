@@ -1,5 +1,10 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
+/* The vfio-user face (see vfio-user-server.h). Longer than 600 lines: the listener, the one client's
+ * non-blocking framing with fds and the ten command handlers all work on the client's state (its
+ * message, its pending reply, its DMA table); parsing lives apart in vfio-user-message.c already, and
+ * splitting the handlers off would only move that structure into a header of its own. */
+
 #include <assert.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -105,7 +110,7 @@ static void client_dma_drop(VfioUserClient *cl, VfioUserDma *d) {
         Container *c = cl->server->container;
 
         mapping_table_remove(&cl->dma, &d->node);
-        if (d->mapped && !c->broker->handing_over) {
+        if (d->mapped) {
                 BrokerError e = BROKER_ERROR_INIT;
                 int r = container_unmap(c, d->node.first, mapping_table_node_size(&d->node), &e);
                 /* The owner may have unmapped it over D-Bus meanwhile: then there is nothing to do. */
@@ -116,7 +121,21 @@ static void client_dma_drop(VfioUserClient *cl, VfioUserDma *d) {
         free(d);
 }
 
+/* Why a client goes: only a client leaving a container that stays takes its mappings out of it; when the
+ * container itself goes (Close, the owner leaving, a hand-over to the next instance), its teardown or the
+ * next instance deals with every mapping. */
+typedef enum ClientEnd {
+        CLIENT_END_UNMAP,
+        CLIENT_END_KEEP_MAPPINGS,
+} ClientEnd;
+
+static void client_free_full(VfioUserClient *cl, const char *reason, ClientEnd end);
+
 static void client_free(VfioUserClient *cl, const char *reason) {
+        client_free_full(cl, reason, CLIENT_END_UNMAP);
+}
+
+static void client_free_full(VfioUserClient *cl, const char *reason, ClientEnd end) {
         VfioUserServer *s;
         MappingTableNode *node, *next;
 
@@ -126,8 +145,12 @@ static void client_free(VfioUserClient *cl, const char *reason) {
         log_info("vfio-user %s: client pid %d uid %u disconnected: %s", s->device, (int) cl->pid, (unsigned) cl->uid,
                  reason);
 
-        MAPPING_TABLE_FOREACH_SAFE(node, next, &cl->dma)
-                client_dma_drop(cl, container_of(node, VfioUserDma, node));
+        MAPPING_TABLE_FOREACH_SAFE(node, next, &cl->dma) {
+                VfioUserDma *d = container_of(node, VfioUserDma, node);
+                if (end == CLIENT_END_KEEP_MAPPINGS)
+                        d->mapped = false;
+                client_dma_drop(cl, d);
+        }
 
         /* The protocol: the client's interrupt fds are closed, the device state is otherwise kept. */
         for (uint32_t i = 0; i < 32; i++)
@@ -702,6 +725,8 @@ static int listen_io(sd_event_source *source, int fd, uint32_t revents, void *us
         return 0;
 }
 
+static int vfio_user_observe(Broker *b);
+
 static int check_listener(int fd, BrokerError *e) {
         struct stat st;
         int v;
@@ -736,6 +761,9 @@ int vfio_user_server_new(Container *c, const char *device, int listen_fd, VfioUs
         r = check_listener(listen_fd, e);
         if (r < 0)
                 return r;
+        r = vfio_user_observe(c->broker);
+        if (r < 0)
+                return broker_error_set_errno(e, r, "Cannot watch the container's removal");
         g = broker_find_group_of_device(c->broker, device);
         if (!g || g->container != c)
                 return broker_error_set(e, BROKER_ERROR_NO_SUCH_DEVICE,
@@ -790,7 +818,7 @@ int vfio_user_server_new(Container *c, const char *device, int listen_fd, VfioUs
         return 0;
 }
 
-VfioUserServer *vfio_user_server_free(VfioUserServer *s) {
+static VfioUserServer *server_free(VfioUserServer *s, ClientEnd end) {
         Container *c;
 
         if (!s)
@@ -801,7 +829,7 @@ VfioUserServer *vfio_user_server_free(VfioUserServer *s) {
                         *p = s->next;
                         break;
                 }
-        client_free(s->client, "the device is no longer served");
+        client_free_full(s->client, "the device is no longer served", end);
         sd_event_source_disable_unref(s->listen_source);
         safe_close(s->listen_fd);
         backend_device_free(s->dev);
@@ -811,7 +839,26 @@ VfioUserServer *vfio_user_server_free(VfioUserServer *s) {
         return NULL;
 }
 
-void vfio_user_server_free_all(Container *c) {
+VfioUserServer *vfio_user_server_free(VfioUserServer *s) {
+        return server_free(s, CLIENT_END_UNMAP);
+}
+
+/* The container goes: before it is freed, the devices (which use its backend container) go first. Its
+ * mappings are left to the container's teardown, which unmaps everything at once (or, on a hand-over,
+ * leaves them to the next instance). */
+static void vfio_user_container_removed(void *userdata, Container *c) {
         while (c->vfio_user_servers)
-                vfio_user_server_free(c->vfio_user_servers);
+                server_free(c->vfio_user_servers, CLIENT_END_KEEP_MAPPINGS);
+}
+
+static const BrokerObserver vfio_user_observer = {
+        .container_removed = vfio_user_container_removed,
+};
+
+/* The vfio-user face hears of removals like the other faces; it subscribes with its first server. */
+static int vfio_user_observe(Broker *b) {
+        for (size_t i = 0; i < b->n_observers; i++)
+                if (b->observers[i].ops == &vfio_user_observer)
+                        return 0;
+        return broker_observe(b, &vfio_user_observer, NULL);
 }

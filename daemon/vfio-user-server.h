@@ -24,13 +24,12 @@ typedef struct VfioUserServer VfioUserServer;
  * BadMemory (not a listening AF_UNIX stream socket). */
 int vfio_user_server_new(Container *c, const char *device, int listen_fd, VfioUserServer **ret, BrokerError *e);
 
-/* Stops serving: the client is disconnected, its mappings dropped (kept when the daemon hands its
- * containers to the next instance), the device released. */
+/* Stops serving: the client is disconnected, its mappings dropped, the device released. When the
+ * container goes (Close, its owner leaving, a hand-over), its servers stop by themselves: the face
+ * observes container removal (BrokerObserver). */
 VfioUserServer *vfio_user_server_free(VfioUserServer *s);
 
 VfioUserServer *vfio_user_server_find(Container *c, const char *device);
-/* Container teardown: stops every server of c. */
-void vfio_user_server_free_all(Container *c);
 
 const char *vfio_user_server_device(const VfioUserServer *s);
 VfioUserServer *vfio_user_server_next(const VfioUserServer *s);

@@ -122,7 +122,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                         abort();
         }
 
-        container_free(c);
+        container_close(c);
         if (backend_sim_pinned_bytes(broker->backend) != 0)
                 abort();
         close(memfd);

@@ -13,13 +13,13 @@ command -v clang >/dev/null || { echo "Bail out! clang is missing (apt-get insta
 
 common=(-std=gnu11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
         -I"$src/common" -I"$src/daemon" -I"$build")
-daemon=$(ls "$src"/daemon/*.c | grep -v '/main.c$')
+daemon=$(ls "$src"/daemon/*.c "$src"/common/*.c | grep -v '/main.c$')
 n=0
 failed=0
 for target in config request state vfio-user; do
         n=$((n + 1))
         if [ $target = config ]; then
-                sources=("$src/daemon/config.c" "$src/daemon/backend.c" "$src/daemon/error.c")
+                sources=("$src/daemon/config.c" "$src/daemon/backend.c" "$src/daemon/error.c" "$src/common/broker-wire.c")
                 libs=($(pkg-config --libs json-c))
         else
                 sources=($daemon)

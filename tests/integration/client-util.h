@@ -8,11 +8,15 @@
 #include <stdint.h>
 #include <systemd/sd-bus.h>
 
-#define BUS_NAME "org.vfiobroker.Broker1"
-#define ROOT_PATH "/org/vfiobroker/Broker1"
-#define MANAGER_IFACE BUS_NAME ".Manager"
-#define GROUP_IFACE BUS_NAME ".Group"
-#define CONTAINER_IFACE BUS_NAME ".Container"
+#include "broker-wire.h"
+
+/* The wire contract, from common/broker-wire.h (tests/integration/test-introspection.py holds the
+ * daemon's objects to the XML independently of it). */
+#define BUS_NAME BROKER_BUS_NAME
+#define ROOT_PATH BROKER_OBJECT_PATH
+#define MANAGER_IFACE BROKER_MANAGER_INTERFACE
+#define GROUP_IFACE BROKER_GROUP_INTERFACE
+#define CONTAINER_IFACE BROKER_CONTAINER_INTERFACE
 
 sd_bus *test_bus_open(void);
 

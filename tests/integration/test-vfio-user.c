@@ -572,6 +572,33 @@ static void test_stop(void **state) {
         assert_int_equal(served_devices(NULL, 0), 1);
 }
 
+/* Close() with a client connected and mapped: the client is disconnected, everything goes, the group
+ * is free again. */
+static void test_close_with_client(void **state) {
+        _cleanup_free_ char *other = test_create_container(bus, "vfio-user-close");
+        _cleanup_close_ int mem = test_memfd(RAM_SIZE);
+        char path[64];
+
+        snprintf(path, sizeof(path), "%s/close.sock", dir);
+        _cleanup_close_ int l = make_listener(path);
+        test_call_ok(bus, other, CONTAINER_IFACE, "AttachGroup", NULL, "u", 3);
+        test_call_ok(bus, other, CONTAINER_IFACE, "ServeVfioUser", NULL, "sh", "0000:00:03.0", l);
+        _cleanup_close_ int fd = vu_connect_path(path);
+        assert_true(fd >= 0);
+        assert_int_equal(vu_negotiate(fd), 0);
+        assert_int_equal(dma_map(fd, mem, 0, IOVA, RAM_SIZE, 3), 0);
+        assert_int_equal(test_get_u32(bus, other, CONTAINER_IFACE, "Mappings"), 1);
+
+        test_call_ok(bus, other, CONTAINER_IFACE, "Close", NULL, "");
+        assert_true(disconnected(fd));
+        assert_false(test_object_exists(bus, other));
+        /* The group is free: another container takes it. */
+        _cleanup_free_ char *again = test_create_container(bus, "vfio-user-again");
+        test_call_ok(bus, again, CONTAINER_IFACE, "AttachGroup", NULL, "u", 3);
+        test_call_ok(bus, again, CONTAINER_IFACE, "Close", NULL, "");
+        (void) unlink(path);
+}
+
 /* The same through libvfio-broker, on a container of its own. */
 static void test_library(void **state) {
         vfio_broker *b = NULL;
@@ -611,6 +638,7 @@ int main(void) {
                 cmocka_unit_test(test_other_uid),
                 cmocka_unit_test(test_malformed),
                 cmocka_unit_test(test_stop),
+                cmocka_unit_test(test_close_with_client),
                 cmocka_unit_test(test_library),
         };
         return cmocka_run_group_tests(tests, setup, teardown);

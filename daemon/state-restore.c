@@ -1,0 +1,254 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+/* Restart: the containers a previous instance left behind, rebuilt from their state and the fds the
+ * service manager kept; and the orderly exit that leaves every container to the next instance. */
+
+#include <assert.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <systemd/sd-daemon.h>
+
+#include "bus.h"
+#include "container.h"
+#include "container-dbus.h"
+#include "fdstore.h"
+#include "log.h"
+#include "owner-watch.h"
+#include "state.h"
+#include "state-encode.h"
+#include "state-private.h"
+
+typedef struct StoredFd {
+        char *name;
+        int fd;
+} StoredFd;
+
+static void stored_fds_close_unused(Broker *b, StoredFd *fds, size_t n, const char *why) {
+        for (size_t i = 0; i < n; i++)
+                if (fds[i].fd >= 0) {
+                        log_warning("Closing fd %s from the fd store: %s.", fds[i].name, why);
+                        fdstore_remove(b->notify_fd, fds[i].name);
+                        fds[i].fd = safe_close(fds[i].fd);
+                }
+}
+
+
+/* Rebuilds one container from its state and its fds (those named c<id>-*). */
+static int state_restore_container(Broker *b, const ContainerState *st, StoredFd *stored, size_t n_stored,
+                                   BrokerError *e) {
+        BackendFd *fds = NULL;
+        size_t n_fds = 0;
+        char prefix[32];
+        BackendContainer *bc = NULL;
+        Container *c = NULL;
+        int r;
+
+        if (strcmp(st->backend, backend_name(b->backend)) != 0)
+                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "state of another backend (%s)", st->backend);
+
+        /* The backend's fds: c<id>-<name>, except the memory ones. */
+        snprintf(prefix, sizeof(prefix), "c%" PRIu64 "-", st->id);
+        fds = calloc(n_stored + 1, sizeof(BackendFd));
+        if (!fds)
+                return -ENOMEM;
+        for (size_t i = 0; i < n_stored; i++)
+                if (stored[i].fd >= 0 && strncmp(stored[i].name, prefix, strlen(prefix)) == 0 &&
+                    strncmp(stored[i].name + strlen(prefix), "mem-", 4) != 0) {
+                        snprintf(fds[n_fds].name, sizeof(fds[n_fds].name), "%s", stored[i].name + strlen(prefix));
+                        fds[n_fds++].fd = stored[i].fd;
+                }
+        r = b->backend->ops->container_restore(b->backend, fds, n_fds, st->groups, st->n_groups, &bc, e);
+        /* The backend took what it uses (fd = -1); mark those used in our table. */
+        for (size_t i = 0, k = 0; i < n_stored && k < n_fds; i++)
+                if (stored[i].fd >= 0 && strncmp(stored[i].name, prefix, strlen(prefix)) == 0 &&
+                    strncmp(stored[i].name + strlen(prefix), "mem-", 4) != 0) {
+                        if (fds[k].fd < 0)
+                                stored[i].fd = -EBADF;
+                        k++;
+                }
+        free(fds);
+        if (r < 0)
+                return r;
+
+        r = container_new_restored(b, st->id, st->owner, st->uid, st->label, bc, st->groups, st->n_groups, &c, e);
+        if (r < 0) {
+                backend_container_free(bc);
+                return r;
+        }
+
+        /* From here on, any failure tears the whole container down: nothing stays pinned for a
+         * container nobody can reach. */
+        for (size_t i = 0; i < st->n_regions && r >= 0; i++) {
+                char name[96];
+                ssize_t found = -1;
+
+                snprintf(name, sizeof(name), "%smem-%" PRIu32, prefix, st->regions[i].id);
+                for (size_t k = 0; k < n_stored; k++)
+                        if (stored[k].fd >= 0 && strcmp(stored[k].name, name) == 0)
+                                found = (ssize_t) k;
+                if (found < 0) {
+                        r = broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "memory fd %s was not kept", name);
+                        break;
+                }
+                r = memory_pool_adopt(c->memory, stored[found].fd, st->regions[i].id, st->regions[i].flags, e);
+                if (r >= 0)
+                        stored[found].fd = -EBADF;
+        }
+        for (size_t i = 0; i < st->n_discardable && r >= 0; i++) {
+                const StateMapping *d = &st->discardable[i];
+                r = container_restore_discardable(c, d->region, d->offset, d->size, d->iova, d->flags, d->granule, e);
+        }
+        for (size_t i = 0; i < st->n_mappings && r >= 0; i++) {
+                const StateMapping *m = &st->mappings[i];
+                r = container_restore_mapping(c, m->region, m->offset, m->size, m->iova, m->flags, e);
+        }
+        memory_pool_prune(c->memory);
+
+        /* The kernel kept tracking (the container fd stayed open); the sim starts it again. */
+        if (r >= 0 && st->dirty_tracking)
+                r = container_set_dirty_tracking(c, true, e);
+
+        /* What the store holds for this container now belongs to it: closing it removes it. */
+        for (size_t i = 0; i < n_stored; i++)
+                if (strncmp(stored[i].name, prefix, strlen(prefix)) == 0 && stored[i].fd < 0)
+                        (void) strv_push(&c->stored_fds, stored[i].name);
+
+        if (r < 0) {
+                container_close(c);
+                return r;
+        }
+
+        /* The owner may have gone while we were away. */
+        if (!bus_name_has_owner(b, c->owner)) {
+                log_info("Owner %s of restored container %s is gone; closing it.", c->owner, c->path);
+                container_close(c);
+                return 0;
+        }
+        r = owner_watch_track(c, c->owner);
+        if (r < 0) {
+                container_close(c);
+                return r;
+        }
+        /* Whole again: the watchers hear of it (and the state store saves it). */
+        container_restore_done(c);
+        log_info("Restored container %s (%s, owner %s): %zu groups, %zu mappings.", c->path, c->label, c->owner,
+                 c->n_groups, container_n_mappings(c));
+        return 1;
+}
+
+int state_restore_text(Broker *b, const char *text, BrokerError *e) {
+        _cleanup_(container_state_done) ContainerState st = {};
+        int r;
+
+        r = state_decode(text, &st, e);
+        if (r < 0)
+                return r;
+        return state_restore_container(b, &st, NULL, 0, e);
+}
+
+static int read_full_file(const char *path, char **ret) {
+        _cleanup_fclose_ FILE *f = NULL;
+        char *text = NULL;
+        size_t size = 0;
+
+        f = fopen(path, "re");
+        if (!f)
+                return -errno;
+        /* getdelim() with NUL: the whole file, as long as it is. */
+        if (getdelim(&text, &size, 0, f) < 0) {
+                free(text);
+                return feof(f) ? -ENODATA : -errno;
+        }
+        *ret = text;
+        return 0;
+}
+
+int state_restore(Broker *b) {
+        _cleanup_strv_free_ char **names = NULL;
+        StoredFd *stored = NULL;
+        size_t n_stored = 0, restored = 0;
+        _cleanup_closedir_ DIR *d = NULL;
+        struct dirent *de;
+        int n;
+
+        if (!b->state_dir)
+                return 0;
+
+        n = sd_listen_fds_with_names(true, &names);
+        if (n < 0)
+                return log_error_errno(n, "Cannot take the stored fds back: %m");
+        stored = calloc(n > 0 ? n : 1, sizeof(StoredFd));
+        if (!stored)
+                return -ENOMEM;
+        for (int i = 0; i < n; i++) {
+                stored[i].fd = SD_LISTEN_FDS_START + i;
+                stored[i].name = names && names[i] ? names[i] : (char *) "unknown";
+                (void) fcntl(stored[i].fd, F_SETFD, FD_CLOEXEC);
+        }
+        n_stored = (size_t) n;
+
+        d = opendir(b->state_dir);
+        while (d && (de = readdir(d))) {
+                _cleanup_free_ char *path = NULL, *text = NULL;
+                _cleanup_(container_state_done) ContainerState st = {};
+                BrokerError e = BROKER_ERROR_INIT;
+                int r;
+
+                if (strncmp(de->d_name, "container-", 10) != 0 || !strstr(de->d_name, ".json") ||
+                    strstr(de->d_name, ".tmp"))
+                        continue;
+                if (asprintf(&path, "%s/%s", b->state_dir, de->d_name) < 0)
+                        break;
+                r = read_full_file(path, &text);
+                if (r >= 0)
+                        r = state_decode(text, &st, &e);
+                if (r < 0) {
+                        log_error("Corrupt state file %s (%s), its container cannot be restored and is torn down.",
+                                  path, broker_error_is_set(&e) ? e.message : strerror(-r));
+                        (void) unlink(path);
+                        continue;
+                }
+                uint64_t id = st.id;
+                r = state_restore_container(b, &st, stored, n_stored, &e);
+                if (r < 0) {
+                        log_error("Cannot restore %s: %s; its container is torn down.", path,
+                                  broker_error_is_set(&e) ? e.message : strerror(-r));
+                        (void) unlink(path);
+                } else if (r > 0)
+                        restored++;
+                if (r <= 0 && id > 0) {
+                        /* Gone for good: none of its fds may stay in the store. */
+                        char prefix[32];
+                        snprintf(prefix, sizeof(prefix), "c%" PRIu64 "-", id);
+                        for (size_t i = 0; i < n_stored; i++)
+                                if (strncmp(stored[i].name, prefix, strlen(prefix)) == 0) {
+                                        fdstore_remove(b->notify_fd, stored[i].name);
+                                        stored[i].fd = safe_close(stored[i].fd);
+                                }
+                }
+        }
+
+        /* Fds without state: nobody can reach what they hold. Closing them releases it. */
+        stored_fds_close_unused(b, stored, n_stored, "no restorable state refers to it");
+        free(stored);
+        if (n > 0 || restored > 0)
+                log_info("Restart: %zu containers restored from %d stored fds.", restored, n);
+        return 0;
+}
+
+bool state_hand_over(Broker *b) {
+        if (!b->state_dir || !b->containers)
+                return false;
+
+        for (Container *c = b->containers; c; c = c->next) {
+                container_forget_vaddrs(c);
+                (void) state_save_container(c);
+        }
+        b->handing_over = true;
+        log_info("Leaving %zu containers to the next instance.", b->n_containers);
+        return true;
+}
