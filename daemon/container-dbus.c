@@ -19,11 +19,15 @@ static int container_object_find(sd_bus *bus, const char *path, const char *inte
         char *end;
         uint64_t id;
 
-        p = strrchr(path, '/');
-        if (!p || p[1] < '1' || p[1] > '9')
+        /* Only the documented path: the prefix, one slash, the id in decimal without leading zeros (a
+         * fallback vtable sees every path below the prefix, /container/x/3 too). */
+        if (strncmp(path, BROKER_CONTAINER_PREFIX "/", strlen(BROKER_CONTAINER_PREFIX "/")) != 0)
+                return 0;
+        p = path + strlen(BROKER_CONTAINER_PREFIX "/");
+        if (*p < '1' || *p > '9')
                 return 0;
         errno = 0;
-        id = strtoull(p + 1, &end, 10);
+        id = strtoull(p, &end, 10);
         if (errno != 0 || *end != 0)
                 return 0;
 
