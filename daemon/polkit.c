@@ -118,22 +118,23 @@ static int polkit_reply(sd_bus_message *reply, void *userdata, sd_bus_error *ret
         e = sd_bus_message_get_error(reply);
         if (e) {
                 log_warning("polkit could not decide %s: %s", q->action, e->message ?: e->name);
-                (void) asprintf(&q->denial, "polkit is not available (%s), and only root may %s without it.",
-                                e->name, strcmp(q->action, POLKIT_ACTION_MANAGE) == 0 ?
-                                "act on another connection's container" : "attach VFIO groups");
+                if (asprintf(&q->denial, "polkit is not available (%s), and only root may %s without it.",
+                             e->name, strcmp(q->action, POLKIT_ACTION_MANAGE) == 0 ?
+                             "act on another connection's container" : "attach VFIO groups") < 0)
+                        q->denial = NULL; /* undefined after a failure; the reply says "Not authorized." */
         } else {
                 r = sd_bus_message_enter_container(reply, 'r', "bba{ss}");
                 if (r >= 0)
                         r = sd_bus_message_read(reply, "bb", &authorized, &challenge);
                 if (r < 0) {
                         log_warning_errno(r, "Malformed answer from polkit: %m");
-                        (void) asprintf(&q->denial, "polkit gave a malformed answer.");
+                        q->denial = strdup("polkit gave a malformed answer.");
                 } else if (authorized)
                         q->allowed = true;
-                else
-                        (void) asprintf(&q->denial, "Not authorized by polkit for %s%s.", q->action,
-                                        challenge ? " (interactive authentication would be needed: call "
-                                                    "with interactive authorization allowed)" : "");
+                else if (asprintf(&q->denial, "Not authorized by polkit for %s%s.", q->action,
+                                  challenge ? " (interactive authentication would be needed: call "
+                                              "with interactive authorization allowed)" : "") < 0)
+                        q->denial = NULL;
         }
 
         /* Run the handler again from the top; it finds the answer with polkit_query_find(). */
