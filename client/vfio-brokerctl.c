@@ -345,7 +345,7 @@ static int read_json(sd_bus_message *m, json_object **ret) {
                                         if (r >= 0)
                                                 r = sd_bus_message_exit_container(m);
                                         if (r >= 0)
-                                                json_object_object_add(o, json_object_get_string(key), v);
+                                                json_object_object_add(o, json_object_get_string(key) ?: "", v);
                                         else
                                                 json_object_put(v);
                                         json_object_put(key);
