@@ -508,6 +508,15 @@ static int cmd_monitor(vfio_broker *b, int argc, char **argv) {
                 fprintf(stderr, "vfio-brokerctl: cannot subscribe: %s\n", strerror(-r));
                 return EXIT_UNAVAILABLE;
         }
+        /* Subscribed first, so nothing is missed: a broker that starts later is followed from its start,
+         * but whoever watches should know why nothing comes. */
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        int running = 1;
+        if (sd_bus_call_method(bus, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                               "NameHasOwner", NULL, &reply, "s", "org.vfiobroker.Broker1") >= 0 &&
+            sd_bus_message_read(reply, "b", &running) >= 0 && !running)
+                fprintf(stderr, "vfio-brokerctl: vfio-brokerd is not running; waiting for it (start it with: "
+                        "systemctl start vfio-brokerd).\n");
         r = vfio_broker_attach_event(b, event, 0);
         if (r < 0)
                 return EXIT_ERROR;

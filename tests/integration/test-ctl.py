@@ -308,8 +308,21 @@ if control:
               "org.freedesktop.DBus.Error" not in err and out == "",
               "without a broker, %s says it is not running and how to start it (exit 3)" % " ".join(args),
               "%s\nrc=%d\n%s" % (answer, rc, err))
+    # monitor follows a broker that starts later, and says why nothing comes until then.
+    mon = subprocess.Popen([ctl, "--json", "monitor"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = mon.stderr.readline()
+    check("vfio-brokerd is not running; waiting for it" in line and "systemctl start vfio-brokerd" in line,
+          "monitor without a broker says it waits for it", line)
     answer = harness("start")
     check(answer.startswith("started"), "the broker starts again", answer)
+    vmm = subprocess.Popen([mini_vmm, "--label=after-start", "--group=3", "--ram-mib=8"], stdout=subprocess.DEVNULL)
+    vmm.wait(timeout=30)
+    time.sleep(0.3)
+    mon.terminate()
+    out, err = mon.communicate(timeout=10)
+    events = [parse(l) or {} for l in out.splitlines()]
+    check(mon.returncode == 0 and any(e.get("event") == "added" for e in events),
+          "monitor started before the broker shows its changes once it runs", out + err)
 else:
     check(False, "VFIO_BROKER_HARNESS is set by the harness", "")
 
