@@ -167,6 +167,22 @@ static void test_bad_index(void **state) {
         assert_container_alive();
 }
 
+/* Maps that replace unmapped ranges must travel with the unmaps: when their fds do not fit in one
+ * message on any transport (254 > 253), the Update is refused whole, before anything is sent. */
+static void test_too_many_fds_after_unmaps(void **state) {
+        static vfio_broker_map maps[254];
+
+        assert_int_equal(vfio_broker_container_map(c, ram[0], 0, RAM_SIZE, IOVA(0), 3), 0);
+        vfio_broker_unmap u = { IOVA(0), IOVA(254) - IOVA(0) };
+        fill_maps(maps, 254, 0);
+        assert_int_equal(vfio_broker_container_update(c, &u, 1, ram, 254, maps, 254), -E2BIG);
+        assert_string_equal(vfio_broker_error_name(b), "org.freedesktop.DBus.Error.LimitsExceeded");
+        printf("# %s\n", vfio_broker_error_message(b));
+        assert_int_equal(mappings(), 1);
+        assert_container_alive();
+        unmap_all(1);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_update_40_fds),
@@ -174,6 +190,7 @@ int main(void) {
                 cmocka_unit_test(test_series_of_maps),
                 cmocka_unit_test(test_split_all_or_nothing),
                 cmocka_unit_test(test_bad_index),
+                cmocka_unit_test(test_too_many_fds_after_unmaps),
         };
         return cmocka_run_group_tests_name("update-fds", tests, setup, teardown);
 }
