@@ -986,7 +986,10 @@ _public_ int vfio_broker_container_update(vfio_broker_container *c, const vfio_b
                 if (r < 0)
                         return fail_errno(b, r, "Cannot plan the Update");
                 for (size_t i = 0; i < n_fds; i++)
-                        after[i] ? n_late++ : n_early++;
+                        if (after[i])
+                                n_late++;
+                        else
+                                n_early++;
                 if (n_late > limit) {
                         char message[320];
                         snprintf(message, sizeof(message),
