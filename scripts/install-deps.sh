@@ -12,6 +12,8 @@ packages=(
         util-linux
         # the real-kernel VM tests: QEMU (TCG), busybox for the initramfs, cpio, kmod tools
         qemu-system-x86 busybox-static cpio xz-utils kmod
+        # Debian testing's QEMU (vfio-user client) for the vfio-user tests: a cached tree built by mmdebstrap
+        mmdebstrap e2fsprogs
 )
 
 missing=()
