@@ -86,6 +86,14 @@ def wrap_argv(argv, root=None, tmpdir=None, user=None):
             root, tmpdir or ""] + argv
 
 
+def popen(argv, root=None, tmpdir=None, user=None, **kw):
+    """Starts `argv` from the tree (see wrap_argv) as `user`, chrooted or not."""
+    if root is None and user:
+        uid, gid = (int(x) for x in user.split(":"))
+        kw.update(user=uid, group=gid, extra_groups=[])
+    return subprocess.Popen(wrap_argv(argv, root, tmpdir, user), **kw)
+
+
 class Qtest:
     """One QEMU process and its qtest stream."""
 
@@ -93,13 +101,9 @@ class Qtest:
         self.timeout = timeout
         self.irqs = []      # asynchronous "IRQ raise|lower N" lines seen so far
         self.buf = b""
-        popen_user = {}
-        if root is None and user:
-            uid, gid = (int(x) for x in user.split(":"))
-            popen_user = dict(user=uid, group=gid, extra_groups=[])
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(wrap_argv(argv, root, tmpdir, user), stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=stderr, **popen_user)
+        self.proc = popen(argv, root, tmpdir, user, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=stderr)
         # The first answer proves QEMU finished its set-up (devices realized, vfio-user connected).
         self.cmd("readl 0x0")
         self.ready = time.monotonic()

@@ -117,8 +117,8 @@ def check_vfio_user_command_line(env):
     device = json.dumps({"driver": "vfio-user-pci", "id": "vfu0",
                          "socket": {"type": "unix", "path": env.guest_path("vfio-user.sock")}})
     argv = qtest.qemu_argv([device], ram_mib=RAM_MIB)
-    proc = subprocess.Popen(qtest.wrap_argv(argv, env.root, env.tmp, env.user), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = qtest.popen(argv, env.root, env.tmp, env.user, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE)
     ok, what = False, ""
     try:
         conn, _ = listener.accept()
