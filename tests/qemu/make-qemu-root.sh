@@ -53,6 +53,7 @@ if [ ! -f "$root/.vfio-broker-complete" ]; then
         command -v mmdebstrap >/dev/null || die "mmdebstrap is missing (scripts/install-deps.sh installs it)"
         [ "$(id -u)" -eq 0 ] || die "building the QEMU tree needs root (chroot); run as root or provide $root"
         tmp=$(mktemp -d "$cache/.qemu-root-build.XXXXXX")
+        chmod 0755 "$tmp"   # apt downloads as _apt where it can
         log=$tmp.log
         echo "make-qemu-root: building $root from Debian $suite (once; cached)" >&2
         if ! mmdebstrap "${options[@]}" "$suite" "$tmp/root" "$mirror" > "$log" 2>&1; then

@@ -74,7 +74,8 @@ if [ -n "${VM_QEMU_ROOT_SCRIPT:-}" ]; then
         if image=$("$VM_QEMU_ROOT_SCRIPT" --image 2>"$builddir/vm-qemu-root.log"); then
                 nested_drive=(-drive "file=$image,if=none,id=qemuroot,format=raw,readonly=on"
                               -device virtio-blk-pci,drive=qemuroot)
-                cp "$here/../qemu/qtest.py" "$here/../qemu/test-qemu-edu.py" "$root/tests/qemu/"
+                cp "$here/../qemu/qtest.py" "$here/../qemu/test-qemu-edu.py" "$here/../../bench/qemu-startup.py" \
+                   "$root/tests/qemu/"
                 # In load order; crc32c for ext4's and jbd2's checksums (the kernel cannot modprobe here).
                 for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk \
                          crc16 mbcache crc32c_generic jbd2 ext4; do
