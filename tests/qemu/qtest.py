@@ -20,6 +20,7 @@ Runs on Debian 12's python3 (3.11) and in the tree's (newer); standard library o
 """
 
 import base64
+import json
 import os
 import select
 import signal
@@ -68,6 +69,12 @@ def qemu_argv(devices, ram_mib=128, extra=()):
     for d in devices:
         argv += ["-device", d]
     return argv + list(extra)
+
+
+def vfio_user_device(path, dev_id="vfu0"):
+    """The -device value for QEMU's vfio-user client on the unix socket `path` (as QEMU names it).
+    QEMU 11.1 accepts the nested socket object only in -device's JSON form."""
+    return json.dumps({"driver": "vfio-user-pci", "id": dev_id, "socket": {"type": "unix", "path": path}})
 
 
 def wrap_argv(argv, root=None, tmpdir=None, user=None):

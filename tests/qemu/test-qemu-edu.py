@@ -114,8 +114,7 @@ def check_vfio_user_command_line(env):
     os.chmod(path, 0o777)   # QEMU runs as another uid; the broker's policy is on SO_PEERCRED
     listener.listen(1)
     listener.settimeout(30)
-    device = json.dumps({"driver": "vfio-user-pci", "id": "vfu0",
-                         "socket": {"type": "unix", "path": env.guest_path("vfio-user.sock")}})
+    device = qtest.vfio_user_device(env.guest_path("vfio-user.sock"))
     argv = qtest.qemu_argv([device], ram_mib=RAM_MIB)
     proc = qtest.popen(argv, env.root, env.tmp, env.user, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE)
