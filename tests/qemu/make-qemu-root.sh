@@ -44,7 +44,9 @@ root=$cache/qemu-root-$key
 image=$cache/qemu-root-$key.ext4
 
 # One builder at a time (CI jobs and developers share the cache); the others wait and reuse.
-exec 9>"$cache/qemu-root.lock"
+# (A reader without write access to the cache locks read-only: it only uses what is there.)
+lock=$cache/qemu-root.lock
+if [ -w "$cache" ] || [ -w "$lock" ]; then exec 9>>"$lock"; else exec 9<"$lock"; fi
 flock 9
 
 qemu_version() { chroot "$1" qemu-system-x86_64 --version 2>/dev/null | head -n 1; }
@@ -52,26 +54,27 @@ qemu_version() { chroot "$1" qemu-system-x86_64 --version 2>/dev/null | head -n 
 if [ ! -f "$root/.vfio-broker-complete" ]; then
         command -v mmdebstrap >/dev/null || die "mmdebstrap is missing (scripts/install-deps.sh installs it)"
         [ "$(id -u)" -eq 0 ] || die "building the QEMU tree needs root (chroot); run as root or provide $root"
+        # What an interrupted build left (we hold the lock: nobody is building). --one-file-system:
+        # never follow into a mount mmdebstrap may have left behind in a killed build.
+        rm -rf --one-file-system "$cache"/.qemu-root-build.*
         tmp=$(mktemp -d "$cache/.qemu-root-build.XXXXXX")
         chmod 0755 "$tmp"   # apt downloads as _apt where it can
         log=$tmp.log
         echo "make-qemu-root: building $root from Debian $suite (once; cached)" >&2
         if ! mmdebstrap "${options[@]}" "$suite" "$tmp/root" "$mirror" > "$log" 2>&1; then
                 tail -n 15 "$log" >&2
-                rm -rf "$tmp" "$log"
+                rm -rf --one-file-system "$tmp" "$log"
                 die "mmdebstrap failed: cannot build a Debian $suite tree with $packages from $mirror (is the archive reachable?)"
         fi
         rm -f "$log"
         version=$(qemu_version "$tmp/root")
-        [ -n "$version" ] || { rm -rf "$tmp"; die "the built tree has no working qemu-system-x86_64"; }
-        # Mount points for the test VM, which mounts the tree read-only.
-        mkdir -p "$tmp/root/vfio-broker-tests"
+        [ -n "$version" ] || { rm -rf --one-file-system "$tmp"; die "the built tree has no working qemu-system-x86_64"; }
         printf '%s\n' "$version" > "$tmp/root/.vfio-broker-complete"
         # Older recipes' trees and images go; the rename is what makes this one visible.
         for old in "$cache"/qemu-root-*/.vfio-broker-complete; do
                 [ -e "$old" ] || continue
                 old=${old%/.vfio-broker-complete}
-                [ "$old" = "$root" ] || rm -rf "$old" "$old.ext4"
+                [ "$old" = "$root" ] || rm -rf --one-file-system "$old" "$old.ext4"
         done
         rm -f "$image"
         mv "$tmp/root" "$root"

@@ -152,11 +152,19 @@ def check_vfio_user_command_line(env):
 
 
 def check_edu(env, device):
+    # QEMU's stderr goes to a file, not a pipe nobody reads while it runs.
+    errors = tempfile.TemporaryFile()
+
+    def stderr_text():
+        errors.seek(0)
+        return errors.read().decode(errors="replace").strip()
+
     t0 = time.monotonic()
     try:
-        qt = env.qtest([device], stderr=subprocess.PIPE)
+        qt = env.qtest([device], stderr=errors)
     except (OSError, qtest.QtestError) as e:
         tap(False, "QEMU starts under qtest with -device %s: %s" % (device, e))
+        note(stderr_text())
         return
     with qt:
         started = qt.ready - t0
@@ -216,7 +224,7 @@ def check_edu(env, device):
         except qtest.QtestError as e:
             tap(False, "the qtest guest drives the edu: %s" % e)
         rc = qt.quit()
-        err = qt.proc.stderr.read().decode(errors="replace").strip()
+        err = stderr_text()
         tap(rc == 0, "QEMU exits cleanly on SIGTERM (status %s)" % rc)
         if err:
             note(err)
