@@ -4,7 +4,8 @@
 
 Proves, before the broker serves anything, every piece the end-to-end vfio-user tests stand on:
 Debian testing's QEMU with the vfio-user-pci client, its command line (memfd guest RAM shareable as
-fds, the vfio-user socket reachable from the chrooted QEMU, an unprivileged uid), and a qtest guest
+fds, the vfio-user socket reachable from the chrooted QEMU, an unprivileged uid), what its client
+sends a server before it asks about the device (its guest RAM as DMA_MAPs with fds), and a qtest guest
 that finds a PCI device, programs its BAR and makes it DMA between guest RAM and its buffer. At
 integration only the -device argument changes (EDU_DEVICE below; see man/vfio-brokerctl-run.md.draft).
 
@@ -15,6 +16,7 @@ TAP on stdout; timings as comments.
 """
 
 import argparse
+import errno
 import json
 import os
 import re
@@ -35,7 +37,12 @@ SRC, DST, ALIAS_PROBE = 0x100000, 0x200000, 0x300000
 OUTSIDE = 0x0C000000
 COUNT = 2048   # QEMU 7.2's edu aborted on a full 4096-byte transfer; the VM tests keep to 2 KiB too
 
+# docs/interop/vfio-user.rst
 VFIO_USER_VERSION = 1
+VFIO_USER_DMA_MAP = 2
+VFIO_USER_DMA_UNMAP = 3
+VFIO_USER_REPLY = 0x1
+VFIO_USER_ERROR = 0x10
 
 n = 0
 failed = 0
@@ -105,38 +112,83 @@ def recv_exact(conn, size):
     return data
 
 
-def check_vfio_user_command_line(env):
-    """The -device form the man page gives reaches the socket and starts the protocol: a listener
-    of ours (no server yet) receives QEMU's VFIO_USER_VERSION, then hangs up; QEMU must then fail."""
-    path = os.path.join(env.tmp, "vfio-user.sock")
+def recv_message(conn):
+    """One vfio-user message: (header fields, payload, fds); None at EOF. Fds come with the header."""
+    head, fds, _, _ = socket.recv_fds(conn, 16, 64)
+    if not head:
+        return None
+    head += recv_exact(conn, 16 - len(head))
+    msg_id, command, size, flags, error = struct.unpack("<HHIII", head)
+    return (msg_id, command, size, flags), recv_exact(conn, size - 16), fds
+
+
+def fd_name(fd):
+    try:
+        return os.readlink("/proc/self/fd/%d" % fd)
+    except OSError as e:
+        return "? (%s)" % e.strerror
+
+
+def vfio_user_client_session(env, aux_ram_share):
+    """What QEMU's vfio-user client sends before it asks about the device. A listener of ours (not a
+    server: the broker will be) answers VFIO_USER_VERSION (0.0), acknowledges DMA_MAP and
+    DMA_UNMAP, and refuses the first other request with ENOTSUP, after which QEMU must unmap what it
+    mapped and exit with an error. The -device form is the one the man page gives."""
+    name = "vfio-user-%d.sock" % aux_ram_share
+    path = os.path.join(env.tmp, name)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     os.chmod(path, 0o777)   # QEMU runs as another uid; the broker's policy is on SO_PEERCRED
     listener.listen(1)
     listener.settimeout(30)
-    device = qtest.vfio_user_device(env.guest_path("vfio-user.sock"))
+    device = qtest.vfio_user_device(env.guest_path(name))
     argv = qtest.qemu_argv([device], ram_mib=RAM_MIB)
+    if not aux_ram_share:
+        argv[argv.index("-machine") + 1] = "q35,memory-backend=ram"
     proc = qtest.popen(argv, env.root, env.tmp, env.user, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE)
-    ok, what = False, ""
+    s = dict(device=device, uid=None, version=None, caps={}, maps=[], unmaps=[], refused=None, error="")
     try:
         conn, _ = listener.accept()
         conn.settimeout(30)
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid, uid, gid = struct.unpack("3i", creds)
-        header = recv_exact(conn, 16)
-        msg_id, command, size, flags, error = struct.unpack("<HHIII", header)
-        payload = recv_exact(conn, size - 16) if size > 16 else b""
-        major, minor = struct.unpack("<HH", payload[:4])
-        caps = json.loads(payload[4:].rstrip(b"\0").decode()) if len(payload) > 4 else {}
-        # QEMU 11.1's client offers 0.0 (VFIO_USER_MINOR_VER in hw/vfio-user/protocol.h) although
-        # docs/interop/vfio-user.rst describes 0.1: a server must accept major 0, any minor.
-        ok = (command == VFIO_USER_VERSION and flags & 0xF == 0 and major == 0
-              and "capabilities" in caps and str(uid) == env.user.split(":")[0])
-        what = "command %d, version %d.%d, from uid %d: %s" % (command, major, minor, uid, json.dumps(caps))
+        s["uid"] = struct.unpack("3i", creds)[1]
+        while True:
+            m = recv_message(conn)
+            if m is None:
+                break
+            (msg_id, command, size, flags), payload, fds = m
+            reply = b""
+            if flags & 0xF != 0:   # not a command
+                s["error"] = "message %d is not a command (flags %#x)" % (command, flags)
+                break
+            if command == VFIO_USER_VERSION and s["version"] is None:
+                s["version"] = struct.unpack("<HH", payload[:4])
+                s["caps"] = json.loads(payload[4:].rstrip(b"\0").decode())
+                caps = {"capabilities": {"max_msg_fds": 16, "max_data_xfer_size": 1 << 20, "pgsizes": 4096,
+                                         "max_dma_maps": 65535}}
+                reply = struct.pack("<HH", 0, 0) + json.dumps(caps).encode() + b"\0"
+            elif command == VFIO_USER_DMA_MAP:
+                argsz, map_flags, offset, addr, length = struct.unpack("<IIQQQ", payload[:32])
+                s["maps"].append(dict(addr=addr, size=length, flags=map_flags, offset=offset,
+                                      fds=[fd_name(fd) for fd in fds]))
+            elif command == VFIO_USER_DMA_UNMAP:
+                argsz, unmap_flags, addr, length = struct.unpack("<IIQQ", payload[:24])
+                s["unmaps"].append((addr, length))
+                reply = payload[:24]
+            else:
+                if s["refused"] is None:
+                    s["refused"] = command
+                conn.sendall(struct.pack("<HHIII", msg_id, command, 16, VFIO_USER_REPLY | VFIO_USER_ERROR,
+                                         errno.ENOTSUP))
+                reply = None
+            for fd in fds:
+                os.close(fd)
+            if reply is not None:
+                conn.sendall(struct.pack("<HHIII", msg_id, command, 16 + len(reply), VFIO_USER_REPLY, 0) + reply)
         conn.close()
     except (OSError, EOFError, ValueError, struct.error) as e:
-        what = "no VFIO_USER_VERSION: %s" % e
+        s["error"] = str(e)
     finally:
         listener.close()
     try:
@@ -144,11 +196,44 @@ def check_vfio_user_command_line(env):
     except subprocess.TimeoutExpired:
         proc.kill()
         _, err = proc.communicate()
-    tap(ok, "-device '%s' connects to the socket and sends VFIO_USER_VERSION" % device)
-    note(what)
-    tap(proc.returncode not in (0, None) and b"vfu0" in err,
-        "QEMU refuses to start when the vfio-user server hangs up (exit %s)" % proc.returncode)
-    note(err.decode(errors="replace").strip())
+    s["rc"] = proc.returncode
+    s["stderr"] = err.decode(errors="replace").strip()
+    return s
+
+
+def describe_maps(maps):
+    return ", ".join("[%#x, +%#x) flags %d %s" % (m["addr"], m["size"], m["flags"],
+                                                   m["fds"][0] if m["fds"] else "without fd") for m in maps)
+
+
+def check_vfio_user_client(env):
+    s = vfio_user_client_session(env, aux_ram_share=True)
+    if s["error"]:
+        note("the session: " + s["error"])
+    # QEMU 11.1's client offers 0.0 (VFIO_USER_MINOR_VER in hw/vfio-user/protocol.h) although
+    # docs/interop/vfio-user.rst describes 0.1: a server must accept major 0, any minor.
+    tap(s["version"] is not None and s["version"][0] == 0 and "capabilities" in s["caps"] and
+        s["uid"] == int(env.user.split(":")[0]),
+        "-device '%s' connects to the socket and sends VFIO_USER_VERSION from uid %s" % (s["device"], s["uid"]))
+    note("version %s, %s" % (s["version"], json.dumps(s["caps"])))
+    ram = [m for m in s["maps"] if m["addr"] == 0]
+    tap(len(ram) == 1 and ram[0]["size"] == RAM_MIB << 20 and ram[0]["flags"] == 3 and
+        len(ram[0]["fds"]) == 1 and ram[0]["fds"][0].startswith("/memfd:"),
+        "guest RAM arrives as one DMA_MAP of %d MiB at IOVA 0, read/write, with its memfd" % RAM_MIB)
+    tap(s["maps"] and all(len(m["fds"]) == 1 for m in s["maps"]),
+        "with aux-ram-share=on every DMA_MAP carries an fd")
+    note("DMA_MAPs: " + describe_maps(s["maps"]))
+    mapped = sorted((m["addr"], m["size"]) for m in s["maps"])
+    tap(s["refused"] is not None and sorted(s["unmaps"]) == mapped and s["rc"] not in (0, None) and
+        "vfu0" in s["stderr"],
+        "when the server refuses request %s QEMU unmaps all it mapped and exits with an error (%s)" %
+        (s["refused"], s["rc"]))
+    note(s["stderr"])
+
+    s = vfio_user_client_session(env, aux_ram_share=False)
+    tap([m for m in s["maps"] if not m["fds"]] and all(m["fds"] for m in s["maps"] if m["addr"] == 0),
+        "without aux-ram-share=on QEMU's firmware arrives as a DMA_MAP without an fd (guest RAM still with one)")
+    note("DMA_MAPs: " + describe_maps(s["maps"]))
 
 
 def check_edu(env, device):
@@ -252,7 +337,7 @@ def main():
     env = Env(root, args.user)
     try:
         check_version(env)
-        check_vfio_user_command_line(env)
+        check_vfio_user_client(env)
         check_edu(env, args.device)
     finally:
         env.cleanup()
