@@ -24,6 +24,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import time
 
@@ -75,6 +76,21 @@ def vfio_user_device(path, dev_id="vfu0"):
     """The -device value for QEMU's vfio-user client on the unix socket `path` (as QEMU names it).
     QEMU 11.1 accepts the nested socket object only in -device's JSON form."""
     return json.dumps({"driver": "vfio-user-pci", "id": dev_id, "socket": {"type": "unix", "path": path}})
+
+
+def unix_listener(path, mode=0o777):
+    """A listening AF_UNIX stream socket at `path` for QEMU's vfio-user client to connect to: what
+    a test hands the broker (ServeVfioUser's `h listener`) or answers itself. `mode`: QEMU may run
+    as another uid than the test; who may use the device is decided on SO_PEERCRED, not here."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(path)
+        os.chmod(path, mode)
+        listener.listen(1)
+    except OSError:
+        listener.close()
+        raise
+    return listener
 
 
 def wrap_argv(argv, root=None, tmpdir=None, user=None):
@@ -248,8 +264,8 @@ class Pci:
         self.qt.outw(0xCFC + (offset & 2), value)
 
     def devices(self):
-        """[(dev, fn, vendor, device)] of every function on bus 0."""
-        found = []
+        """(dev, fn, vendor, device) of every function on bus 0, in order (a generator, so a search
+        stops at its device instead of costing a scan of the whole bus)."""
         for dev in range(32):
             for fn in range(8):
                 ids = self.read32(dev, fn, 0)
@@ -257,11 +273,10 @@ class Pci:
                     if fn == 0:
                         break
                     continue
-                found.append((dev, fn, ids & 0xFFFF, ids >> 16))
+                yield dev, fn, ids & 0xFFFF, ids >> 16
                 # Functions 1-7 exist only on a multi-function device (header type bit 7).
                 if fn == 0 and not (self.read32(dev, fn, 0x0C) >> 16) & 0x80:
                     break
-        return found
 
     def find(self, vendor, device):
         for dev, fn, v, d in self.devices():

@@ -136,10 +136,7 @@ def vfio_user_client_session(env, aux_ram_share):
     mapped and exit with an error. The -device form is the one the man page gives."""
     name = "vfio-user-%d.sock" % aux_ram_share
     path = os.path.join(env.tmp, name)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    os.chmod(path, 0o777)   # QEMU runs as another uid; the broker's policy is on SO_PEERCRED
-    listener.listen(1)
+    listener = qtest.unix_listener(path)
     listener.settimeout(30)
     device = qtest.vfio_user_device(env.guest_path(name))
     argv = qtest.qemu_argv([device], ram_mib=RAM_MIB)
