@@ -13,6 +13,7 @@
 #include <systemd/sd-event.h>
 #include <unistd.h>
 
+#include "broker-wire.h"
 #include "macro.h"
 #include "vfio-broker/vfio-broker.h"
 
@@ -496,13 +497,13 @@ static int cmd_monitor(vfio_broker *b, int argc, char **argv) {
         (void) sd_event_add_signal(event, NULL, SIGINT, NULL, NULL);
         (void) sd_event_add_signal(event, NULL, SIGTERM, NULL, NULL);
 
-        r = sd_bus_match_signal(bus, NULL, "org.vfiobroker.Broker1", NULL, "org.freedesktop.DBus.Properties",
+        r = sd_bus_match_signal(bus, NULL, BROKER_BUS_NAME, NULL, "org.freedesktop.DBus.Properties",
                                 "PropertiesChanged", on_signal, NULL);
         if (r >= 0)
-                r = sd_bus_match_signal(bus, NULL, "org.vfiobroker.Broker1", "/org/vfiobroker/Broker1",
+                r = sd_bus_match_signal(bus, NULL, BROKER_BUS_NAME, BROKER_OBJECT_PATH,
                                         "org.freedesktop.DBus.ObjectManager", "InterfacesAdded", on_signal, NULL);
         if (r >= 0)
-                r = sd_bus_match_signal(bus, NULL, "org.vfiobroker.Broker1", "/org/vfiobroker/Broker1",
+                r = sd_bus_match_signal(bus, NULL, BROKER_BUS_NAME, BROKER_OBJECT_PATH,
                                         "org.freedesktop.DBus.ObjectManager", "InterfacesRemoved", on_signal, NULL);
         if (r < 0) {
                 fprintf(stderr, "vfio-brokerctl: cannot subscribe: %s\n", strerror(-r));
@@ -513,7 +514,7 @@ static int cmd_monitor(vfio_broker *b, int argc, char **argv) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         int running = 1;
         if (sd_bus_call_method(bus, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
-                               "NameHasOwner", NULL, &reply, "s", "org.vfiobroker.Broker1") >= 0 &&
+                               "NameHasOwner", NULL, &reply, "s", BROKER_BUS_NAME) >= 0 &&
             sd_bus_message_read(reply, "b", &running) >= 0 && !running)
                 fprintf(stderr, "vfio-brokerctl: vfio-brokerd is not running; waiting for it (start it with: "
                         "systemctl start vfio-brokerd).\n");
