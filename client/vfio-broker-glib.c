@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
+#include <gio/gio.h>
 #include <poll.h>
 #include <time.h>
 
@@ -88,4 +89,31 @@ _public_ guint vfio_broker_glib_attach(vfio_broker *b, GMainContext *context) {
         id = g_source_attach(s, context);
         g_source_unref(s);
         return id;
+}
+
+/* Every org.vfiobroker.Broker1.Error.* name of the SPEC; the D-Bus standard errors the broker also
+ * returns are GLib's G_DBUS_ERROR already. */
+static const GDBusErrorEntry broker_error_entries[] = {
+        { VFIO_BROKER_ERROR_NO_SUCH_GROUP,  "org.vfiobroker.Broker1.Error.NoSuchGroup"   },
+        { VFIO_BROKER_ERROR_NO_SUCH_DEVICE, "org.vfiobroker.Broker1.Error.NoSuchDevice"  },
+        { VFIO_BROKER_ERROR_NOT_VIABLE,     "org.vfiobroker.Broker1.Error.NotViable"     },
+        { VFIO_BROKER_ERROR_BUSY,           "org.vfiobroker.Broker1.Error.Busy"          },
+        { VFIO_BROKER_ERROR_NO_GROUPS,      "org.vfiobroker.Broker1.Error.NoGroups"      },
+        { VFIO_BROKER_ERROR_OVERLAP,        "org.vfiobroker.Broker1.Error.Overlap"       },
+        { VFIO_BROKER_ERROR_WOULD_SPLIT,    "org.vfiobroker.Broker1.Error.WouldSplit"    },
+        { VFIO_BROKER_ERROR_OUT_OF_RANGE,   "org.vfiobroker.Broker1.Error.OutOfRange"    },
+        { VFIO_BROKER_ERROR_UNALIGNED,      "org.vfiobroker.Broker1.Error.Unaligned"     },
+        { VFIO_BROKER_ERROR_NOT_MAPPED,     "org.vfiobroker.Broker1.Error.NotMapped"     },
+        { VFIO_BROKER_ERROR_BAD_MEMORY,     "org.vfiobroker.Broker1.Error.BadMemory"     },
+        { VFIO_BROKER_ERROR_QUOTA_EXCEEDED, "org.vfiobroker.Broker1.Error.QuotaExceeded" },
+        { VFIO_BROKER_ERROR_KERNEL,         "org.vfiobroker.Broker1.Error.Kernel"        },
+};
+
+_public_ GQuark vfio_broker_error_quark(void) {
+        static gsize quark = 0;
+
+        /* Registers once, thread-safely; the entries map both ways (reply name <-> domain and code). */
+        g_dbus_error_register_error_domain("vfio-broker-error-quark", &quark, broker_error_entries,
+                                           G_N_ELEMENTS(broker_error_entries));
+        return (GQuark) quark;
 }

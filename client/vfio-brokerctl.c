@@ -11,7 +11,9 @@
 #include <string.h>
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
+#include <unistd.h>
 
+#include "broker-wire.h"
 #include "macro.h"
 #include "vfio-broker/vfio-broker.h"
 
@@ -27,15 +29,29 @@ enum {
 
 static bool arg_json;
 
+/* The bus answers for a name nobody owns: not activatable (ServiceUnknown, NameHasNoOwner), or activation
+ * was tried and failed (Spawn.*, or systemd's errors when the bus activates through systemd). */
+static bool broker_not_running(const char *name, int r) {
+        return strstr(name, "ServiceUnknown") || strstr(name, "NameHasNoOwner") ||
+               strncmp(name, "org.freedesktop.DBus.Error.Spawn.", 33) == 0 ||
+               strncmp(name, "org.freedesktop.systemd1.", 25) == 0 || (!*name && r == -ECONNREFUSED);
+}
+
 static int exit_for(vfio_broker *b, int r, const char *what) {
         const char *name = vfio_broker_error_name(b);
         const char *message = vfio_broker_error_message(b);
 
+        if (broker_not_running(name, r)) {
+                fprintf(stderr, "vfio-brokerctl: vfio-brokerd is not running (nobody owns org.vfiobroker.Broker1 on "
+                        "the system bus).\nStart it with: systemctl start vfio-brokerd\n");
+                /* Why activation failed, when the bus tried: the administrator's next clue. */
+                if (!strstr(name, "ServiceUnknown") && !strstr(name, "NameHasNoOwner") && message && *message)
+                        fprintf(stderr, "(the bus said: %s)\n", message);
+                return EXIT_UNAVAILABLE;
+        }
         fprintf(stderr, "vfio-brokerctl: %s: %s\n", what, message && *message ? message : strerror(-r));
         if (strstr(name, "UnknownObject"))
                 return EXIT_NOT_FOUND;
-        if (strstr(name, "ServiceUnknown") || strstr(name, "NameHasNoOwner") || (!*name && r == -ECONNREFUSED))
-                return EXIT_UNAVAILABLE;
         if (strstr(name, "AccessDenied"))
                 return EXIT_DENIED;
         if (strstr(name, "InvalidArgs"))
@@ -245,10 +261,6 @@ static int cmd_show(vfio_broker *b, int argc, char **argv) {
         char groups[256], bytes[32];
         int r;
 
-        if (argc != 2) {
-                fprintf(stderr, "vfio-brokerctl: show takes one container id or object path.\n");
-                return EXIT_USAGE;
-        }
         r = vfio_broker_get_container_info(b, argv[1], &c);
         if (r < 0)
                 return exit_for(b, r, "Cannot show the container");
@@ -284,10 +296,6 @@ static int cmd_show(vfio_broker *b, int argc, char **argv) {
 static int cmd_close(vfio_broker *b, int argc, char **argv) {
         int r;
 
-        if (argc != 2) {
-                fprintf(stderr, "vfio-brokerctl: close takes one container id or object path.\n");
-                return EXIT_USAGE;
-        }
         r = vfio_broker_close_container(b, argv[1]);
         if (r < 0)
                 return exit_for(b, r, "Cannot close the container");
@@ -296,69 +304,160 @@ static int cmd_close(vfio_broker *b, int argc, char **argv) {
         return EXIT_OK;
 }
 
-/* monitor: one line (or one JSON object per line) per change, until SIGINT/SIGTERM. */
+/* monitor: one line (or one JSON object per line) per change, until SIGINT/SIGTERM or until whoever
+ * reads the output goes away. */
+
+/* Reads the next complete value of any D-Bus type as JSON, so that every property (those of today and
+ * those added later) is shown with its value rather than as null. Structs of two or three uint64 are the
+ * interface's ranges (IovaRanges a(tt), DiscardableRanges a(ttt)) and read like they do in list --json. */
+static int read_json(sd_bus_message *m, json_object **ret) {
+        const char *contents;
+        char type;
+        int r;
+
+        r = sd_bus_message_peek_type(m, &type, &contents);
+        if (r <= 0)
+                return r < 0 ? r : -EBADMSG;
+
+        if (type == SD_BUS_TYPE_ARRAY || type == SD_BUS_TYPE_STRUCT || type == SD_BUS_TYPE_VARIANT ||
+            type == SD_BUS_TYPE_DICT_ENTRY) {
+                bool dict = type == SD_BUS_TYPE_ARRAY && contents[0] == SD_BUS_TYPE_DICT_ENTRY_BEGIN;
+                bool range = type == SD_BUS_TYPE_STRUCT && (strcmp(contents, "tt") == 0 || strcmp(contents, "ttt") == 0);
+                static const char * const range_keys[] = { "first", "last", "granule" };
+                json_object *o = NULL;
+
+                r = sd_bus_message_enter_container(m, type, contents);
+                if (r < 0)
+                        return r;
+                if (type == SD_BUS_TYPE_VARIANT)
+                        r = read_json(m, &o);
+                else {
+                        o = dict || range ? json_object_new_object() : json_object_new_array();
+                        for (size_t i = 0; (r = sd_bus_message_at_end(m, false)) == 0; i++) {
+                                json_object *v = NULL, *key = NULL;
+
+                                if (dict) {
+                                        /* {key value}: the key's text names the member. */
+                                        r = sd_bus_message_enter_container(m, SD_BUS_TYPE_DICT_ENTRY, NULL);
+                                        if (r >= 0)
+                                                r = read_json(m, &key);
+                                        if (r >= 0)
+                                                r = read_json(m, &v);
+                                        if (r >= 0)
+                                                r = sd_bus_message_exit_container(m);
+                                        if (r >= 0)
+                                                json_object_object_add(o, json_object_get_string(key) ?: "", v);
+                                        else
+                                                json_object_put(v);
+                                        json_object_put(key);
+                                } else {
+                                        r = read_json(m, &v);
+                                        if (r >= 0 && range)
+                                                json_object_object_add(o, range_keys[i], v);
+                                        else if (r >= 0)
+                                                json_object_array_add(o, v);
+                                }
+                                if (r < 0)
+                                        break;
+                        }
+                }
+                if (r >= 0)
+                        r = sd_bus_message_exit_container(m);
+                if (r < 0) {
+                        json_object_put(o);
+                        return r;
+                }
+                *ret = o;
+                return 0;
+        }
+
+        union { int b; uint8_t y; int16_t n; uint16_t q; int32_t i; uint32_t u; int64_t x; uint64_t t; double d;
+                const char *s; } v;
+        r = sd_bus_message_read_basic(m, type, &v);
+        if (r < 0)
+                return r;
+        switch (type) {
+        case SD_BUS_TYPE_BOOLEAN: *ret = json_object_new_boolean(v.b); break;
+        case SD_BUS_TYPE_BYTE:    *ret = json_object_new_int64(v.y); break;
+        case SD_BUS_TYPE_INT16:   *ret = json_object_new_int64(v.n); break;
+        case SD_BUS_TYPE_UINT16:  *ret = json_object_new_int64(v.q); break;
+        case SD_BUS_TYPE_INT32:   *ret = json_object_new_int64(v.i); break;
+        case SD_BUS_TYPE_UINT32:  *ret = json_object_new_int64(v.u); break;
+        case SD_BUS_TYPE_INT64:   *ret = json_object_new_int64(v.x); break;
+        case SD_BUS_TYPE_UINT64:  *ret = json_u64(v.t); break;
+        case SD_BUS_TYPE_DOUBLE:  *ret = json_object_new_double(v.d); break;
+        case SD_BUS_TYPE_UNIX_FD: *ret = NULL; break; /* an fd means nothing to a reader */
+        default:                  *ret = json_object_new_string(v.s); break; /* s, o, g */
+        }
+        return 0;
+}
+
+/* The human form of a property value: numbers and names as they are, lists comma-separated ("-" when
+ * empty), ranges as [first,last] or [first,last]/granule in hex; no spaces, so "name=value" stays one word. */
+static void print_human(json_object *v) {
+        size_t n;
+
+        switch (json_object_get_type(v)) {
+        case json_type_array:
+                n = json_object_array_length(v);
+                if (n == 0) {
+                        fputs("-", stdout);
+                        break;
+                }
+                for (size_t i = 0; i < n; i++) {
+                        json_object *e = json_object_array_get_idx(v, i), *first, *last, *granule;
+                        if (json_object_object_get_ex(e, "first", &first) && json_object_object_get_ex(e, "last", &last)) {
+                                printf("%s[0x%" PRIx64 ",0x%" PRIx64 "]", i ? "," : "", json_object_get_uint64(first),
+                                       json_object_get_uint64(last));
+                                if (json_object_object_get_ex(e, "granule", &granule))
+                                        printf("/0x%" PRIx64, json_object_get_uint64(granule));
+                        } else {
+                                printf("%s", i ? "," : "");
+                                print_human(e);
+                        }
+                }
+                break;
+        case json_type_null:
+                fputs("-", stdout);
+                break;
+        case json_type_string:
+                fputs(json_object_get_string(v), stdout);
+                break;
+        default:
+                fputs(json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE), stdout);
+        }
+}
+
+static void print_json_line(json_object *o) {
+        /* One line each, keys in a fixed order (event, path, interface, changes) and no spaces, so that a
+         * line-oriented tool can match on it (vfio-brokerctl(1), EXAMPLES). */
+        printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+        json_object_put(o);
+}
+
 static int on_signal(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
-        const char *member = sd_bus_message_get_member(m), *path = sd_bus_message_get_path(m), *iface, *name;
+        const char *member = sd_bus_message_get_member(m), *path = sd_bus_message_get_path(m), *iface;
         json_object *o = NULL, *changes = NULL;
 
         if (strcmp(member, "PropertiesChanged") == 0) {
-                if (sd_bus_message_read(m, "s", &iface) < 0 || sd_bus_message_enter_container(m, 'a', "{sv}") < 0)
+                if (sd_bus_message_read(m, "s", &iface) < 0 || read_json(m, &changes) < 0)
                         return 0;
                 if (arg_json) {
                         o = json_object_new_object();
-                        changes = json_object_new_object();
                         json_object_object_add(o, "event", json_object_new_string("changed"));
                         json_object_object_add(o, "path", json_object_new_string(path));
                         json_object_object_add(o, "interface", json_object_new_string(iface));
-                } else
-                        printf("changed %s", path);
-                while (sd_bus_message_enter_container(m, 'e', "sv") > 0) {
-                        char type;
-                        const char *contents;
-                        if (sd_bus_message_read(m, "s", &name) < 0 || sd_bus_message_peek_type(m, &type, &contents) < 0)
-                                return 0;
-                        json_object *v = NULL;
-                        char text[64] = "?";
-                        union { int b; uint32_t u; uint64_t t; const char *s; } val;
-                        if (strcmp(contents, "b") == 0 && sd_bus_message_read(m, "v", "b", &val.b) >= 0) {
-                                v = json_object_new_boolean(val.b);
-                                snprintf(text, sizeof(text), "%s", val.b ? "true" : "false");
-                        } else if (strcmp(contents, "u") == 0 && sd_bus_message_read(m, "v", "u", &val.u) >= 0) {
-                                v = json_object_new_int64(val.u);
-                                snprintf(text, sizeof(text), "%" PRIu32, val.u);
-                        } else if (strcmp(contents, "t") == 0 && sd_bus_message_read(m, "v", "t", &val.t) >= 0) {
-                                v = json_u64(val.t);
-                                snprintf(text, sizeof(text), "%" PRIu64, val.t);
-                        } else if (strcmp(contents, "o") == 0 && sd_bus_message_read(m, "v", "o", &val.s) >= 0) {
-                                v = json_object_new_string(val.s);
-                                snprintf(text, sizeof(text), "%s", val.s);
-                        } else if (strcmp(contents, "au") == 0) {
-                                const void *p;
-                                size_t n;
-                                v = json_object_new_array();
-                                if (sd_bus_message_enter_container(m, 'v', "au") >= 0 &&
-                                    sd_bus_message_read_array(m, 'u', &p, &n) >= 0) {
-                                        for (size_t i = 0; i < n / 4; i++)
-                                                json_object_array_add(v, json_object_new_int64(((const uint32_t *) p)[i]));
-                                        join_u32(p, n / 4, text, sizeof(text));
-                                        (void) sd_bus_message_exit_container(m);
-                                }
-                        } else
-                                (void) sd_bus_message_skip(m, "v");
-                        if (arg_json)
-                                json_object_object_add(changes, name, v);
-                        else {
-                                json_object_put(v);
-                                printf(" %s=%s", name, text);
-                        }
-                        (void) sd_bus_message_exit_container(m);
-                }
-                if (arg_json) {
                         json_object_object_add(o, "changes", changes);
-                        printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
-                        json_object_put(o);
-                } else
+                        print_json_line(o);
+                } else {
+                        printf("changed %s", path);
+                        json_object_object_foreach(changes, name, value) {
+                                printf(" %s=", name);
+                                print_human(value);
+                        }
                         printf("\n");
+                        json_object_put(changes);
+                }
         } else {
                 const char *object;
                 bool added = strcmp(member, "InterfacesAdded") == 0;
@@ -368,13 +467,18 @@ static int on_signal(sd_bus_message *m, void *userdata, sd_bus_error *ret_error)
                         o = json_object_new_object();
                         json_object_object_add(o, "event", json_object_new_string(added ? "added" : "removed"));
                         json_object_object_add(o, "path", json_object_new_string(object));
-                        printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
-                        json_object_put(o);
+                        print_json_line(o);
                 } else
                         printf("%s %s\n", added ? "added" : "removed", object);
         }
         fflush(stdout);
         return 0;
+}
+
+/* The reader of our output went away (`... | grep -m1 ...` found its line): stop, as a pipeline's
+ * writer should, instead of lingering until the next change raises SIGPIPE. */
+static int on_stdout_closed(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        return sd_event_exit(sd_event_source_get_event(s), EXIT_OK);
 }
 
 static int cmd_monitor(vfio_broker *b, int argc, char **argv) {
@@ -393,21 +497,33 @@ static int cmd_monitor(vfio_broker *b, int argc, char **argv) {
         (void) sd_event_add_signal(event, NULL, SIGINT, NULL, NULL);
         (void) sd_event_add_signal(event, NULL, SIGTERM, NULL, NULL);
 
-        r = sd_bus_match_signal(bus, NULL, "org.vfiobroker.Broker1", NULL, "org.freedesktop.DBus.Properties",
+        r = sd_bus_match_signal(bus, NULL, BROKER_BUS_NAME, NULL, "org.freedesktop.DBus.Properties",
                                 "PropertiesChanged", on_signal, NULL);
         if (r >= 0)
-                r = sd_bus_match_signal(bus, NULL, "org.vfiobroker.Broker1", "/org/vfiobroker/Broker1",
+                r = sd_bus_match_signal(bus, NULL, BROKER_BUS_NAME, BROKER_OBJECT_PATH,
                                         "org.freedesktop.DBus.ObjectManager", "InterfacesAdded", on_signal, NULL);
         if (r >= 0)
-                r = sd_bus_match_signal(bus, NULL, "org.vfiobroker.Broker1", "/org/vfiobroker/Broker1",
+                r = sd_bus_match_signal(bus, NULL, BROKER_BUS_NAME, BROKER_OBJECT_PATH,
                                         "org.freedesktop.DBus.ObjectManager", "InterfacesRemoved", on_signal, NULL);
         if (r < 0) {
                 fprintf(stderr, "vfio-brokerctl: cannot subscribe: %s\n", strerror(-r));
                 return EXIT_UNAVAILABLE;
         }
+        /* Subscribed first, so nothing is missed: a broker that starts later is followed from its start,
+         * but whoever watches should know why nothing comes. */
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        int running = 1;
+        if (sd_bus_call_method(bus, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                               "NameHasOwner", NULL, &reply, "s", BROKER_BUS_NAME) >= 0 &&
+            sd_bus_message_read(reply, "b", &running) >= 0 && !running)
+                fprintf(stderr, "vfio-brokerctl: vfio-brokerd is not running; waiting for it (start it with: "
+                        "systemctl start vfio-brokerd).\n");
         r = vfio_broker_attach_event(b, event, 0);
         if (r < 0)
                 return EXIT_ERROR;
+        /* No events asked for: epoll still reports EPOLLERR (pipe reader gone) and EPOLLHUP (terminal hung
+         * up). Files and /dev/null cannot be polled and need no watching, so a failure here is fine. */
+        (void) sd_event_add_io(event, NULL, STDOUT_FILENO, 0, on_stdout_closed, NULL);
         if (!arg_json) {
                 printf("Monitoring org.vfiobroker.Broker1; Ctrl-C to stop.\n");
                 fflush(stdout);
@@ -416,8 +532,8 @@ static int cmd_monitor(vfio_broker *b, int argc, char **argv) {
         return r < 0 ? EXIT_ERROR : EXIT_OK;
 }
 
-static void help(void) {
-        printf("Usage: vfio-brokerctl [--json] COMMAND [ARGS]\n\n"
+static void help(FILE *f) {
+        fprintf(f, "Usage: vfio-brokerctl [OPTIONS] COMMAND [ARGS]\n\n"
                "Inspect and administer vfio-brokerd (org.vfiobroker.Broker1).\n\n"
                "Commands:\n"
                "  status            Backend, version and balloon state\n"
@@ -425,13 +541,19 @@ static void help(void) {
                "  list              Containers: owner, uid, label, groups, mappings, bytes\n"
                "  show ID|PATH      One container in detail\n"
                "  monitor           Stream balloon and container changes until interrupted\n"
-               "  close ID|PATH     Close a container (administrators)\n\n"
-               "Options:\n"
+               "  close ID|PATH     Close a container (administrators)\n"
+               "  help              Show this help\n\n"
+               "Options (before or after the command):\n"
                "  -j --json         Machine-readable output (one JSON document; JSON lines for monitor)\n"
                "  -h --help         Show this help\n"
                "     --version      Show the version\n\n"
                "Exit status: 0 success, 1 refused or failed, 2 usage, 3 broker unavailable,\n"
                "4 no such container, 5 not authorized. See vfio-brokerctl(1).\n");
+}
+
+static int cmd_help(vfio_broker *b, int argc, char **argv) {
+        help(stdout);
+        return EXIT_OK;
 }
 
 int main(int argc, char *argv[]) {
@@ -444,48 +566,82 @@ int main(int argc, char *argv[]) {
         static const struct {
                 const char *name;
                 int (*run)(vfio_broker *b, int argc, char **argv);
+                int n_args;             /* words after the command */
+                const char *args;       /* what they are, for the usage error */
         } commands[] = {
-                { "status",  cmd_status  },
-                { "groups",  cmd_groups  },
-                { "list",    cmd_list    },
-                { "show",    cmd_show    },
-                { "monitor", cmd_monitor },
-                { "close",   cmd_close   },
+                { "status",  cmd_status,  0 },
+                { "groups",  cmd_groups,  0 },
+                { "list",    cmd_list,    0 },
+                { "show",    cmd_show,    1, "one container id or object path" },
+                { "monitor", cmd_monitor, 0 },
+                { "close",   cmd_close,   1, "one container id or object path" },
+                { "help",    cmd_help,    0 },
         };
+        _cleanup_free_ char **words = NULL;
+        size_t n_words = 0;
         vfio_broker *b = NULL;
         int c, r;
 
-        while ((c = getopt_long(argc, argv, "+jh", options, NULL)) >= 0)
+        /* Options may come before or after the command, as in systemctl and busctl: a leading '-' makes
+         * getopt hand over each other word in order (code 1) instead of stopping at the first one, whatever
+         * POSIXLY_CORRECT says. Everything after "--" is a word too. */
+        words = calloc(argc + 1, sizeof(char *));
+        if (!words)
+                return EXIT_ERROR;
+        while ((c = getopt_long(argc, argv, "-jh", options, NULL)) >= 0)
                 switch (c) {
+                case 1:
+                        words[n_words++] = optarg;
+                        break;
                 case 'j':
                         arg_json = true;
                         break;
                 case 'h':
-                        help();
+                        help(stdout);
                         return EXIT_OK;
                 case 'V':
                         printf("vfio-brokerctl " VERSION "\n");
                         return EXIT_OK;
                 default:
+                        /* getopt said what was wrong ("unrecognized option '--jsn'"). */
+                        fprintf(stderr, "See \"vfio-brokerctl help\".\n");
                         return EXIT_USAGE;
                 }
-        if (optind >= argc) {
-                help();
+        while (optind < argc)
+                words[n_words++] = argv[optind++];
+        if (n_words == 0) {
+                fprintf(stderr, "vfio-brokerctl: no command given.\n\n");
+                help(stderr);
                 return EXIT_USAGE;
         }
 
         for (size_t i = 0; i < ELEMENTSOF(commands); i++) {
-                if (strcmp(argv[optind], commands[i].name) != 0)
+                if (strcmp(words[0], commands[i].name) != 0)
                         continue;
+                /* Refused before anything is asked of the broker: a word the command does not take is a
+                 * mistake (a misspelt option, a second id), not something to ignore. */
+                if (n_words - 1 != (size_t) commands[i].n_args) {
+                        if (commands[i].n_args == 0)
+                                fprintf(stderr, "vfio-brokerctl: %s takes no arguments, got \"%s\"; see "
+                                        "\"vfio-brokerctl help\".\n", words[0], words[1]);
+                        else
+                                fprintf(stderr, "vfio-brokerctl: %s takes %s, got %zu arguments.\n", words[0],
+                                        commands[i].args, n_words - 1);
+                        return EXIT_USAGE;
+                }
+                if (commands[i].run == cmd_help)
+                        return cmd_help(NULL, 0, NULL);
                 r = vfio_broker_open(&b);
                 if (r < 0) {
-                        fprintf(stderr, "vfio-brokerctl: cannot connect to the system bus: %s\n", strerror(-r));
+                        const char *address = getenv("DBUS_SYSTEM_BUS_ADDRESS");
+                        fprintf(stderr, "vfio-brokerctl: cannot connect to the system bus (%s): %s\n",
+                                address ?: "unix:path=/run/dbus/system_bus_socket", strerror(-r));
                         return EXIT_UNAVAILABLE;
                 }
-                r = commands[i].run(b, argc - optind, argv + optind);
+                r = commands[i].run(b, (int) n_words, words);
                 vfio_broker_unref(b);
                 return r;
         }
-        fprintf(stderr, "vfio-brokerctl: unknown command \"%s\"; see --help.\n", argv[optind]);
+        fprintf(stderr, "vfio-brokerctl: unknown command \"%s\"; see \"vfio-brokerctl help\".\n", words[0]);
         return EXIT_USAGE;
 }

@@ -26,7 +26,15 @@
 /* Limits a client can run into. */
 #define BROKER_LABEL_MAX       256   /* bytes of a container's Label */
 #define BROKER_UPDATE_MAX      65536 /* unmaps, and maps, per Update */
-#define BROKER_UPDATE_FDS_MAX  1024  /* memory fds per Update */
+/* Memory fds per Update. A D-Bus message and its fds travel in one sendmsg(), which passes at most
+ * SCM_MAX_FD (253, include/net/scm.h) fds: the limit of the peer connection and of dbus-broker. No
+ * transport carries more, so the daemon refuses more. */
+#define BROKER_UPDATE_FDS_MAX  253
+/* dbus-daemon's max_message_unix_fds, 16 unless the bus configuration raises it (Debian's
+ * /usr/share/dbus-1/system.conf leaves it). dbus-daemon does not refuse a message with more: it
+ * disconnects the sender, and with the connection the broker closes every container it owned. A
+ * client cannot ask the bus for its limit, so on the bus it sends at most this many per message. */
+#define BROKER_BUS_MESSAGE_FDS_MAX 16
 
 typedef enum BrokerErrorCode {
         BROKER_ERROR_NONE = 0,

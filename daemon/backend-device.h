@@ -60,13 +60,10 @@ struct BackendDevice {
         const BackendDeviceOps *ops;
 };
 
-/* The vfio backend's implementation of BackendOps.container_device_open: a device fd of the
- * container (container_open_device) driven with ioctls. */
-int backend_vfio_device_open(BackendContainer *c, unsigned group, const char *device, BackendDevice **ret,
-                             BrokerError *e);
-/* The sim backend's. */
-int backend_sim_device_open(BackendContainer *c, unsigned group, const char *device, BackendDevice **ret,
-                            BrokerError *e);
+/* The backends' get_device op (BackendOps): a device fd of the container (get_device_fd) driven with
+ * ioctls, and the sim's edu on a sim device fd. Errors as get_device_fd. */
+int backend_vfio_device_get(BackendContainer *c, unsigned group, const char *device, BackendDevice **ret);
+int backend_sim_device_get(BackendContainer *c, unsigned group, const char *device, BackendDevice **ret);
 
 static inline BackendDevice *backend_device_free(BackendDevice *d) {
         if (d)

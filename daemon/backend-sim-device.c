@@ -412,13 +412,12 @@ static const BackendDeviceOps sim_device_ops = {
         .reset = sim_device_reset,
 };
 
-int backend_sim_device_open(BackendContainer *c, unsigned group, const char *device, BackendDevice **ret,
-                            BrokerError *e) {
+int backend_sim_device_get(BackendContainer *c, unsigned group, const char *device, BackendDevice **ret) {
         _cleanup_close_ int fd = -EBADF;
         SimDevice *s;
 
         /* The same checks as OpenDevice, and the same effect on the group. */
-        fd = c->backend->ops->container_open_device(c, group, device, e);
+        fd = backend_container_open_device(c, group, device);
         if (fd < 0)
                 return fd;
 

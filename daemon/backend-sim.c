@@ -27,6 +27,7 @@
 #include "backend-sim.h"
 #include "backend-sim-internal.h"
 #include "config.h"
+#include "log.h"
 #include "mapping-table.h"
 
 typedef struct SimContainer SimContainer;
@@ -131,7 +132,7 @@ static int sim_get_group(Backend *b, unsigned id, BackendGroupInfo *ret) {
         return group_info_fill(g->config, ret);
 }
 
-static int sim_container_new(Backend *b, BackendContainer **ret, BrokerError *e) {
+static int sim_new_container(Backend *b, BackendContainer **ret) {
         SimContainer *c = calloc(1, sizeof(SimContainer));
 
         if (!c)
@@ -159,7 +160,7 @@ static void sim_container_release_iommu(SimContainer *c) {
         c->dirty_tracking = false;
 }
 
-static void sim_container_free(BackendContainer *bc) {
+static void sim_free_container(BackendContainer *bc) {
         SimContainer *c = (SimContainer *) bc;
 
         sim_container_release_iommu(c);
@@ -169,20 +170,21 @@ static void sim_container_free(BackendContainer *bc) {
         free(c);
 }
 
-static int sim_container_attach_group(BackendContainer *bc, unsigned id, BrokerError *e) {
+static int sim_attach_group(BackendContainer *bc, unsigned id) {
         SimContainer *c = (SimContainer *) bc;
         SimGroup *g = sim_find_group(c->sim, id);
 
         if (!g)
-                return broker_error_set(e, BROKER_ERROR_NO_SUCH_GROUP, "sim: there is no group %u.", id);
+                return -ENOENT; /* open("/dev/vfio/N") */
         if (g->container)
-                return broker_error_set(e, BROKER_ERROR_BUSY, "sim: group %u is already in a container.", id);
-        if (sim_group_prune_devices(g) > 0)
-                return broker_error_set(e, BROKER_ERROR_BUSY,
-                                        "sim: group %u still has %zu device fds open from an earlier container.",
-                                        id, g->n_device_ends);
+                return -EBUSY;
+        if (sim_group_prune_devices(g) > 0) {
+                log_debug("sim: group %u still has %zu device fds open from an earlier container.", id,
+                          g->n_device_ends);
+                return -EBUSY;
+        }
         if (!g->config->viable)
-                return broker_error_set(e, BROKER_ERROR_NOT_VIABLE, "sim: group %u is not viable.", id);
+                return -EPERM;
 
         g->container = c;
         c->n_groups++;
@@ -190,17 +192,14 @@ static int sim_container_attach_group(BackendContainer *bc, unsigned id, BrokerE
         return 0;
 }
 
-static int sim_container_detach_group(BackendContainer *bc, unsigned id, BrokerError *e) {
+static int sim_detach_group(BackendContainer *bc, unsigned id) {
         SimContainer *c = (SimContainer *) bc;
         SimGroup *g = sim_find_group(c->sim, id);
 
-        if (!g || g->container != c) {
-                broker_error_set(e, BROKER_ERROR_NO_SUCH_GROUP, "sim: group %u is not in this container.", id);
-                return -EINVAL;
-        }
+        if (!g || g->container != c)
+                return -EINVAL; /* VFIO_GROUP_UNSET_CONTAINER on a group in no container */
         if (sim_group_prune_devices(g) > 0) {
-                broker_error_set(e, BROKER_ERROR_BUSY, "sim: group %u has %zu device fds open.", id,
-                                 g->n_device_ends);
+                log_debug("sim: group %u has %zu device fds open.", id, g->n_device_ends);
                 return -EBUSY;
         }
         g->container = NULL;
@@ -209,14 +208,12 @@ static int sim_container_detach_group(BackendContainer *bc, unsigned id, BrokerE
         return 0;
 }
 
-static int sim_container_get_iommu_info(BackendContainer *bc, BackendIommuInfo *ret, BrokerError *e) {
+static int sim_get_iommu_info(BackendContainer *bc, BackendIommuInfo *ret) {
         SimContainer *c = (SimContainer *) bc;
         const SimConfig *sc = &c->sim->config->sim;
 
-        if (!c->iommu_set) {
-                broker_error_set(e, BROKER_ERROR_NO_GROUPS, "sim: no IOMMU is set on this container.");
+        if (!c->iommu_set)
                 return -EINVAL;
-        }
         ret->ranges = calloc(sc->n_iova_ranges ? sc->n_iova_ranges : 1, sizeof(IovaRange));
         if (!ret->ranges)
                 return -ENOMEM;
@@ -241,34 +238,31 @@ static bool sim_iova_valid(const SimContainer *c, uint64_t first, uint64_t last)
         return false;
 }
 
-static int sim_einval(BrokerError *e, BrokerErrorCode code, const char *what) {
-        broker_error_set(e, code, "sim: %s.", what);
+/* What the kernel answers for a request it refuses as malformed; the detail goes to the debug log. */
+static int sim_einval(const char *op, const char *what) {
+        log_debug("sim: %s: %s.", op, what);
         return -EINVAL;
 }
 
-static int sim_container_map(BackendContainer *bc, uint64_t vaddr, uint64_t iova, uint64_t size,
-                             uint32_t flags, BrokerError *e) {
+static int sim_map_dma(BackendContainer *bc, uint64_t vaddr, uint64_t iova, uint64_t size, uint32_t flags) {
         SimContainer *c = (SimContainer *) bc;
         uint64_t mask = sim_min_page(c) - 1;
         SimDma *d;
 
         if (flags == 0 || (flags & ~UINT32_C(3)))
-                return sim_einval(e, BROKER_ERROR_INVALID_ARGS, "invalid DMA flags");
+                return sim_einval("MAP_DMA", "invalid DMA flags");
         if (!c->iommu_set)
-                return sim_einval(e, BROKER_ERROR_NO_GROUPS, "no IOMMU set");
+                return sim_einval("MAP_DMA", "no IOMMU set");
         if (size == 0 || ((size | iova | vaddr) & mask))
-                return sim_einval(e, BROKER_ERROR_UNALIGNED, "size, iova and vaddr must be page aligned");
+                return sim_einval("MAP_DMA", "size, iova and vaddr must be page aligned");
         if (iova + (size - 1) < iova || vaddr + (size - 1) < vaddr)
-                return sim_einval(e, BROKER_ERROR_OUT_OF_RANGE, "range overflows");
+                return sim_einval("MAP_DMA", "range overflows");
         if (!sim_iova_valid(c, iova, iova + (size - 1)))
-                return sim_einval(e, BROKER_ERROR_OUT_OF_RANGE, "IOVA range outside the usable ranges");
-        if (mapping_table_first_intersecting(&c->dma, iova, iova + (size - 1))) {
-                broker_error_set(e, BROKER_ERROR_OVERLAP, "sim: IOVA range overlaps an existing DMA mapping.");
+                return sim_einval("MAP_DMA", "IOVA range outside the usable ranges");
+        if (mapping_table_first_intersecting(&c->dma, iova, iova + (size - 1)))
                 return -EEXIST;
-        }
         if (mapping_table_size(&c->dma) >= c->sim->config->sim.dma_entry_limit) {
-                broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED, "sim: the DMA entry limit (%" PRIu32 ") is reached.",
-                                 c->sim->config->sim.dma_entry_limit);
+                log_debug("sim: the DMA entry limit (%" PRIu32 ") is reached.", c->sim->config->sim.dma_entry_limit);
                 return -ENOSPC;
         }
 
@@ -295,27 +289,27 @@ static void sim_mark_dirty(uint64_t *bitmap, uint64_t base, uint64_t page_size, 
 }
 
 static int sim_unmap(SimContainer *c, uint64_t iova, uint64_t size, uint64_t page_size, uint64_t *bitmap,
-                     uint64_t *ret_unmapped, BrokerError *e) {
+                     uint64_t *ret_unmapped) {
         uint64_t mask = sim_min_page(c) - 1, last, unmapped = 0;
         MappingTableNode *node, *next;
 
         if (!c->iommu_set)
-                return sim_einval(e, BROKER_ERROR_NO_GROUPS, "no IOMMU set");
+                return sim_einval("UNMAP_DMA", "no IOMMU set");
         if (size == 0 || ((size | iova) & mask))
-                return sim_einval(e, BROKER_ERROR_UNALIGNED, "size and iova must be page aligned");
+                return sim_einval("UNMAP_DMA", "size and iova must be page aligned");
         if (iova + (size - 1) < iova)
-                return sim_einval(e, BROKER_ERROR_OUT_OF_RANGE, "range overflows");
+                return sim_einval("UNMAP_DMA", "range overflows");
         last = iova + (size - 1);
 
         node = mapping_table_find(&c->dma, iova);
         if (node && node->first < iova)
-                return sim_einval(e, BROKER_ERROR_WOULD_SPLIT, "unmap range starts inside a mapping");
+                return sim_einval("UNMAP_DMA", "range starts inside a mapping");
         node = mapping_table_find(&c->dma, last);
         if (node && node->last > last)
-                return sim_einval(e, BROKER_ERROR_WOULD_SPLIT, "unmap range ends inside a mapping");
+                return sim_einval("UNMAP_DMA", "range ends inside a mapping");
 
         if (bitmap && (!c->dirty_tracking || page_size != sim_min_page(c)))
-                return sim_einval(e, BROKER_ERROR_INVALID_ARGS, "a dirty bitmap needs tracking and the smallest page size");
+                return sim_einval("UNMAP_DMA", "a dirty bitmap needs tracking and the smallest page size");
 
         for (node = mapping_table_first_intersecting(&c->dma, iova, last); node && node->first <= last; node = next) {
                 next = mapping_table_next(node);
@@ -329,44 +323,43 @@ static int sim_unmap(SimContainer *c, uint64_t iova, uint64_t size, uint64_t pag
         return 0;
 }
 
-static int sim_container_unmap(BackendContainer *bc, uint64_t iova, uint64_t size, uint64_t *ret_unmapped,
-                               BrokerError *e) {
-        return sim_unmap((SimContainer *) bc, iova, size, 0, NULL, ret_unmapped, e);
+static int sim_unmap_dma(BackendContainer *bc, uint64_t iova, uint64_t size, uint64_t *ret_unmapped) {
+        return sim_unmap((SimContainer *) bc, iova, size, 0, NULL, ret_unmapped);
 }
 
-static int sim_container_unmap_dirty(BackendContainer *bc, uint64_t iova, uint64_t size, uint64_t page_size,
-                                     uint64_t *bitmap, uint64_t *ret_unmapped, BrokerError *e) {
-        return sim_unmap((SimContainer *) bc, iova, size, page_size, bitmap, ret_unmapped, e);
+static int sim_unmap_dma_dirty(BackendContainer *bc, uint64_t iova, uint64_t size, uint64_t page_size,
+                               uint64_t *bitmap, uint64_t *ret_unmapped) {
+        return sim_unmap((SimContainer *) bc, iova, size, page_size, bitmap, ret_unmapped);
 }
 
-static int sim_container_dirty_tracking(BackendContainer *bc, bool start, BrokerError *e) {
+static int sim_set_dirty_tracking(BackendContainer *bc, bool start) {
         SimContainer *c = (SimContainer *) bc;
 
         if (!c->iommu_set)
-                return sim_einval(e, BROKER_ERROR_NO_GROUPS, "no IOMMU set");
+                return sim_einval("DIRTY_PAGES", "no IOMMU set");
         c->dirty_tracking = start;
         return 0;
 }
 
-static int sim_container_dirty_bitmap(BackendContainer *bc, uint64_t iova, uint64_t size, uint64_t page_size,
-                                      uint64_t *bitmap, BrokerError *e) {
+static int sim_get_dirty_bitmap(BackendContainer *bc, uint64_t iova, uint64_t size, uint64_t page_size,
+                                uint64_t *bitmap) {
         SimContainer *c = (SimContainer *) bc;
         MappingTableNode *node;
         uint64_t last;
 
         if (!c->iommu_set || !c->dirty_tracking)
-                return sim_einval(e, BROKER_ERROR_INVALID_ARGS, "dirty page tracking is not started");
+                return sim_einval("DIRTY_PAGES(GET_BITMAP)", "dirty page tracking is not started");
         if (page_size != sim_min_page(c) || size == 0 || ((iova | size) & (page_size - 1)))
-                return sim_einval(e, BROKER_ERROR_UNALIGNED, "bitmap range and page size must use the smallest page");
+                return sim_einval("DIRTY_PAGES(GET_BITMAP)", "range and page size must use the smallest page");
         if (iova + (size - 1) < iova)
-                return sim_einval(e, BROKER_ERROR_OUT_OF_RANGE, "range overflows");
+                return sim_einval("DIRTY_PAGES(GET_BITMAP)", "range overflows");
         last = iova + (size - 1);
         node = mapping_table_find(&c->dma, iova);
         if (node && node->first != iova)
-                return sim_einval(e, BROKER_ERROR_WOULD_SPLIT, "bitmap range starts inside a mapping");
+                return sim_einval("DIRTY_PAGES(GET_BITMAP)", "range starts inside a mapping");
         node = mapping_table_find(&c->dma, last);
         if (node && node->last != last)
-                return sim_einval(e, BROKER_ERROR_WOULD_SPLIT, "bitmap range ends inside a mapping");
+                return sim_einval("DIRTY_PAGES(GET_BITMAP)", "range ends inside a mapping");
 
         for (node = mapping_table_first_intersecting(&c->dma, iova, last); node && node->first <= last;
              node = mapping_table_next(node))
@@ -376,19 +369,19 @@ static int sim_container_dirty_bitmap(BackendContainer *bc, uint64_t iova, uint6
 
 /* The reset scope of a device is its PCI bus ("dddd:bb"), as for a secondary bus reset; a device on a
  * root bus (bus 00) has no bus reset, as the kernel reports for one without a reset slot (ENODEV). */
-static int sim_container_hot_reset_groups(BackendContainer *bc, unsigned id, const char *device,
-                                          unsigned **ret, size_t *ret_n, BrokerError *e) {
+static int sim_get_hot_reset_groups(BackendContainer *bc, unsigned id, const char *device, unsigned **ret,
+                                    size_t *ret_n) {
         SimContainer *c = (SimContainer *) bc;
         SimGroup *g = sim_find_group(c->sim, id);
         _cleanup_free_ unsigned *groups = NULL;
         size_t n = 0;
 
         if (!g || g->container != c)
-                return sim_einval(e, BROKER_ERROR_NO_SUCH_GROUP, "group not in this container");
-        if (strlen(device) < 7 || strncmp(device + 5, "00", 2) == 0)
-                return broker_error_set(e, BROKER_ERROR_NOT_SUPPORTED,
-                                        "Device %s cannot be reset with a PCI hot reset: it sits on a root bus, "
-                                        "which has no bus reset (sim).", device);
+                return sim_einval("GET_PCI_HOT_RESET_INFO", "group not in this container");
+        if (strlen(device) < 7 || strncmp(device + 5, "00", 2) == 0) {
+                log_debug("sim: %s sits on a root bus, which has no bus reset.", device);
+                return -ENODEV;
+        }
 
         groups = calloc(c->sim->n_groups + 1, sizeof(unsigned));
         if (!groups)
@@ -405,15 +398,14 @@ static int sim_container_hot_reset_groups(BackendContainer *bc, unsigned id, con
         return 0;
 }
 
-static int sim_container_hot_reset(BackendContainer *bc, unsigned id, const char *device,
-                                   BackendContainer *const *owners, const unsigned *groups, size_t n,
-                                   BrokerError *e) {
+static int sim_pci_hot_reset(BackendContainer *bc, unsigned id, const char *device,
+                             BackendContainer *const *owners, const unsigned *groups, size_t n) {
         SimContainer *c = (SimContainer *) bc;
         _cleanup_free_ unsigned *needed = NULL;
         size_t n_needed = 0;
         int r;
 
-        r = sim_container_hot_reset_groups(bc, id, device, &needed, &n_needed, e);
+        r = sim_get_hot_reset_groups(bc, id, device, &needed, &n_needed);
         if (r < 0)
                 return r;
         /* The kernel's rule: every group the reset touches is among the given group fds, each of which
@@ -425,24 +417,24 @@ static int sim_container_hot_reset(BackendContainer *bc, unsigned id, const char
                         given = groups[k] == needed[i] && g && g->container == (SimContainer *) owners[k];
                 }
                 if (!given)
-                        return sim_einval(e, BROKER_ERROR_BUSY, "a group the reset touches was not given");
+                        return sim_einval("PCI_HOT_RESET", "a group the reset touches was not given");
         }
         c->sim->hot_resets++;
         return 0;
 }
 
-static int sim_container_open_device(BackendContainer *bc, unsigned id, const char *device, BrokerError *e) {
+static int sim_get_device_fd(BackendContainer *bc, unsigned id, const char *device) {
         SimContainer *c = (SimContainer *) bc;
         SimGroup *g = sim_find_group(c->sim, id);
         int pair[2], *a;
         bool found = false;
 
         if (!g || g->container != c)
-                return sim_einval(e, BROKER_ERROR_NO_SUCH_GROUP, "group not in this container");
+                return sim_einval("GET_DEVICE_FD", "group not in this container");
         for (char **d = g->config->devices; d && *d && !found; d++)
                 found = strcmp(*d, device) == 0;
         if (!found)
-                return broker_error_set(e, BROKER_ERROR_NO_SUCH_DEVICE, "sim: no device %s in group %u.", device, id);
+                return -ENODEV;
 
         (void) sim_group_prune_devices(g);
         a = realloc(g->device_ends, (g->n_device_ends + 1) * sizeof(int));
@@ -451,14 +443,14 @@ static int sim_container_open_device(BackendContainer *bc, unsigned id, const ch
         g->device_ends = a;
 
         if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
-                return broker_error_set_errno(e, -errno, "sim: cannot create a device fd");
+                return log_debug_errno(-errno, "sim: cannot create a device fd: %m");
         g->device_ends[g->n_device_ends++] = pair[0];
         return pair[1];
 }
 
 /* Only the device fds are real in the sim: they keep a group busy across a restart as in the kernel.
- * Its DMA state comes back from the broker's state through container_restore_mapping(). */
-static int sim_container_get_fds(BackendContainer *bc, BackendFd **ret, size_t *ret_n) {
+ * Its DMA state comes back from the broker's state through update_dma_vaddr(). */
+static int sim_get_fds(BackendContainer *bc, BackendFd **ret, size_t *ret_n) {
         SimContainer *c = (SimContainer *) bc;
         BackendFd *fds = NULL;
         size_t n = 0;
@@ -485,21 +477,21 @@ static int sim_container_get_fds(BackendContainer *bc, BackendFd **ret, size_t *
         return 0;
 }
 
-static int sim_container_restore(Backend *b, BackendFd *fds, size_t n_fds, const unsigned *groups, size_t n_groups,
+static int sim_restore_container(Backend *b, BackendFd *fds, size_t n_fds, const unsigned *groups, size_t n_groups,
                                  BackendContainer **ret, BrokerError *e) {
         SimBackend *s = (SimBackend *) b;
         BackendContainer *bc;
         SimContainer *c;
         int r;
 
-        r = sim_container_new(b, &bc, e);
+        r = sim_new_container(b, &bc);
         if (r < 0)
                 return r;
         c = (SimContainer *) bc;
         for (size_t i = 0; i < n_groups; i++) {
                 SimGroup *g = sim_find_group(s, groups[i]);
                 if (!g || g->container) {
-                        sim_container_free(bc);
+                        sim_free_container(bc);
                         return broker_error_set(e, BROKER_ERROR_NO_SUCH_GROUP, "sim: group %u cannot be restored.",
                                                 groups[i]);
                 }
@@ -527,19 +519,18 @@ static int sim_container_restore(Backend *b, BackendFd *fds, size_t n_fds, const
         return 0;
 }
 
-static int sim_container_restore_mapping(BackendContainer *bc, uint64_t vaddr, uint64_t iova, uint64_t size,
-                                         uint32_t flags, BrokerError *e) {
-        return sim_container_map(bc, vaddr, iova, size, flags, e);
+static int sim_update_dma_vaddr(BackendContainer *bc, uint64_t vaddr, uint64_t iova, uint64_t size, uint32_t flags) {
+        return sim_map_dma(bc, vaddr, iova, size, flags);
 }
 
-static int sim_container_invalidate_vaddr(BackendContainer *bc, uint64_t iova, uint64_t size) {
+static int sim_invalidate_dma_vaddr(BackendContainer *bc, uint64_t iova, uint64_t size) {
         return 0;
 }
 
 /* The simulated kernel state lives in this process: nothing outlives it but the device fds in the
  * store; the next instance rebuilds the rest from the broker's state. */
-static void sim_container_abandon(BackendContainer *bc) {
-        sim_container_free(bc);
+static void sim_abandon_container(BackendContainer *bc) {
+        sim_free_container(bc);
 }
 
 static void sim_free(Backend *b) {
@@ -559,25 +550,25 @@ static const BackendOps sim_ops = {
         .free = sim_free,
         .list_groups = sim_list_groups,
         .get_group = sim_get_group,
-        .container_new = sim_container_new,
-        .container_free = sim_container_free,
-        .container_attach_group = sim_container_attach_group,
-        .container_detach_group = sim_container_detach_group,
-        .container_get_iommu_info = sim_container_get_iommu_info,
-        .container_map = sim_container_map,
-        .container_unmap = sim_container_unmap,
-        .container_open_device = sim_container_open_device,
-        .container_hot_reset_groups = sim_container_hot_reset_groups,
-        .container_hot_reset = sim_container_hot_reset,
-        .container_dirty_tracking = sim_container_dirty_tracking,
-        .container_dirty_bitmap = sim_container_dirty_bitmap,
-        .container_unmap_dirty = sim_container_unmap_dirty,
-        .container_get_fds = sim_container_get_fds,
-        .container_restore = sim_container_restore,
-        .container_restore_mapping = sim_container_restore_mapping,
-        .container_invalidate_vaddr = sim_container_invalidate_vaddr,
-        .container_abandon = sim_container_abandon,
-        .container_device_open = backend_sim_device_open,
+        .new_container = sim_new_container,
+        .free_container = sim_free_container,
+        .attach_group = sim_attach_group,
+        .detach_group = sim_detach_group,
+        .get_iommu_info = sim_get_iommu_info,
+        .map_dma = sim_map_dma,
+        .unmap_dma = sim_unmap_dma,
+        .get_device_fd = sim_get_device_fd,
+        .get_hot_reset_groups = sim_get_hot_reset_groups,
+        .pci_hot_reset = sim_pci_hot_reset,
+        .set_dirty_tracking = sim_set_dirty_tracking,
+        .get_dirty_bitmap = sim_get_dirty_bitmap,
+        .unmap_dma_dirty = sim_unmap_dma_dirty,
+        .get_fds = sim_get_fds,
+        .restore_container = sim_restore_container,
+        .update_dma_vaddr = sim_update_dma_vaddr,
+        .invalidate_dma_vaddr = sim_invalidate_dma_vaddr,
+        .abandon_container = sim_abandon_container,
+        .get_device = backend_sim_device_get,
 };
 
 static int group_config_compare(const void *a, const void *b) {

@@ -248,12 +248,11 @@ static const BackendDeviceOps vfio_device_ops = {
         .reset = vfio_device_reset,
 };
 
-int backend_vfio_device_open(BackendContainer *c, unsigned group, const char *device, BackendDevice **ret,
-                             BrokerError *e) {
+int backend_vfio_device_get(BackendContainer *c, unsigned group, const char *device, BackendDevice **ret) {
         VfioDevice *v;
         int fd;
 
-        fd = c->backend->ops->container_open_device(c, group, device, e);
+        fd = backend_container_open_device(c, group, device);
         if (fd < 0)
                 return fd;
 

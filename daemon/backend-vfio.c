@@ -210,20 +210,19 @@ static int vfio_list_groups(Backend *b, BackendGroupInfo **ret, size_t *ret_n) {
         return 0;
 }
 
-static int vfio_container_new(Backend *b, BackendContainer **ret, BrokerError *e) {
+static int vfio_new_container(Backend *b, BackendContainer **ret) {
         _cleanup_close_ int fd = -EBADF;
         VfioContainer *c;
         int r;
 
         fd = open(VFIO_CONTAINER_PATH, O_RDWR | O_CLOEXEC);
         if (fd < 0)
-                return broker_error_set_errno(e, -errno, "Cannot open " VFIO_CONTAINER_PATH);
+                return log_debug_errno(-errno, "Cannot open " VFIO_CONTAINER_PATH ": %m");
         r = ioctl(fd, VFIO_GET_API_VERSION);
         if (r != VFIO_API_VERSION)
-                return broker_error_set_errno(e, -EPROTO, "Unsupported VFIO API version %d", r);
+                return log_debug_errno(-EPROTO, "Unsupported VFIO API version %d.", r);
         if (ioctl(fd, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU) <= 0)
-                return broker_error_set_errno(e, -EOPNOTSUPP,
-                                              "The kernel's VFIO has no type1v2 IOMMU (load vfio_iommu_type1)");
+                return log_debug_errno(-EOPNOTSUPP, "The kernel's VFIO has no type1v2 IOMMU (vfio_iommu_type1).");
 
         c = calloc(1, sizeof(*c));
         if (!c)
@@ -259,7 +258,7 @@ static void vfio_container_unmap_all(VfioContainer *c) {
         (void) ioctl(c->fd, VFIO_IOMMU_UNMAP_DMA, &unmap);
 }
 
-static void vfio_container_free(BackendContainer *bc) {
+static void vfio_free_container(BackendContainer *bc) {
         VfioContainer *c = (VfioContainer *) bc;
 
         /* Unpin now, even if a VMM still holds a device fd that keeps the group (and so the
@@ -277,7 +276,7 @@ static void vfio_container_free(BackendContainer *bc) {
         free(c);
 }
 
-static int vfio_container_attach_group(BackendContainer *bc, unsigned id, BrokerError *e) {
+static int vfio_attach_group(BackendContainer *bc, unsigned id) {
         VfioContainer *c = (VfioContainer *) bc;
         _cleanup_close_ int fd = -EBADF;
         char path[64];
@@ -285,8 +284,9 @@ static int vfio_container_attach_group(BackendContainer *bc, unsigned id, Broker
         VfioGroupFd *a;
         int r;
 
+        /* A group fd opens once: a second open of our own group is EBUSY in the kernel too. */
         if (vfio_container_group_index(c, id) >= 0)
-                return broker_error_set(e, BROKER_ERROR_BUSY, "VFIO group %u is already in this container.", id);
+                return -EBUSY;
 
         a = realloc(c->groups, (c->n_groups + 1) * sizeof(VfioGroupFd));
         if (!a)
@@ -295,38 +295,26 @@ static int vfio_container_attach_group(BackendContainer *bc, unsigned id, Broker
 
         snprintf(path, sizeof(path), VFIO_DEV_DIR "/%u", id);
         fd = open(path, O_RDWR | O_CLOEXEC);
-        if (fd < 0) {
-                if (errno == ENOENT)
-                        return broker_error_set(e, BROKER_ERROR_NO_SUCH_GROUP, "There is no %s.", path);
-                if (errno == EBUSY) {
-                        broker_error_set(e, BROKER_ERROR_BUSY,
-                                         "VFIO group %u is open elsewhere (another VMM, or a closed container "
-                                         "whose device fds are still open).", id);
-                        return -EBUSY;
-                }
-                return broker_error_set_errno(e, -errno, "Cannot open %s", path);
-        }
+        if (fd < 0)
+                /* EBUSY: another VMM, or a closed container whose device fds are still open. */
+                return log_debug_errno(-errno, "Cannot open %s: %m", path);
 
         r = group_status_viable(fd, &viable);
         if (r < 0)
-                return broker_error_set_errno(e, r, "VFIO_GROUP_GET_STATUS on group %u failed", id);
-        if (!viable) {
-                broker_error_set(e, BROKER_ERROR_NOT_VIABLE,
-                                 "VFIO group %u is not viable: bind every device in it to vfio-pci.", id);
-                return -EPERM;
-        }
+                return log_debug_errno(r, "VFIO_GROUP_GET_STATUS on group %u failed: %m", id);
+        if (!viable)
+                return -EPERM; /* what VFIO_GROUP_SET_CONTAINER would say */
 
         if (ioctl(fd, VFIO_GROUP_SET_CONTAINER, &c->fd) < 0)
-                return broker_error_set_errno(e, -errno, "VFIO_GROUP_SET_CONTAINER for group %u failed", id);
+                return log_debug_errno(-errno, "VFIO_GROUP_SET_CONTAINER for group %u failed: %m", id);
 
         if (!c->iommu_set) {
                 if (ioctl(c->fd, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU) < 0) {
-                        r = -errno;
+                        /* EPERM: the IOMMU cannot isolate the group's interrupts (no interrupt remapping,
+                         * vfio_iommu_type1.allow_unsafe_interrupts unset). */
+                        r = log_debug_errno(-errno, "VFIO_SET_IOMMU(TYPE1v2) for group %u failed: %m", id);
                         (void) ioctl(fd, VFIO_GROUP_UNSET_CONTAINER);
-                        if (r == -EPERM)
-                                return broker_error_set_errno(e, r, "The IOMMU refused group %u (no interrupt "
-                                                              "remapping? see dmesg; allow_unsafe_interrupts)", id);
-                        return broker_error_set_errno(e, r, "VFIO_SET_IOMMU(TYPE1v2) failed");
+                        return r;
                 }
                 c->iommu_set = true;
         }
@@ -335,20 +323,14 @@ static int vfio_container_attach_group(BackendContainer *bc, unsigned id, Broker
         return 0;
 }
 
-static int vfio_container_detach_group(BackendContainer *bc, unsigned id, BrokerError *e) {
+static int vfio_detach_group(BackendContainer *bc, unsigned id) {
         VfioContainer *c = (VfioContainer *) bc;
         ssize_t i = vfio_container_group_index(c, id);
 
-        if (i < 0) {
-                broker_error_set(e, BROKER_ERROR_NO_SUCH_GROUP, "VFIO group %u is not in this container.", id);
-                return -EINVAL;
-        }
-        if (ioctl(c->groups[i].fd, VFIO_GROUP_UNSET_CONTAINER) < 0) {
-                int r = -errno;
-                if (r == -EBUSY)
-                        return r; /* device fds open; the caller words it */
-                return broker_error_set_errno(e, r, "VFIO_GROUP_UNSET_CONTAINER for group %u failed", id);
-        }
+        if (i < 0)
+                return -EINVAL; /* as VFIO_GROUP_UNSET_CONTAINER for a group in no container */
+        if (ioctl(c->groups[i].fd, VFIO_GROUP_UNSET_CONTAINER) < 0)
+                return -errno; /* EBUSY: device fds are open */
         safe_close(c->groups[i].fd);
         memmove(c->groups + i, c->groups + i + 1, (c->n_groups - i - 1) * sizeof(VfioGroupFd));
         c->n_groups--;
@@ -358,7 +340,7 @@ static int vfio_container_detach_group(BackendContainer *bc, unsigned id, Broker
         return 0;
 }
 
-static int vfio_container_get_iommu_info(BackendContainer *bc, BackendIommuInfo *ret, BrokerError *e) {
+static int vfio_get_iommu_info(BackendContainer *bc, BackendIommuInfo *ret) {
         VfioContainer *c = (VfioContainer *) bc;
         _cleanup_free_ struct vfio_iommu_type1_info *info = NULL;
         size_t argsz = sizeof(*info);
@@ -373,11 +355,11 @@ static int vfio_container_get_iommu_info(BackendContainer *bc, BackendIommuInfo 
                 memset(info, 0, argsz);
                 info->argsz = (uint32_t) argsz;
                 if (ioctl(c->fd, VFIO_IOMMU_GET_INFO, info) < 0)
-                        return broker_error_set_errno(e, -errno, "VFIO_IOMMU_GET_INFO failed");
+                        return -errno;
                 if (info->argsz <= argsz)
                         break;
                 if (info->argsz > 1024 * 1024)
-                        return broker_error_set_errno(e, -E2BIG, "VFIO_IOMMU_GET_INFO wants %u bytes", info->argsz);
+                        return log_debug_errno(-E2BIG, "VFIO_IOMMU_GET_INFO wants %u bytes.", info->argsz);
                 argsz = info->argsz;
         }
 
@@ -441,8 +423,7 @@ static int vfio_container_get_iommu_info(BackendContainer *bc, BackendIommuInfo 
         return 0;
 }
 
-static int vfio_container_map(BackendContainer *bc, uint64_t vaddr, uint64_t iova, uint64_t size, uint32_t flags,
-                              BrokerError *e) {
+static int vfio_map_dma(BackendContainer *bc, uint64_t vaddr, uint64_t iova, uint64_t size, uint32_t flags) {
         VfioContainer *c = (VfioContainer *) bc;
         struct vfio_iommu_type1_dma_map map = {
                 .argsz = sizeof(map),
@@ -452,58 +433,43 @@ static int vfio_container_map(BackendContainer *bc, uint64_t vaddr, uint64_t iov
                 .size = size,
         };
 
-        if (ioctl(c->fd, VFIO_IOMMU_MAP_DMA, &map) < 0) {
-                int r = -errno;
-                switch (r) {
-                case -EEXIST:
-                        broker_error_set(e, BROKER_ERROR_OVERLAP, "The kernel reports an overlapping DMA mapping.");
-                        return r;
-                case -ENOSPC:
-                        return r; /* the entry limit; the caller words it */
-                case -ENOMEM:
-                        return broker_error_set_errno(e, r, "Pinning the memory failed (the daemon's "
-                                                      "RLIMIT_MEMLOCK, or host memory)");
-                default:
-                        return broker_error_set_errno(e, r, "VFIO_IOMMU_MAP_DMA failed");
-                }
-        }
+        if (ioctl(c->fd, VFIO_IOMMU_MAP_DMA, &map) < 0)
+                return -errno;
         return 0;
 }
 
-static int vfio_container_unmap(BackendContainer *bc, uint64_t iova, uint64_t size, uint64_t *ret_unmapped,
-                                BrokerError *e) {
+static int vfio_unmap_dma(BackendContainer *bc, uint64_t iova, uint64_t size, uint64_t *ret_unmapped) {
         VfioContainer *c = (VfioContainer *) bc;
         struct vfio_iommu_type1_dma_unmap unmap = { .argsz = sizeof(unmap), .iova = iova, .size = size };
 
         if (ioctl(c->fd, VFIO_IOMMU_UNMAP_DMA, &unmap) < 0)
-                return broker_error_set_errno(e, -errno, "VFIO_IOMMU_UNMAP_DMA failed");
+                return -errno;
         if (ret_unmapped)
                 *ret_unmapped = unmap.size;
         return 0;
 }
 
-static int vfio_container_open_device(BackendContainer *bc, unsigned id, const char *device, BrokerError *e) {
-        VfioContainer *c = (VfioContainer *) bc;
-        ssize_t i = vfio_container_group_index(c, id);
+/* A new device fd from the group's fd; -EINVAL, as the kernel for a group in no container, when the
+ * group is not in this one. */
+static int vfio_open_device_fd(VfioContainer *c, unsigned group, const char *device) {
+        ssize_t i = vfio_container_group_index(c, group);
         int fd;
 
         if (i < 0)
-                return broker_error_set(e, BROKER_ERROR_NO_SUCH_GROUP, "VFIO group %u is not in this container.", id);
-
+                return -EINVAL;
         fd = ioctl(c->groups[i].fd, VFIO_GROUP_GET_DEVICE_FD, device);
-        if (fd < 0) {
-                int r = -errno;
-                if (r == -ENODEV || r == -EINVAL)
-                        return broker_error_set(e, BROKER_ERROR_NO_SUCH_DEVICE, "There is no device %s in VFIO "
-                                                "group %u.", device, id);
-                return broker_error_set_errno(e, r, "VFIO_GROUP_GET_DEVICE_FD(%s) failed", device);
-        }
+        if (fd < 0)
+                return log_debug_errno(-errno, "VFIO_GROUP_GET_DEVICE_FD(%s) on group %u failed: %m", device, group);
         /* Never leak a device fd into a child of the daemon. */
         (void) fcntl(fd, F_SETFD, FD_CLOEXEC);
         return fd;
 }
 
-static int vfio_container_get_fds(BackendContainer *bc, BackendFd **ret, size_t *ret_n) {
+static int vfio_get_device_fd(BackendContainer *bc, unsigned group, const char *device) {
+        return vfio_open_device_fd((VfioContainer *) bc, group, device);
+}
+
+static int vfio_get_fds(BackendContainer *bc, BackendFd **ret, size_t *ret_n) {
         VfioContainer *c = (VfioContainer *) bc;
         BackendFd *fds = calloc(c->n_groups + 1, sizeof(BackendFd));
 
@@ -520,7 +486,7 @@ static int vfio_container_get_fds(BackendContainer *bc, BackendFd **ret, size_t 
         return 0;
 }
 
-static int vfio_container_restore(Backend *b, BackendFd *fds, size_t n_fds, const unsigned *groups, size_t n_groups,
+static int vfio_restore_container(Backend *b, BackendFd *fds, size_t n_fds, const unsigned *groups, size_t n_groups,
                                   BackendContainer **ret, BrokerError *e) {
         VfioContainer *c;
         ssize_t container = -1;
@@ -557,7 +523,7 @@ static int vfio_container_restore(Backend *b, BackendFd *fds, size_t n_fds, cons
                         if (fds[i].fd >= 0 && strcmp(fds[i].name, name) == 0)
                                 found = (ssize_t) i;
                 if (found < 0) {
-                        vfio_container_free(&c->base);
+                        vfio_free_container(&c->base);
                         return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "The fd of group %u was not kept.",
                                                 groups[g]);
                 }
@@ -568,7 +534,7 @@ static int vfio_container_restore(Backend *b, BackendFd *fds, size_t n_fds, cons
         return 0;
 }
 
-static int vfio_container_invalidate_vaddr(BackendContainer *bc, uint64_t iova, uint64_t size) {
+static int vfio_invalidate_dma_vaddr(BackendContainer *bc, uint64_t iova, uint64_t size) {
         VfioContainer *c = (VfioContainer *) bc;
         struct vfio_iommu_type1_dma_unmap unmap = {
                 .argsz = sizeof(unmap), .flags = VFIO_DMA_UNMAP_FLAG_VADDR, .iova = iova, .size = size,
@@ -577,8 +543,8 @@ static int vfio_container_invalidate_vaddr(BackendContainer *bc, uint64_t iova, 
         return ioctl(c->fd, VFIO_IOMMU_UNMAP_DMA, &unmap) < 0 ? -errno : 0;
 }
 
-static int vfio_container_restore_mapping(BackendContainer *bc, uint64_t vaddr, uint64_t iova, uint64_t size,
-                                          uint32_t flags, BrokerError *e) {
+static int vfio_update_dma_vaddr(BackendContainer *bc, uint64_t vaddr, uint64_t iova, uint64_t size,
+                                 uint32_t flags) {
         VfioContainer *c = (VfioContainer *) bc;
         struct vfio_iommu_type1_dma_map map = {
                 .argsz = sizeof(map), .flags = VFIO_DMA_MAP_FLAG_VADDR, .vaddr = vaddr, .iova = iova, .size = size,
@@ -588,13 +554,13 @@ static int vfio_container_restore_mapping(BackendContainer *bc, uint64_t vaddr, 
                 return 0;
         /* After a crash the old addresses were never invalidated: do it now, then repoint. The
          * mapping and its pins stay throughout; only the kernel's idea of the daemon's address moves. */
-        if (errno == EINVAL && vfio_container_invalidate_vaddr(bc, iova, size) == 0 &&
+        if (errno == EINVAL && vfio_invalidate_dma_vaddr(bc, iova, size) == 0 &&
             ioctl(c->fd, VFIO_IOMMU_MAP_DMA, &map) == 0)
                 return 0;
-        return broker_error_set_errno(e, -errno, "VFIO_IOMMU_MAP_DMA(VADDR) for IOVA 0x%" PRIx64 " failed", iova);
+        return -errno;
 }
 
-static void vfio_container_abandon(BackendContainer *bc) {
+static void vfio_abandon_container(BackendContainer *bc) {
         VfioContainer *c = (VfioContainer *) bc;
 
         for (size_t i = 0; i < c->n_groups; i++)
@@ -604,20 +570,8 @@ static void vfio_container_abandon(BackendContainer *bc) {
         free(c);
 }
 
-/* A device fd of our own for an ioctl on the device; closed by the caller. The VMM's fds stay as
- * they are (a second open of an open device does not reset or re-enable it). */
-static int vfio_device_fd(VfioContainer *c, unsigned group, const char *device, BrokerError *e) {
-        ssize_t i = vfio_container_group_index(c, group);
-        if (i < 0)
-                return broker_error_set(e, BROKER_ERROR_NO_SUCH_GROUP, "VFIO group %u is not in this container.", group);
-        int fd = ioctl(c->groups[i].fd, VFIO_GROUP_GET_DEVICE_FD, device);
-        if (fd < 0)
-                return broker_error_set_errno(e, -errno, "VFIO_GROUP_GET_DEVICE_FD(%s) failed", device);
-        return fd;
-}
-
-static int vfio_container_hot_reset_groups(BackendContainer *bc, unsigned group, const char *device,
-                                           unsigned **ret, size_t *ret_n, BrokerError *e) {
+static int vfio_get_hot_reset_groups(BackendContainer *bc, unsigned group, const char *device, unsigned **ret,
+                                     size_t *ret_n) {
         VfioContainer *c = (VfioContainer *) bc;
         _cleanup_close_ int fd = -EBADF;
         _cleanup_free_ struct vfio_pci_hot_reset_info *info = NULL;
@@ -625,7 +579,9 @@ static int vfio_container_hot_reset_groups(BackendContainer *bc, unsigned group,
         size_t n = 0, count = 8;
         int r;
 
-        fd = vfio_device_fd(c, group, device, e);
+        /* A device fd of our own for the ioctl, closed when done. The VMM's fds stay as they are (a
+         * second open of an open device does not reset or re-enable it). */
+        fd = vfio_open_device_fd(c, group, device);
         if (fd < 0)
                 return fd;
 
@@ -643,12 +599,8 @@ static int vfio_container_hot_reset_groups(BackendContainer *bc, unsigned group,
                         count = info->count;
                         continue;
                 }
-                if (r == -ENODEV || r == -ENOTTY)
-                        return broker_error_set(e, BROKER_ERROR_NOT_SUPPORTED,
-                                                "Device %s cannot be reset with a PCI hot reset: it has neither a "
-                                                "resettable slot nor a resettable bus (a root-bus device, for "
-                                                "example); the kernel says %s.", device, strerrorname_np(-r) ?: "?");
-                return broker_error_set_errno(e, r, "VFIO_DEVICE_GET_PCI_HOT_RESET_INFO on %s failed", device);
+                /* ENODEV, ENOTTY: neither a resettable slot nor a resettable bus. */
+                return log_debug_errno(r, "VFIO_DEVICE_GET_PCI_HOT_RESET_INFO on %s failed: %m", device);
         }
 
         groups = calloc(info->count + 1, sizeof(unsigned));
@@ -668,9 +620,8 @@ static int vfio_container_hot_reset_groups(BackendContainer *bc, unsigned group,
         return 0;
 }
 
-static int vfio_container_hot_reset(BackendContainer *bc, unsigned group, const char *device,
-                                    BackendContainer *const *owners, const unsigned *groups, size_t n,
-                                    BrokerError *e) {
+static int vfio_pci_hot_reset(BackendContainer *bc, unsigned group, const char *device,
+                              BackendContainer *const *owners, const unsigned *groups, size_t n) {
         VfioContainer *c = (VfioContainer *) bc;
         _cleanup_close_ int fd = -EBADF;
         _cleanup_free_ struct vfio_pci_hot_reset *reset = NULL;
@@ -684,25 +635,20 @@ static int vfio_container_hot_reset(BackendContainer *bc, unsigned group, const 
                 VfioContainer *o = (VfioContainer *) owners[i];
                 ssize_t k = vfio_container_group_index(o, groups[i]);
                 if (k < 0)
-                        return broker_error_set(e, BROKER_ERROR_BUSY, "VFIO group %u is not attached.", groups[i]);
+                        /* As the kernel for a group fd that is not in a container. */
+                        return log_debug_errno(-EINVAL, "VFIO group %u is not attached.", groups[i]);
                 reset->group_fds[i] = o->groups[k].fd;
         }
 
-        fd = vfio_device_fd(c, group, device, e);
+        fd = vfio_open_device_fd(c, group, device);
         if (fd < 0)
                 return fd;
-        if (ioctl(fd, VFIO_DEVICE_PCI_HOT_RESET, reset) < 0) {
-                int r = -errno;
-                if (r == -EBUSY)
-                        return broker_error_set(e, BROKER_ERROR_BUSY,
-                                                "The kernel could not take every device the reset of %s touches "
-                                                "(one is in use, e.g. mmapped and faulting); try again.", device);
-                return broker_error_set_errno(e, r, "VFIO_DEVICE_PCI_HOT_RESET on %s failed", device);
-        }
+        if (ioctl(fd, VFIO_DEVICE_PCI_HOT_RESET, reset) < 0)
+                return log_debug_errno(-errno, "VFIO_DEVICE_PCI_HOT_RESET on %s failed: %m", device);
         return 0;
 }
 
-static int vfio_container_dirty_tracking(BackendContainer *bc, bool start, BrokerError *e) {
+static int vfio_set_dirty_tracking(BackendContainer *bc, bool start) {
         VfioContainer *c = (VfioContainer *) bc;
         struct vfio_iommu_type1_dirty_bitmap d = {
                 .argsz = sizeof(d),
@@ -710,7 +656,7 @@ static int vfio_container_dirty_tracking(BackendContainer *bc, bool start, Broke
         };
 
         if (ioctl(c->fd, VFIO_IOMMU_DIRTY_PAGES, &d) < 0)
-                return broker_error_set_errno(e, -errno, "VFIO_IOMMU_DIRTY_PAGES(%s) failed", start ? "START" : "STOP");
+                return -errno;
         return 0;
 }
 
@@ -719,8 +665,8 @@ static uint64_t bitmap_bytes(uint64_t size, uint64_t page_size) {
         return (pages + 63) / 64 * 8;
 }
 
-static int vfio_container_dirty_bitmap(BackendContainer *bc, uint64_t iova, uint64_t size, uint64_t page_size,
-                                       uint64_t *bitmap, BrokerError *e) {
+static int vfio_get_dirty_bitmap(BackendContainer *bc, uint64_t iova, uint64_t size, uint64_t page_size,
+                                 uint64_t *bitmap) {
         VfioContainer *c = (VfioContainer *) bc;
         struct {
                 struct vfio_iommu_type1_dirty_bitmap d;
@@ -736,12 +682,12 @@ static int vfio_container_dirty_bitmap(BackendContainer *bc, uint64_t iova, uint
         };
 
         if (ioctl(c->fd, VFIO_IOMMU_DIRTY_PAGES, &req) < 0)
-                return broker_error_set_errno(e, -errno, "VFIO_IOMMU_DIRTY_PAGES(GET_BITMAP) failed");
+                return -errno;
         return 0;
 }
 
-static int vfio_container_unmap_dirty(BackendContainer *bc, uint64_t iova, uint64_t size, uint64_t page_size,
-                                      uint64_t *bitmap, uint64_t *ret_unmapped, BrokerError *e) {
+static int vfio_unmap_dma_dirty(BackendContainer *bc, uint64_t iova, uint64_t size, uint64_t page_size,
+                                uint64_t *bitmap, uint64_t *ret_unmapped) {
         VfioContainer *c = (VfioContainer *) bc;
         struct {
                 struct vfio_iommu_type1_dma_unmap unmap;
@@ -753,7 +699,7 @@ static int vfio_container_unmap_dirty(BackendContainer *bc, uint64_t iova, uint6
         };
 
         if (ioctl(c->fd, VFIO_IOMMU_UNMAP_DMA, &req) < 0)
-                return broker_error_set_errno(e, -errno, "VFIO_IOMMU_UNMAP_DMA(GET_DIRTY_BITMAP) failed");
+                return -errno;
         if (ret_unmapped)
                 *ret_unmapped = req.unmap.size;
         return 0;
@@ -768,25 +714,25 @@ static const BackendOps vfio_ops = {
         .free = vfio_free,
         .list_groups = vfio_list_groups,
         .get_group = vfio_get_group,
-        .container_new = vfio_container_new,
-        .container_free = vfio_container_free,
-        .container_attach_group = vfio_container_attach_group,
-        .container_detach_group = vfio_container_detach_group,
-        .container_get_iommu_info = vfio_container_get_iommu_info,
-        .container_map = vfio_container_map,
-        .container_unmap = vfio_container_unmap,
-        .container_open_device = vfio_container_open_device,
-        .container_hot_reset_groups = vfio_container_hot_reset_groups,
-        .container_hot_reset = vfio_container_hot_reset,
-        .container_dirty_tracking = vfio_container_dirty_tracking,
-        .container_dirty_bitmap = vfio_container_dirty_bitmap,
-        .container_unmap_dirty = vfio_container_unmap_dirty,
-        .container_get_fds = vfio_container_get_fds,
-        .container_restore = vfio_container_restore,
-        .container_restore_mapping = vfio_container_restore_mapping,
-        .container_invalidate_vaddr = vfio_container_invalidate_vaddr,
-        .container_abandon = vfio_container_abandon,
-        .container_device_open = backend_vfio_device_open,
+        .new_container = vfio_new_container,
+        .free_container = vfio_free_container,
+        .attach_group = vfio_attach_group,
+        .detach_group = vfio_detach_group,
+        .get_iommu_info = vfio_get_iommu_info,
+        .map_dma = vfio_map_dma,
+        .unmap_dma = vfio_unmap_dma,
+        .get_device_fd = vfio_get_device_fd,
+        .get_hot_reset_groups = vfio_get_hot_reset_groups,
+        .pci_hot_reset = vfio_pci_hot_reset,
+        .set_dirty_tracking = vfio_set_dirty_tracking,
+        .get_dirty_bitmap = vfio_get_dirty_bitmap,
+        .unmap_dma_dirty = vfio_unmap_dma_dirty,
+        .get_fds = vfio_get_fds,
+        .restore_container = vfio_restore_container,
+        .update_dma_vaddr = vfio_update_dma_vaddr,
+        .invalidate_dma_vaddr = vfio_invalidate_dma_vaddr,
+        .abandon_container = vfio_abandon_container,
+        .get_device = backend_vfio_device_get,
 };
 
 int backend_vfio_new(const BrokerConfig *config, Backend **ret, BrokerError *e) {

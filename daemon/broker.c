@@ -102,7 +102,7 @@ int broker_refresh_groups(Broker *b) {
 
         assert(b);
 
-        r = b->backend->ops->list_groups(b->backend, &infos, &n_infos);
+        r = backend_list_groups(b->backend, &infos, &n_infos);
         if (r < 0)
                 return log_error_errno(r, "Failed to list VFIO groups: %m");
 

@@ -83,6 +83,7 @@ typedef struct Broker {
         OwnerWatch *owners;          /* one sd_bus_track per owning connection, see owner-watch.c */
         size_t n_owners;
         Peer *peers;                 /* peer-to-peer connections, see peer.c */
+        size_t n_peers;
 } Broker;
 
 int broker_new(sd_event *event, Backend *backend, BrokerConfig *config, Broker **ret);

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "json-strict.h"
 
 #define KEY_MAX 128
 
@@ -448,7 +449,6 @@ static int parse_limits(Parser *p, json_object *o, BrokerConfig *c) {
 
 int broker_config_parse(const char *text, BrokerConfig **ret, BrokerError *e) {
         _cleanup_(broker_config_freep) BrokerConfig *c = NULL;
-        json_tokener *tok;
         json_object *root, *v;
         Parser p = { .error = e };
         int r;
@@ -460,20 +460,11 @@ int broker_config_parse(const char *text, BrokerConfig **ret, BrokerError *e) {
         if (r < 0)
                 return r;
 
-        tok = json_tokener_new();
-        if (!tok)
-                return -ENOMEM;
-        root = json_tokener_parse_ex(tok, text, (int) strlen(text));
-        if (!root || json_tokener_get_error(tok) != json_tokener_success) {
-                r = broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "not valid JSON: %s (at byte %zu)",
-                                     json_tokener_error_desc(json_tokener_get_error(tok)),
-                                     json_tokener_get_parse_end(tok));
-                json_object_put(root);
-                json_tokener_free(tok);
+        /* Strict: no trailing commas, comments, text after the object or keys given twice, which json-c
+         * would otherwise pass over. */
+        r = json_parse_strict(text, &root, e);
+        if (r < 0)
                 return r;
-        }
-        json_tokener_free(tok);
-
         if (!json_object_is_type(root, json_type_object)) {
                 json_object_put(root);
                 return fail(&p, "(top level)", "expected an object");
@@ -504,7 +495,7 @@ int broker_config_load(const char *path, bool missing_ok, BrokerConfig **ret, Br
         f = fopen(path, "re");
         if (!f) {
                 if (errno == ENOENT && missing_ok)
-                        return broker_config_new_default(ret);
+                        return broker_config_new_default(ret); /* 0: nothing read, the defaults */
                 return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "%s: cannot open: %s", path, strerror(errno));
         }
         text = calloc(1, 1024 * 1024 + 1);
@@ -524,5 +515,7 @@ int broker_config_load(const char *path, bool missing_ok, BrokerConfig **ret, Br
         r = broker_config_parse(text, ret, &inner);
         if (r < 0 && broker_error_is_set(&inner))
                 return broker_error_set(e, inner.code, "%s: %s", path, inner.message);
-        return r;
+        if (r < 0)
+                return r;
+        return 1;
 }

@@ -52,10 +52,13 @@ typedef struct BrokerConfig {
  * one non-viable group), x86 IOVA ranges without the MSI window, 4K|2M|1G pages, 65535 entries. */
 int broker_config_new_default(BrokerConfig **ret);
 
-/* Parses JSON text. On error returns -EINVAL and fills e (InvalidArgs) with "key.path: what is wrong". */
+/* Parses JSON text (RFC 8259: no comments, trailing commas or keys given twice in one object). On error
+ * returns -EINVAL and fills e (InvalidArgs) with "key.path: what is wrong", or, for the syntax, "not valid
+ * JSON at line L, column C: what is wrong". */
 int broker_config_parse(const char *text, BrokerConfig **ret, BrokerError *e);
 
-/* Loads a file; a missing file (ENOENT) gives the defaults, when missing_ok. */
+/* Loads a file: 1 when it was read, 0 when it is missing (ENOENT) and missing_ok, and so the defaults
+ * apply. */
 int broker_config_load(const char *path, bool missing_ok, BrokerConfig **ret, BrokerError *e);
 
 BrokerConfig *broker_config_free(BrokerConfig *c);

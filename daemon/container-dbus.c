@@ -20,11 +20,15 @@ static int container_object_find(sd_bus *bus, const char *path, const char *inte
         char *end;
         uint64_t id;
 
-        p = strrchr(path, '/');
-        if (!p || p[1] < '1' || p[1] > '9')
+        /* Only the documented path: the prefix, one slash, the id in decimal without leading zeros (a
+         * fallback vtable sees every path below the prefix, /container/x/3 too). */
+        if (strncmp(path, BROKER_CONTAINER_PREFIX "/", strlen(BROKER_CONTAINER_PREFIX "/")) != 0)
+                return 0;
+        p = path + strlen(BROKER_CONTAINER_PREFIX "/");
+        if (*p < '1' || *p > '9')
                 return 0;
         errno = 0;
-        id = strtoull(p + 1, &end, 10);
+        id = strtoull(p, &end, 10);
         if (errno != 0 || *end != 0)
                 return 0;
 
@@ -237,8 +241,9 @@ static int method_update(sd_bus_message *m, void *userdata, sd_bus_error *error)
                 if (r == 0)
                         break;
                 if (n_fds >= BROKER_UPDATE_FDS_MAX)
-                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "At most %d memory fds per Update.",
-                                                 BROKER_UPDATE_FDS_MAX);
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                                 "At most %d memory fds per Update: no transport passes more in one message (dbus-daemon only %d unless configured otherwise).",
+                                                 BROKER_UPDATE_FDS_MAX, BROKER_BUS_MESSAGE_FDS_MAX);
                 int *a = realloc(fds, (n_fds + 1) * sizeof(int));
                 if (!a)
                         return -ENOMEM;

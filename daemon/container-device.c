@@ -36,10 +36,12 @@ int container_open_device(Container *c, const char *device, BrokerError *e) {
         if (r < 0)
                 return r;
 
-        int fd = c->broker->backend->ops->container_open_device(c->backend, g->id, device, e);
-        if (fd >= 0)
-                /* The sim's device ends must survive a restart to keep the group busy. */
-                broker_container_changed(c->broker, c, CONTAINER_CHANGE_FDS);
+        int fd = backend_container_open_device(c->backend, g->id, device);
+        if (fd < 0)
+                return container_backend_error(c, BACKEND_OPERATION_GET_DEVICE_FD, fd,
+                                               &(BackendErrorContext) { .group = g->id, .device = device }, e);
+        /* The sim's device ends must survive a restart to keep the group busy. */
+        broker_container_changed(c->broker, c, CONTAINER_CHANGE_FDS);
         return fd;
 }
 
@@ -57,9 +59,10 @@ int container_hot_reset(Container *c, const char *device, BrokerError *e) {
         if (r < 0)
                 return r;
 
-        r = b->backend->ops->container_hot_reset_groups(c->backend, g->id, device, &groups, &n, e);
+        r = backend_container_hot_reset_groups(c->backend, g->id, device, &groups, &n);
         if (r < 0)
-                return r;
+                return container_backend_error(c, BACKEND_OPERATION_GET_HOT_RESET_GROUPS, r,
+                                               &(BackendErrorContext) { .group = g->id, .device = device }, e);
 
         owners = calloc(n + 1, sizeof(BackendContainer *));
         f = open_memstream(&blocked, &blocked_len);
@@ -86,9 +89,10 @@ int container_hot_reset(Container *c, const char *device, BrokerError *e) {
                                         "A hot reset of %s also resets the devices of VFIO groups %s; attach "
                                         "each of them to a container of yours first.", device, blocked);
 
-        r = b->backend->ops->container_hot_reset(c->backend, g->id, device, owners, groups, n, e);
+        r = backend_container_hot_reset(c->backend, g->id, device, owners, groups, n);
         if (r < 0)
-                return r;
+                return container_backend_error(c, BACKEND_OPERATION_PCI_HOT_RESET, r,
+                                               &(BackendErrorContext) { .group = g->id, .device = device }, e);
         log_info("Container %" PRIu64 " (%s, uid %u): PCI hot reset of %s (%zu groups).", c->id, c->label,
                  c->uid, device, n);
         return 0;

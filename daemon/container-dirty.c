@@ -22,9 +22,10 @@ int container_set_dirty_tracking(Container *c, bool start, BrokerError *e) {
         if (c->dirty_tracking == start)
                 return 0; /* as the kernel: starting twice is starting once */
 
-        r = c->broker->backend->ops->container_dirty_tracking(c->backend, start, e);
+        r = backend_container_set_dirty_tracking(c->backend, start);
         if (r < 0)
-                return r;
+                return container_backend_error(c, start ? BACKEND_OPERATION_START_DIRTY_TRACKING :
+                                               BACKEND_OPERATION_STOP_DIRTY_TRACKING, r, NULL, e);
         c->dirty_tracking = start;
         log_info("Container %" PRIu64 " (%s, uid %u): dirty page tracking %s.", c->id, c->label, c->uid,
                  start ? "started" : "stopped");
@@ -124,9 +125,10 @@ int container_dirty_bitmap(Container *c, uint64_t iova, uint64_t size, uint64_t 
                                         "The bitmap range ends inside the mapping [0x%" PRIx64 ", 0x%" PRIx64
                                         "]; ranges cover whole mappings.", node->first, node->last);
 
-        r = c->broker->backend->ops->container_dirty_bitmap(c->backend, iova, size, page_size, bitmap, e);
+        r = backend_container_dirty_bitmap(c->backend, iova, size, page_size, bitmap);
         if (r < 0)
-                return r;
+                return container_backend_error(c, BACKEND_OPERATION_GET_DIRTY_BITMAP, r,
+                                               &(BackendErrorContext) { .iova = iova, .size = size }, e);
         r = memory_write(fd, bitmap, bytes, fd_offset, e);
         if (r < 0)
                 return r;

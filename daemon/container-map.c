@@ -150,18 +150,15 @@ int container_pin(Container *c, Mapping *m, const PinSource *src, BrokerError *e
                 goto fail_quota;
 
         if (src->kind == PIN_RESTORE)
-                r = c->backend->backend->ops->container_restore_mapping(c->backend, vaddr, m->node.first, size,
-                                                                         m->flags, e);
+                r = backend_container_restore_mapping(c->backend, vaddr, m->node.first, size, m->flags);
         else
-                r = c->backend->backend->ops->container_map(c->backend, vaddr, m->node.first, size, m->flags, e);
-        if (r == -ENOSPC)
-                r = broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED,
-                                     "The kernel's limit of DMA mappings per container is reached (%zu mappings, "
-                                     "see DmaAvailable; every populated granule of a discardable region is one); "
-                                     "merge mappings, use a larger granule or unmap some first.",
-                                     container_n_mappings(c));
-        if (r < 0)
+                r = backend_container_map(c->backend, vaddr, m->node.first, size, m->flags);
+        if (r < 0) {
+                r = container_backend_error(c, src->kind == PIN_RESTORE ? BACKEND_OPERATION_UPDATE_DMA_VADDR :
+                                            BACKEND_OPERATION_MAP_DMA, r,
+                                            &(BackendErrorContext) { .iova = m->node.first, .size = size }, e);
                 goto fail_memory;
+        }
 
         r = mapping_table_insert(&c->mappings, &m->node, NULL);
         assert(r == 0); /* the callers checked the range */
@@ -284,13 +281,14 @@ int container_unpin_range(Container *c, uint64_t iova, uint64_t last, uint64_t *
                 expected += mapping_table_node_size(node);
 
         if (dirty_bitmap)
-                r = c->backend->backend->ops->container_unmap_dirty(c->backend, iova, size,
-                                                                    lowest_bit(c->iommu.page_sizes), dirty_bitmap,
-                                                                    &unmapped, e);
+                r = backend_container_unmap_dirty(c->backend, iova, size, lowest_bit(c->iommu.page_sizes),
+                                                  dirty_bitmap, &unmapped);
         else
-                r = c->backend->backend->ops->container_unmap(c->backend, iova, size, &unmapped, e);
+                r = backend_container_unmap(c->backend, iova, size, &unmapped);
         if (r < 0)
-                return r;
+                return container_backend_error(c, dirty_bitmap ? BACKEND_OPERATION_UNMAP_DMA_DIRTY :
+                                               BACKEND_OPERATION_UNMAP_DMA, r,
+                                               &(BackendErrorContext) { .iova = iova, .size = size }, e);
         if (unmapped != expected)
                 log_warning("Container %" PRIu64 ": the backend unmapped 0x%" PRIx64 " bytes in [0x%" PRIx64
                             ", 0x%" PRIx64 "], expected 0x%" PRIx64 ".", c->id, unmapped, iova, last, expected);

@@ -23,6 +23,38 @@ int container_group_compare(const void *a, const void *b);
 /* Re-reads IovaRanges, PageSizes and the mapping limit once the groups changed. */
 int container_refresh_iommu(Container *c, BrokerError *e);
 
+/* container-error.c: a backend's errno (backend.h) as the SPEC error, worded once for every caller. */
+typedef enum BackendOperation {
+        BACKEND_OPERATION_NEW_CONTAINER,
+        BACKEND_OPERATION_ATTACH_GROUP,
+        BACKEND_OPERATION_DETACH_GROUP,
+        BACKEND_OPERATION_GET_IOMMU_INFO,
+        BACKEND_OPERATION_MAP_DMA,
+        BACKEND_OPERATION_UPDATE_DMA_VADDR,
+        BACKEND_OPERATION_UNMAP_DMA,
+        BACKEND_OPERATION_UNMAP_DMA_DIRTY,
+        BACKEND_OPERATION_GET_DEVICE_FD,
+        BACKEND_OPERATION_GET_HOT_RESET_GROUPS,
+        BACKEND_OPERATION_PCI_HOT_RESET,
+        BACKEND_OPERATION_START_DIRTY_TRACKING,
+        BACKEND_OPERATION_STOP_DIRTY_TRACKING,
+        BACKEND_OPERATION_GET_DIRTY_BITMAP,
+        _BACKEND_OPERATION_MAX,
+} BackendOperation;
+
+/* What the operation was about, for the message; each operation reads the fields it has. */
+typedef struct BackendErrorContext {
+        unsigned group;      /* attach, detach, device fd */
+        const char *device;  /* device fd, hot reset */
+        uint64_t iova, size; /* map, unmap, dirty bitmap */
+} BackendErrorContext;
+
+/* Records the SPEC error for error (negative, from the backend) in e and returns the errno of its
+ * code, like broker_error_set(); unexpected errnos become Kernel and are returned as they are. An
+ * EPERM from attach means NotViable only if the group reads as not viable: re-read it first. */
+int container_backend_error(Container *c, BackendOperation op, int error, const BackendErrorContext *ctx,
+                            BrokerError *e);
+
 /* container-device.c: the group of a device that c may use. */
 int container_device_group(Container *c, const char *device, Group **ret, BrokerError *e);
 

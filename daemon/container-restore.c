@@ -86,6 +86,5 @@ void container_restore_done(Container *c) {
 
 void container_forget_vaddrs(Container *c) {
         for (MappingTableNode *node = mapping_table_first(&c->mappings); node; node = mapping_table_next(node))
-                (void) c->backend->backend->ops->container_invalidate_vaddr(c->backend, node->first,
-                                                                           mapping_table_node_size(node));
+                (void) backend_container_invalidate_vaddr(c->backend, node->first, mapping_table_node_size(node));
 }

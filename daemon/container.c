@@ -83,8 +83,9 @@ int container_new(Broker *b, const char *owner, uid_t uid, const char *label, Co
                 return r;
         }
 
-        r = b->backend->ops->container_new(b->backend, &bc, e);
+        r = backend_container_new(b->backend, &bc);
         if (r < 0) {
+                r = container_backend_error(c, BACKEND_OPERATION_NEW_CONTAINER, r, NULL, e);
                 quota_release(b, uid, 1, 0, 0);
                 container_unalloc(c);
                 return r;
@@ -122,7 +123,7 @@ static Container *container_free(Container *c) {
 
         if (b->handing_over)
                 /* The next instance takes over: leave every kernel object as it is. */
-                c->backend->backend->ops->container_abandon(c->backend);
+                backend_container_abandon(c->backend);
         else {
                 /* The backend unmaps (unpins) and detaches everything first; only then may the memory
                  * the IOMMU pointed at be unmapped from the daemon. */
@@ -178,9 +179,9 @@ int container_refresh_iommu(Container *c, BrokerError *e) {
                 return 0;
         }
 
-        r = c->backend->backend->ops->container_get_iommu_info(c->backend, &info, e);
+        r = backend_container_get_iommu_info(c->backend, &info);
         if (r < 0)
-                return r;
+                return container_backend_error(c, BACKEND_OPERATION_GET_IOMMU_INFO, r, NULL, e);
         backend_iommu_info_done(&c->iommu);
         c->iommu = info;
         /* The kernel counts what is available now; the limit is that plus what we hold. */
@@ -228,17 +229,13 @@ int container_attach_group(Container *c, unsigned id, BrokerError *e) {
                 return -ENOMEM;
         c->groups = a;
 
-        r = b->backend->ops->container_attach_group(c->backend, id, e);
-        if (r < 0) {
-                if (r == -EBUSY)
-                        return broker_error_set(e, BROKER_ERROR_BUSY,
-                                                "VFIO group %u is in use outside the broker, or device fds of "
-                                                "a closed container are still open.", id);
-                if (r == -EPERM)
-                        return broker_error_set(e, BROKER_ERROR_NOT_VIABLE,
-                                                "The kernel reports VFIO group %u as not viable.", id);
-                return r;
-        }
+        r = backend_container_attach_group(c->backend, id);
+        if (r == -EPERM)
+                /* Not viable after all (a driver was bound meanwhile), or the IOMMU refused it. */
+                (void) group_refresh(g);
+        if (r < 0)
+                return container_backend_error(c, BACKEND_OPERATION_ATTACH_GROUP, r,
+                                               &(BackendErrorContext) { .group = id }, e);
 
         c->groups[c->n_groups++] = id;
         qsort(c->groups, c->n_groups, sizeof(unsigned), container_group_compare);
@@ -246,8 +243,7 @@ int container_attach_group(Container *c, unsigned id, BrokerError *e) {
         /* Every attached group can narrow the usable IOVA ranges. */
         r = container_refresh_iommu(c, e);
         if (r < 0) {
-                BrokerError ignored = BROKER_ERROR_INIT;
-                (void) b->backend->ops->container_detach_group(c->backend, id, &ignored);
+                (void) backend_container_detach_group(c->backend, id);
                 memmove(c->groups + container_group_index(c, id),
                         c->groups + container_group_index(c, id) + 1,
                         (c->n_groups - container_group_index(c, id) - 1) * sizeof(unsigned));
@@ -286,13 +282,10 @@ int container_detach_group(Container *c, unsigned id, BrokerError *e) {
                                         "%zu mappings; detaching it would drop them all. Unmap them first, "
                                         "or Close() the container.", id, container_n_mappings(c));
 
-        r = b->backend->ops->container_detach_group(c->backend, id, e);
-        if (r == -EBUSY)
-                return broker_error_set(e, BROKER_ERROR_BUSY,
-                                        "Device fds of VFIO group %u are still open; close every copy of "
-                                        "them before detaching the group.", id);
+        r = backend_container_detach_group(c->backend, id);
         if (r < 0)
-                return r;
+                return container_backend_error(c, BACKEND_OPERATION_DETACH_GROUP, r,
+                                               &(BackendErrorContext) { .group = id }, e);
 
         memmove(c->groups + i, c->groups + i + 1, (c->n_groups - i - 1) * sizeof(unsigned));
         c->n_groups--;

@@ -3,9 +3,10 @@
 
 /* Errors of the broker's logic, independent of D-Bus.
  *
- * Logic and backend functions return a negative errno and, when given a BrokerError, fill in which
- * SPEC error it is and a message a VMM author can act on. Only the D-Bus edge (bus-error.c) turns it
- * into an sd_bus_error, so the logic can be unit-tested and reused without a bus. */
+ * Logic functions return a negative errno and, when given a BrokerError, fill in which SPEC error it
+ * is and a message a VMM author can act on. Backends return the kernel's errno only (backend.h); the
+ * logic words those in container-error.c. Only the D-Bus edge (bus-error.c) turns a BrokerError into
+ * an sd_bus_error, so the logic can be unit-tested and reused without a bus. */
 
 #include <stdbool.h>
 

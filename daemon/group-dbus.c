@@ -17,12 +17,15 @@ static int group_object_find(sd_bus *bus, const char *path, const char *interfac
         unsigned long id;
         Group *g;
 
-        p = strrchr(path, '/');
-        if (!p || p[1] == 0 || (p[1] == '0' && p[2] != 0))
+        /* Only the documented path: the prefix, one slash, the id in decimal without leading zeros. */
+        if (strncmp(path, BROKER_GROUP_PREFIX "/", strlen(BROKER_GROUP_PREFIX "/")) != 0)
+                return 0;
+        p = path + strlen(BROKER_GROUP_PREFIX "/");
+        if (*p < '0' || *p > '9' || (p[0] == '0' && p[1] != 0))
                 return 0;
         errno = 0;
-        id = strtoul(p + 1, &end, 10);
-        if (errno != 0 || *end != 0 || id > UINT32_MAX || p[1] < '0' || p[1] > '9')
+        id = strtoul(p, &end, 10);
+        if (errno != 0 || *end != 0 || id > UINT32_MAX)
                 return 0;
 
         g = broker_find_group(b, (unsigned) id);

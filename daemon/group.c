@@ -70,7 +70,7 @@ int group_refresh(Group *g) {
 
         assert(g);
 
-        r = g->broker->backend->ops->get_group(g->broker->backend, g->id, &info);
+        r = backend_get_group(g->broker->backend, g->id, &info);
         if (r < 0)
                 return r;
 

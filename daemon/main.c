@@ -189,7 +189,12 @@ static int run(int argc, char *argv[]) {
                 return r;
         }
         if (args.check_config) {
-                printf("%s: OK\n", args.config_path);
+                /* "OK" for a file that is not there would let a misplaced file go unnoticed. */
+                if (r == 0)
+                        printf("%s: no such file; the built-in defaults apply (see vfio-brokerd(8), "
+                               "CONFIGURATION).\n", args.config_path);
+                else
+                        printf("%s: OK\n", args.config_path);
                 return 0;
         }
 

@@ -82,7 +82,7 @@ static int method_create_container(sd_bus_message *m, void *userdata, sd_bus_err
         if (r < 0) {
                 container_close(c);
                 if (r == -EUSERS)
-                        return sd_bus_error_setf(error, "org.vfiobroker.Broker1.Error.QuotaExceeded",
+                        return sd_bus_error_setf(error, BROKER_ERROR_PREFIX "QuotaExceeded",
                                                  "The broker already serves %d VMM connections, its limit; "
                                                  "create containers from a connection that has some.",
                                                  OWNERS_MAX);
@@ -104,6 +104,11 @@ static int method_open_connection(sd_bus_message *m, void *userdata, sd_bus_erro
                 return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED, "Cannot tell the caller's uid.");
 
         r = peer_open(b, caller_name(b, m), uid, &fd);
+        if (r == -EUSERS)
+                return sd_bus_error_setf(error, BROKER_ERROR_PREFIX "QuotaExceeded",
+                                         "uid %u already has %d peer connections open (or the broker serves %d "
+                                         "VMM connections, its limit); close one first.", uid, PEERS_PER_USER_MAX,
+                                         OWNERS_MAX);
         if (r < 0)
                 return sd_bus_error_set_errnof(error, r, "Cannot open a peer connection: %m");
 

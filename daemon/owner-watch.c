@@ -18,7 +18,7 @@ struct OwnerWatch {
         Broker *broker;
         char *name;
         sd_bus_track *track;
-        unsigned n_containers;
+        unsigned n_ref; /* containers and peer connections of this owner */
 };
 
 static OwnerWatch *owner_watch_free(OwnerWatch *w) {
@@ -37,9 +37,9 @@ static int owner_track_handler(sd_bus_track *track, void *userdata) {
 
         if (!name)
                 return -ENOMEM;
-        log_info("Owner %s disconnected; closing its containers.", name);
+        log_info("Owner %s disconnected; closing its containers and peer connections.", name);
+        /* Closing the last container or peer connection frees w: walk the broker's lists, not w. */
         peer_close_all_of(b, name);
-        /* Closing the last container frees w: walk the broker's list, not w. */
         for (Container *c = b->containers, *next; c; c = next) {
                 next = c->next;
                 if (strcmp(c->owner, name) == 0)
@@ -48,11 +48,11 @@ static int owner_track_handler(sd_bus_track *track, void *userdata) {
         return 0;
 }
 
-int owner_watch_track(Container *c, const char *owner) {
-        Broker *b = c->broker;
+int owner_watch_ref(Broker *b, const char *owner, OwnerWatch **ret) {
         OwnerWatch *w;
         int r;
 
+        *ret = NULL;
         if (!b->bus)
                 return 0;
 
@@ -82,19 +82,13 @@ int owner_watch_track(Container *c, const char *owner) {
                 b->owners = w;
                 b->n_owners++;
         }
-        w->n_containers++;
-        c->owner_watch = w;
+        w->n_ref++;
+        *ret = w;
         return 0;
 }
 
-void owner_watch_untrack(Container *c) {
-        OwnerWatch *w = c->owner_watch;
-        Broker *b = c->broker;
-
-        if (!w)
-                return;
-        c->owner_watch = NULL;
-        if (--w->n_containers > 0)
+void owner_watch_unref(Broker *b, OwnerWatch *w) {
+        if (!w || --w->n_ref > 0)
                 return;
         for (OwnerWatch **p = &b->owners; *p; p = &(*p)->next)
                 if (*p == w) {
@@ -103,6 +97,14 @@ void owner_watch_untrack(Container *c) {
                 }
         b->n_owners--;
         owner_watch_free(w);
+}
+
+int owner_watch_track(Container *c, const char *owner) {
+        return owner_watch_ref(c->broker, owner, &c->owner_watch);
+}
+
+void owner_watch_untrack(Container *c) {
+        owner_watch_unref(c->broker, TAKE_PTR(c->owner_watch));
 }
 
 int owner_watch_track_caller(Container *c, sd_bus_message *m) {

@@ -10,6 +10,11 @@
  * bus connection. */
 #define OWNERS_MAX 384
 
+/* A reference to the watch of owner (a unique name), created at the first: when owner leaves the bus,
+ * its containers and peer connections are closed. *ret stays NULL without a bus (unit tests). */
+int owner_watch_ref(Broker *b, const char *owner, OwnerWatch **ret);
+void owner_watch_unref(Broker *b, OwnerWatch *w);
+
 /* Starts tracking the owner of c (the caller of m): when it leaves the bus, its containers are closed.
  * -EUSERS beyond OWNERS_MAX owners. */
 int owner_watch_track_caller(Container *c, sd_bus_message *m);

@@ -10,6 +10,7 @@
 #include "group-dbus.h"
 #include "log.h"
 #include "manager-dbus.h"
+#include "owner-watch.h"
 #include "peer.h"
 
 struct Peer {
@@ -18,6 +19,7 @@ struct Peer {
         sd_bus *bus;
         char *owner;
         uid_t uid;
+        OwnerWatch *owner_watch; /* the opener: the connection closes when it leaves the bus */
 };
 
 static Peer *peer_find(Broker *b, sd_bus *bus) {
@@ -25,6 +27,14 @@ static Peer *peer_find(Broker *b, sd_bus *bus) {
                 if (p->bus == bus)
                         return p;
         return NULL;
+}
+
+static size_t peer_count_of_uid(Broker *b, uid_t uid) {
+        size_t n = 0;
+
+        for (Peer *p = b->peers; p; p = p->next)
+                n += p->uid == uid;
+        return n;
 }
 
 static void peer_free(Peer *p) {
@@ -35,7 +45,11 @@ static void peer_free(Peer *p) {
                         *i = p->next;
                         break;
                 }
-        sd_bus_flush_close_unref(p->bus);
+        b->n_peers--;
+        /* Never flush: a peer that does not read (or never finished authenticating) would block the
+         * daemon. What it did not read is lost with its connection. */
+        sd_bus_close_unref(p->bus);
+        owner_watch_unref(b, p->owner_watch);
         free(p->owner);
         free(p);
 }
@@ -49,11 +63,16 @@ static int on_peer_disconnected(sd_bus_message *m, void *userdata, sd_bus_error 
 }
 
 int peer_open(Broker *b, const char *owner, uid_t uid, int *ret_fd) {
-        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        _cleanup_(sd_bus_close_unrefp) sd_bus *bus = NULL;
         _cleanup_close_ int ours = -EBADF, theirs = -EBADF;
         int pair[2], r;
         sd_id128_t id;
         Peer *p;
+
+        /* Each costs the daemon an fd, memory, and up to one message in flight (sd-bus takes up to
+         * 128 MiB): bounded per user. Root is not limited. */
+        if (uid != 0 && peer_count_of_uid(b, uid) >= PEERS_PER_USER_MAX)
+                return -EUSERS;
 
         if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, pair) < 0)
                 return -errno;
@@ -94,6 +113,12 @@ int peer_open(Broker *b, const char *owner, uid_t uid, int *ret_fd) {
                 free(p);
                 return -ENOMEM;
         }
+        r = owner_watch_ref(b, owner, &p->owner_watch);
+        if (r < 0) {
+                free(p->owner);
+                free(p);
+                return r;
+        }
         r = sd_bus_match_signal(bus, NULL, "org.freedesktop.DBus.Local", "/org/freedesktop/DBus/Local",
                                 "org.freedesktop.DBus.Local", "Disconnected", on_peer_disconnected, p);
         if (r >= 0)
@@ -101,11 +126,13 @@ int peer_open(Broker *b, const char *owner, uid_t uid, int *ret_fd) {
         if (r >= 0)
                 r = sd_bus_start(bus);
         if (r < 0) {
+                owner_watch_unref(b, p->owner_watch);
                 free(p->owner);
                 free(p);
                 return r;
         }
         p->bus = TAKE_PTR(bus);
+        b->n_peers++;
         p->next = b->peers;
         b->peers = p;
 

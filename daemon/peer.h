@@ -15,7 +15,11 @@
 
 typedef struct Peer Peer;
 
-/* Returns the client's end of a new connection for (owner, uid). */
+/* Peer connections one user (not root) may have open at a time. */
+#define PEERS_PER_USER_MAX 16
+
+/* Returns the client's end of a new connection for (owner, uid); -EUSERS beyond PEERS_PER_USER_MAX or
+ * OWNERS_MAX owners. */
 int peer_open(Broker *b, const char *owner, uid_t uid, int *ret_fd);
 void peer_close_all_of(Broker *b, const char *owner);
 void peer_free_all(Broker *b);

@@ -258,6 +258,11 @@ static int request_new(PolkitRegistry *reg, sd_bus_message *m, const char *subje
         }
 
         req = calloc(1, sizeof(*req));
+        if (req) {
+                /* The key before the insertion: the tree orders by it. */
+                req->registry = reg;
+                req->message = m;
+        }
         if (!req || !tsearch(req, &reg->requests, request_compare)) {
                 free(req);
                 if (caller->n_pending == 0) {
@@ -267,8 +272,7 @@ static int request_new(PolkitRegistry *reg, sd_bus_message *m, const char *subje
                 }
                 return -ENOMEM;
         }
-        req->registry = reg;
-        req->message = sd_bus_message_ref(m);
+        sd_bus_message_ref(m);
         req->caller = caller;
         caller->n_pending++;
         *ret = req;

@@ -61,7 +61,7 @@ static int state_restore_container(Broker *b, const ContainerState *st, StoredFd
                         snprintf(fds[n_fds].name, sizeof(fds[n_fds].name), "%s", stored[i].name + strlen(prefix));
                         fds[n_fds++].fd = stored[i].fd;
                 }
-        r = b->backend->ops->container_restore(b->backend, fds, n_fds, st->groups, st->n_groups, &bc, e);
+        r = backend_container_restore(b->backend, fds, n_fds, st->groups, st->n_groups, &bc, e);
         /* The backend took what it uses (fd = -1); mark those used in our table. */
         for (size_t i = 0, k = 0; i < n_stored && k < n_fds; i++)
                 if (stored[i].fd >= 0 && strncmp(stored[i].name, prefix, strlen(prefix)) == 0 &&

@@ -91,7 +91,7 @@ static int state_sync_fds(Container *c) {
         char name[96];
         int r;
 
-        r = c->broker->backend->ops->container_get_fds(c->backend, &fds, &n_fds);
+        r = backend_container_get_fds(c->backend, &fds, &n_fds);
         if (r < 0)
                 return r;
         for (size_t i = 0; i < n_fds; i++) {

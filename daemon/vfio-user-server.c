@@ -772,9 +772,6 @@ int vfio_user_server_new(Container *c, const char *device, int listen_fd, VfioUs
         if (vfio_user_server_find(c, device))
                 return broker_error_set(e, BROKER_ERROR_BUSY,
                                         "Device %s is already served over vfio-user; StopVfioUser() it first.", device);
-        if (!c->broker->backend->ops->container_device_open)
-                return broker_error_set(e, BROKER_ERROR_NOT_SUPPORTED, "The %s backend cannot serve devices.",
-                                        backend_name(c->broker->backend));
 
         /* The caller's fd is borrowed from the D-Bus message. O_NONBLOCK is on the open file, so the
          * caller's copy turns non-blocking too: it must not accept() on it anyway. */
@@ -795,11 +792,19 @@ int vfio_user_server_new(Container *c, const char *device, int listen_fd, VfioUs
                 free(s);
                 return -ENOMEM;
         }
-        r = c->broker->backend->ops->container_device_open(c->backend, g->id, device, &s->dev, e);
+        r = backend_container_get_device(c->backend, g->id, device, &s->dev);
         if (r < 0) {
                 free(s->device);
                 free(s);
-                return r;
+                /* The backend's errno, worded for the VMM author: the group is attached, so what remains
+                 * is a device that vanished or that the kernel will not open (held elsewhere). */
+                if (r == -ENODEV || r == -ENOENT)
+                        return broker_error_set(e, BROKER_ERROR_NO_SUCH_DEVICE, "Device %s is not in its group any "
+                                                "more.", device);
+                if (r == -EBUSY)
+                        return broker_error_set(e, BROKER_ERROR_BUSY, "Device %s is in use outside the broker.",
+                                                device);
+                return broker_error_set_errno(e, r, "Cannot open device %s", device);
         }
         r = sd_event_add_io(c->broker->event, &s->listen_source, fd, EPOLLIN, listen_io, s);
         if (r < 0) {

@@ -5,13 +5,17 @@
 set -euo pipefail
 
 packages=(
-        # build
-        gcc meson ninja-build pkg-config libsystemd-dev libjson-c-dev libglib2.0-dev libglib2.0-bin
+        # build (dpkg-dev: dpkg-buildflags, for the build with Debian's packaging flags)
+        gcc meson ninja-build pkg-config libsystemd-dev libjson-c-dev libglib2.0-dev libglib2.0-bin dpkg-dev
         # tests: cmocka, a real bus and polkitd, busctl/gdbus, sanitizers and fuzzers, manual lint
         libcmocka-dev dbus-daemon dbus-bin polkitd systemd python3 python3-dbusmock clang libclang-rt-14-dev mandoc
         util-linux
+        # tests: clients generated from the XML (gdbus-codegen; Python's gi with Gio's typelib)
+        libglib2.0-dev-bin python3-gi gir1.2-glib-2.0
         # the real-kernel VM tests: QEMU (TCG), busybox for the initramfs, cpio, kmod tools
         qemu-system-x86 busybox-static cpio xz-utils kmod
+        # Debian testing's QEMU (vfio-user client) for the vfio-user tests: a cached tree built by mmdebstrap
+        mmdebstrap e2fsprogs
 )
 
 missing=()

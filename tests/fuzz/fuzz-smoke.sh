@@ -19,7 +19,7 @@ failed=0
 for target in config request state vfio-user; do
         n=$((n + 1))
         if [ $target = config ]; then
-                sources=("$src/daemon/config.c" "$src/daemon/backend.c" "$src/daemon/error.c" "$src/common/broker-wire.c")
+                sources=("$src/daemon/config.c" "$src/daemon/json-strict.c" "$src/daemon/backend.c" "$src/daemon/error.c" "$src/common/broker-wire.c")
                 libs=($(pkg-config --libs json-c))
         else
                 sources=($daemon)

@@ -8,9 +8,13 @@ runs as root on the chosen backend and is waited for through sd_notify READY=1 o
 own, never with sleeps. After the test the daemon gets SIGTERM and must exit 0 within 10 s, without
 any sanitizer report.
 
-  harness.py --daemon PATH --policy PATH [--backend sim] [--config JSON] [--polkit DIR] -- CMD ARGS...
+  harness.py --daemon PATH --policy PATH [--backend sim] [--config JSON] [--polkit DIR] [--tap] -- CMD ARGS...
 
 The test command gets DBUS_SYSTEM_BUS_ADDRESS and VFIO_BROKER_DAEMON_PID in its environment.
+
+Without root the test is skipped with the reason, before anything starts: exit status 77 (meson's and
+automake's "skipped"), or for a TAP test (--tap) the plan "1..0 # SKIP reason" and exit status 0, since
+meson counts any other exit status of a TAP test as an error.
 """
 
 import argparse
@@ -235,6 +239,14 @@ def sanitizer_reports(tmp):
     return found
 
 
+def skip(tap, reason):
+    if tap:
+        print("1..0 # SKIP " + reason, flush=True)
+        return 0
+    print("SKIP: " + reason, flush=True)
+    return 77
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--daemon", required=True)
@@ -246,11 +258,16 @@ def main():
     ap.add_argument("--polkit-policy", action="append", default=[])
     ap.add_argument("--polkit-rules", action="append", default=[])
     ap.add_argument("--polkit-mock", action="store_true", help="run python3-dbusmock's polkitd template")
+    ap.add_argument("--tap", action="store_true", help="the test speaks TAP: skip with a TAP plan, not exit 77")
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     a = ap.parse_args()
     cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
     if not cmd:
         ap.error("no test command")
+
+    if os.geteuid() != 0:
+        return skip(a.tap, "needs root (running as uid %d): the bus policy lets only root own "
+                    "org.vfiobroker.Broker1, and polkitd is started in a private mount namespace" % os.geteuid())
 
     tmp = tempfile.mkdtemp(prefix="vfio-broker-test-")
     os.chmod(tmp, 0o1777)  # unprivileged test clients connect and write sanitizer logs here

@@ -5,6 +5,8 @@ field by field, monitor's JSON lines, and the exit codes scripts rely on."""
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,8 +32,19 @@ def run(*args, user=None):
     cmd = [ctl] + list(args)
     if user:
         cmd = ["setpriv", "--reuid=%d" % user, "--regid=%d" % user, "--clear-groups"] + cmd
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired as e:
+        return -1, "", "(still running after %d s)" % e.timeout
     return p.returncode, p.stdout, p.stderr
+
+
+def parse(out):
+    """JSON output, or None when it is not JSON (a check then fails instead of the whole test)."""
+    try:
+        return json.loads(out)
+    except ValueError:
+        return None
 
 
 rc, out, err = run("--json", "status")
@@ -54,6 +67,54 @@ check(rc == 0 and lines[0].split() == ["GROUP", "DEVICES", "VIABLE", "CONTAINER"
 
 rc, out, _ = run("--json", "list")
 check(rc == 0 and json.loads(out) == [], "list --json with no containers", out)
+
+# Options work after the command too; words and options a command does not take are usage errors, refused
+# before anything is printed.
+for args in (["list", "--json"], ["list", "-j"], ["--json", "list"]):
+    rc, out, err = run(*args)
+    check(rc == 0 and parse(out) == [], "JSON output with %s" % " ".join(args), out + err)
+rc, out, err = run("list", "--", "--json")
+check(rc == 2 and out == "" and 'list takes no arguments, got "--json"' in err,
+      "a word after -- is an argument, not an option", out + err)
+rc, out, _ = run("status", "-j")
+check(rc == 0 and (parse(out) or {}).get("backend") == "sim", "status -j", out)
+for args, words in ((["status", "extra"], ['status takes no arguments', '"extra"']),
+                    (["groups", "1"], ['groups takes no arguments', '"1"']),
+                    (["monitor", "now"], ['monitor takes no arguments', '"now"']),
+                    (["show", "1", "2"], ['show takes one container id or object path, got 2 arguments']),
+                    (["close", "1", "2"], ['close takes one container id or object path, got 2 arguments']),
+                    (["list", "--bogus"], ["unrecognized option '--bogus'", 'vfio-brokerctl help']),
+                    (["status", "-x"], ["invalid option -- 'x'", 'vfio-brokerctl help']),
+                    (["--json=yes", "status"], ["doesn't allow an argument", 'vfio-brokerctl help']),
+                    ([], ["no command given", "Usage: vfio-brokerctl"])):
+    rc, out, err = run(*args)
+    check(rc == 2 and out == "" and all(w in err for w in words),
+          "usage error (exit 2, nothing on stdout) for: %s" % (" ".join(args) or "(no arguments)"),
+          "rc=%d\nstdout: %s\nstderr: %s" % (rc, out, err))
+for args in (["help"], ["--help"], ["status", "--help"], ["-h"]):
+    rc, out, err = run(*args)
+    check(rc == 0 and out.startswith("Usage: vfio-brokerctl") and "  help " in out and
+          "before or after the command" in out and err == "", "help: %s" % " ".join(args), out + err)
+rc, out, err = run("help", "me")
+check(rc == 2 and "help takes no arguments" in err, "help with an argument is a usage error", out + err)
+
+# The completion offers what the tool accepts: the help command, options after the command too.
+completion = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "client", "completion",
+                          "vfio-brokerctl")
+
+
+def complete(*words):
+    script = ('source "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _vfio_brokerctl; '
+              'printf "%s\\n" "${COMPREPLY[@]}"')
+    p = subprocess.run(["bash", "-c", script, "complete", completion, "vfio-brokerctl"] + list(words),
+                       capture_output=True, text=True, timeout=30)
+    return sorted(p.stdout.split())
+
+
+check(complete("he") == ["help"], "completion: the help command", complete("he"))
+check(complete("list", "--j") == ["--json"], "completion: an option after the command", complete("list", "--j"))
+check(complete("--json", "") == ["close", "groups", "help", "list", "monitor", "show", "status"],
+      "completion: every command after an option", complete("--json", ""))
 
 # Monitor in JSON while a VMM comes and goes.
 mon = subprocess.Popen([ctl, "--json", "monitor"], stdout=subprocess.PIPE, text=True)
@@ -106,6 +167,13 @@ inhibited = [e["changes"]["BalloonInhibited"] for e in events
 check(mon.returncode == 0 and ("added", "container") in kinds and ("removed", "container") in kinds and
       inhibited == [True, False], "monitor --json streams added/changed/removed and the balloon flips",
       "\n".join(json.dumps(e) for e in events))
+ranges = [e["changes"]["IovaRanges"] for e in events
+          if e["event"] == "changed" and "/container/" in e["path"] and "IovaRanges" in e["changes"]]
+check(ranges and ranges[0] == [{"first": 0, "last": 0xfedfffff}, {"first": 0xfef00000, "last": 0x7fffffffff}] and
+      ranges[-1] == [] and
+      all(v is not None for e in events if e["event"] == "changed" for v in e["changes"].values()),
+      "monitor --json shows IovaRanges (and every other change) with its value, never null",
+      "\n".join(json.dumps(e) for e in events))
 
 # Administrators close containers: root does, and the owner sees its container vanish.
 vmm = subprocess.Popen([mini_vmm, "--label=to-close", "--group=3", "--ram-mib=8", "--hold=" + fifo],
@@ -144,6 +212,124 @@ with open(fifo, "w") as f:
     f.write("go\n")
 vmm.wait(timeout=30)
 check(vmm.returncode == 0, "the VMM unmaps its region and leaves")
+
+
+# The manual: rendered without nested quotes, and its monitor example, run as printed, waits for the host's
+# balloon state (not a container's) and ends once it has its line.
+manpage = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "man", "vfio-brokerctl.1")
+try:
+    rendered = subprocess.run(["mandoc", "-T", "utf8", manpage], capture_output=True, text=True, timeout=30)
+    text = re.sub(".\b", "", rendered.stdout)  # what a terminal shows: overstrike (bold, underline) removed
+    lint = subprocess.run(["mandoc", "-T", "lint", "-W", "warning", manpage], capture_output=True, text=True)
+except FileNotFoundError as e:
+    text, lint = "", None
+    check(False, "mandoc is needed to render the manual (apt-get install mandoc)", e)
+flat = " ".join(text.split())
+check("event (\u201cadded\u201d, \u201cremoved\u201d or \u201cchanged\u201d)" in flat and "\u201d\u201d" not in flat,
+      "vfio-brokerctl(1) renders the monitor's event names with balanced quotes", flat)
+check(lint is not None and lint.returncode == 0 and lint.stdout + lint.stderr == "",
+      "mandoc -T lint -W warning is clean", lint and lint.stdout + lint.stderr)
+
+lines = text.splitlines()
+start = next((i for i, l in enumerate(lines) if l.strip().startswith("$ vfio-brokerctl --json monitor")), None)
+example = ""
+if start is not None:
+    example = lines[start].strip()[2:]
+    for l in lines[start + 1:]:
+        if not l.strip():
+            break
+        example += " " + l.strip()
+check(example.isascii() and "grep" in example, "the monitor example is an ASCII shell pipeline", example)
+
+fifo_a, fifo_b = os.path.join(tmp, "hold-a"), os.path.join(tmp, "hold-b")
+os.mkfifo(fifo_a)
+os.mkfifo(fifo_b)
+vmms = {}
+for name, group, f in (("a", 3, fifo_a), ("b", 4, fifo_b)):
+    vmms[name] = subprocess.Popen([mini_vmm, "--label=man-" + name, "--group=%d" % group, "--ram-mib=8",
+                                   "--hold=" + f], stdout=subprocess.PIPE, text=True)
+    for line in vmms[name].stdout:
+        if line.startswith("holding"):
+            break
+env = dict(os.environ, PATH=os.path.dirname(os.path.abspath(ctl)) + ":" + os.environ["PATH"])
+pipeline = subprocess.Popen(["bash", "-c", example], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+time.sleep(1)  # the monitor subscribes; a late subscription makes this test fail, never pass
+
+# B detaches: its container's BalloonInhibited turns false, the host's stays true (A holds a group).
+with open(fifo_b, "w") as f:
+    f.write("go\n")
+for line in vmms["b"].stdout:
+    if line.startswith("closed the device fd and detached"):
+        break
+time.sleep(0.5)
+check(pipeline.poll() is None, "the example does not stop at a container's BalloonInhibited=false")
+
+with open(fifo_a, "w") as f:
+    f.write("go\n")
+try:
+    out, err = pipeline.communicate(timeout=30)
+except subprocess.TimeoutExpired:
+    pipeline.kill()
+    out, err = pipeline.communicate()
+    err += "\n(still running 30 s after the host's BalloonInhibited turned false)"
+match = json.loads(out) if out.strip().startswith("{") else {}
+check(pipeline.returncode == 0 and match.get("path") == "/org/vfiobroker/Broker1" and
+      match.get("changes", {}).get("BalloonInhibited") is False,
+      "the example ends with the host's BalloonInhibited=false line: " + example,
+      "rc=%s\nstdout: %s\nstderr: %s" % (pipeline.returncode, out, err))
+for v in vmms.values():
+    v.wait(timeout=30)
+# Nothing happens on the bus here: the monitor must notice on its own that its reader is gone.
+p = subprocess.Popen(["bash", "-c", '"$0" --json monitor | true', ctl], start_new_session=True)
+try:
+    p.wait(timeout=10)
+except subprocess.TimeoutExpired:
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+check(p.returncode == 0, "monitor exits when the program reading its output exits", p.returncode)
+
+# Without a broker on the bus: say so, and how to start it, instead of the bus's raw error.
+control = os.environ.get("VFIO_BROKER_HARNESS")
+
+
+def harness(cmd):
+    with open(os.path.join(control, "cmd"), "w") as f:
+        f.write(cmd + "\n")
+    with open(os.path.join(control, "ack")) as f:
+        return f.read().strip()
+
+
+if control:
+    answer = harness("term")
+    for args in (["status"], ["--json", "list"], ["show", "1"]):
+        rc, out, err = run(*args)
+        check(rc == 3 and "vfio-brokerd is not running" in err and "systemctl start vfio-brokerd" in err and
+              "org.freedesktop.DBus.Error" not in err and out == "",
+              "without a broker, %s says it is not running and how to start it (exit 3)" % " ".join(args),
+              "%s\nrc=%d\n%s" % (answer, rc, err))
+    # monitor follows a broker that starts later, and says why nothing comes until then.
+    mon = subprocess.Popen([ctl, "--json", "monitor"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = mon.stderr.readline()
+    check("vfio-brokerd is not running; waiting for it" in line and "systemctl start vfio-brokerd" in line,
+          "monitor without a broker says it waits for it", line)
+    answer = harness("start")
+    check(answer.startswith("started"), "the broker starts again", answer)
+    vmm = subprocess.Popen([mini_vmm, "--label=after-start", "--group=3", "--ram-mib=8"], stdout=subprocess.DEVNULL)
+    vmm.wait(timeout=30)
+    time.sleep(0.3)
+    mon.terminate()
+    out, err = mon.communicate(timeout=10)
+    events = [parse(l) or {} for l in out.splitlines()]
+    check(mon.returncode == 0 and any(e.get("event") == "added" for e in events),
+          "monitor started before the broker shows its changes once it runs", out + err)
+else:
+    check(False, "VFIO_BROKER_HARNESS is set by the harness", "")
+
+p = subprocess.run([ctl, "status"], capture_output=True, text=True, timeout=30,
+                   env=dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS="unix:path=" + os.path.join(tmp, "no-bus")))
+check(p.returncode == 3 and "cannot connect to the system bus (unix:path=" in p.stderr,
+      "without a bus: exit 3, naming the address it tried", p.stderr)
 
 print("1..%d" % n)
 sys.exit(1 if failed else 0)

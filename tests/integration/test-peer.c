@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -169,9 +170,144 @@ static void test_peer_identity(void **state) {
         sd_bus_flush_close_unref(observer);
 }
 
+static void send_fd(int sock, int fd) {
+        char cbuf[CMSG_SPACE(sizeof(int))] = {}, x = 'x';
+        struct iovec iov = { &x, 1 };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+        if (sendmsg(sock, &mh, 0) < 0)
+                _exit(103);
+}
+
+static int recv_fd(int sock) {
+        char x, cbuf[CMSG_SPACE(sizeof(int))];
+        struct iovec iov = { &x, 1 };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
+        int fd;
+
+        if (recvmsg(sock, &mh, 0) <= 0 || !CMSG_FIRSTHDR(&mh))
+                return -1;
+        memcpy(&fd, CMSG_DATA(CMSG_FIRSTHDR(&mh)), sizeof(int));
+        return fd;
+}
+
+/* A peer connection goes with the bus connection that opened it, even one that owns no container:
+ * otherwise it outlives its opener, still answers, and can open more. */
+static void test_orphan_peer_closes(void **state) {
+        int sv[2], status, fd;
+        pid_t pid;
+
+        assert_int_equal(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv), 0);
+        pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                sd_bus *b = NULL;
+                if (setresgid(65534, 65534, 65534) < 0 || setresuid(65534, 65534, 65534) < 0 || sd_bus_open_system(&b) < 0)
+                        _exit(100);
+                fd = open_connection_fd(b);
+                if (fd < 0)
+                        _exit(101);
+                send_fd(sv[1], fd);
+                _exit(0); /* leaves the bus, owning no container */
+        }
+        fd = recv_fd(sv[0]);
+        assert_true(fd >= 0);
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+        /* The daemon closes its end: we see EOF. */
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        assert_int_equal(poll(&p, 1, 10000), 1);
+        char buf[64];
+        assert_int_equal(read(fd, buf, sizeof(buf)), 0);
+        close(fd);
+        close(sv[0]);
+        close(sv[1]);
+}
+
+/* One user cannot hold the daemon's fds with peer connections: beyond the per-user bound the call is
+ * refused, and another user is still served. */
+static void test_peer_connections_bounded_per_user(void **state) {
+        sd_bus *bus = test_bus_open();
+        int sv[2], status;
+        pid_t pid;
+
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                sd_bus *b = NULL;
+                _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+                int opened = 0;
+                const char *e = NULL;
+                if (setresgid(65534, 65534, 65534) < 0 || setresuid(65534, 65534, 65534) < 0 || sd_bus_open_system(&b) < 0)
+                        _exit(100);
+                for (int i = 0; i < 64; i++) {
+                        reply = sd_bus_message_unref(reply);
+                        e = test_call(b, ROOT_PATH, MANAGER_IFACE, "OpenConnection", &reply, "");
+                        if (e)
+                                break;
+                        int fd;
+                        if (sd_bus_message_read(reply, "h", &fd) < 0 || fcntl(fd, F_DUPFD_CLOEXEC, 3) < 0)
+                                _exit(101);
+                        opened++;
+                }
+                fprintf(stderr, "nobody opened %d peer connections, then: %s\n", opened, e ?: "(none)");
+                char verdict = opened == 16 && e && strcmp(e, "org.vfiobroker.Broker1.Error.QuotaExceeded") == 0 ? 'y' : 'n';
+                (void) !write(sv[1], &verdict, 1);
+                (void) !read(sv[1], &verdict, 1);
+                _exit(0);
+        }
+        char verdict = 0;
+        assert_int_equal(read(sv[0], &verdict, 1), 1);
+        assert_int_equal(verdict, 'y');
+
+        /* Root is still served, on the bus and over a peer connection of its own. */
+        sd_bus *peer = peer_from_fd(open_connection_fd(bus));
+        assert_non_null(peer);
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        assert_null(peer_call(peer, ROOT_PATH, MANAGER_IFACE, "CreateContainer", &reply, "a{sv}", 0));
+        sd_bus_flush_close_unref(peer);
+
+        (void) !write(sv[0], "x", 1);
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        close(sv[0]);
+        close(sv[1]);
+        sd_bus_flush_close_unref(bus);
+}
+
+/* Only the documented object path reaches a container: .../container/<id>, nothing below it. */
+static void test_only_documented_paths(void **state) {
+        sd_bus *bus = test_bus_open();
+        _cleanup_free_ char *path = test_create_container(bus, "paths");
+        const char *id = strrchr(path, '/') + 1;
+        char bad[256];
+
+        _cleanup_free_ char *label = test_get_string(bus, path, CONTAINER_IFACE, "Label", 's');
+        assert_string_equal(label, "paths");
+        snprintf(bad, sizeof(bad), "%s/x/%s", BROKER_CONTAINER_PREFIX, id);
+        assert_string_equal(test_call(bus, bad, CONTAINER_IFACE, "Close", NULL, ""), "org.freedesktop.DBus.Error.UnknownObject");
+        snprintf(bad, sizeof(bad), "%s/0%s", BROKER_CONTAINER_PREFIX, id);
+        assert_string_equal(test_call(bus, bad, CONTAINER_IFACE, "Close", NULL, ""), "org.freedesktop.DBus.Error.UnknownObject");
+        snprintf(bad, sizeof(bad), "%s/x/1", BROKER_GROUP_PREFIX);
+        assert_non_null(test_call(bus, bad, "org.freedesktop.DBus.Properties", "Get", NULL, "ss", GROUP_IFACE, "Id"));
+        assert_true(test_object_exists(bus, path));
+        test_call_ok(bus, path, CONTAINER_IFACE, "Close", NULL, "");
+        sd_bus_flush_close_unref(bus);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_peer_identity),
+                cmocka_unit_test(test_orphan_peer_closes),
+                cmocka_unit_test(test_peer_connections_bounded_per_user),
+                cmocka_unit_test(test_only_documented_paths),
         };
         return cmocka_run_group_tests_name("peer connection", tests, NULL, NULL);
 }

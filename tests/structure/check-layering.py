@@ -26,7 +26,7 @@ RULES = [
     # limits: read below the logic, beside the backends.
     (r"^config\.[ch]$", BACKEND),
     (r"^(broker|container|container-.*|group|quota|memory)\.[ch]$", LOGIC),
-    (r"^(error|log|mapping-table)\.[ch]$", UTIL),
+    (r"^(error|log|mapping-table|json-strict)\.[ch]$", UTIL),
     (r"^(broker-wire|macro)\.h$", UTIL),
     (r"^config-build\.h$", UTIL),
 ]

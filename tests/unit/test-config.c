@@ -104,6 +104,46 @@ static void test_errors(void **state) {
         expect_error("{ \"limits\": { \"groups\": [] } }", "limits.groups");
 }
 
+/* Syntax errors say where, in lines and columns (issue 15: "not valid JSON: continue (at byte 54)"). */
+static void test_syntax_position(void **state) {
+        expect_error("{\n  \"limits\": {\n    \"default\": { \"containers\": 2, }\n  }\n}\n",
+                     "not valid JSON at line 3, column 35: a comma before '}' (JSON has no trailing commas)");
+        expect_error("{ \"sim\": { \"groups\": [ { \"id\": 1, \"devices\": [\"a\",] } ] } }",
+                     "line 1, column 51: a comma before ']'");
+        expect_error("{ \"limits\": {\n  \"default\": {}\n", "the text ends at line 3, column 1");
+        expect_error("{\n\t\"limits\": {} } x", "line 2, column 17: unexpected 'x'");
+        expect_error("{ \"limits\": {} } // why", "line 1, column 18: JSON has no comments");
+        expect_error("{ \"limits\": /* why */ {} }", "line 1, column 13: JSON has no comments");
+        expect_error("{ 'limits': {} }", "line 1, column 3: strings and keys take double quotes");
+        /* Columns count characters, not bytes. */
+        expect_error("{ \"limits\": { \"users\": { \"j\u00f6rg\": {}, \"\u00e5sa\": { \"mappings\": 1,, } } } }",
+                     "line 1, column 61: quoted object property name expected");
+}
+
+/* json-c keeps the last of two equal keys silently; the broker refuses them, naming the key and both
+ * places. */
+static void test_duplicate_keys(void **state) {
+        expect_error("{\n  \"limits\": { \"default\": { \"containers\": 2,\n                             \"containers\": 3 } }\n}",
+                     "limits.default: key \"containers\" is given twice, at line 2, column 28 and at line 3, column 30");
+        expect_error("{ \"sim\": {}, \"limits\": {}, \"sim\": {} }", "(top level): key \"sim\" is given twice");
+        expect_error("{ \"sim\": { \"groups\": [ { \"id\": 1, \"devices\": [\"a\"] }, "
+                     "{ \"id\": 2, \"devices\": [\"b\"], \"\\u0069d\": 3 } ] } }",
+                     "sim.groups[1]: key \"id\" is given twice");
+        expect_error("{ \"limits\": { \"users\": { \"alice\": {}, \"bob\": {}, \"alice\": { \"mappings\": 1 } } } }",
+                     "limits.users: key \"alice\" is given twice");
+
+        /* The same key in different objects, and strings that look like keys, are fine. */
+        BrokerConfig *c = NULL;
+        BrokerError e = BROKER_ERROR_INIT;
+        assert_int_equal(broker_config_parse("{ \"limits\": { \"users\": { \"a\": { \"mappings\": 1 }, "
+                                             "\"b\": { \"mappings\": 2 } }, \"groups\": { \"a\": {} } },"
+                                             " \"sim\": { \"groups\": [ { \"id\": 1, \"devices\": [\"id\", \"x{\\\"id\"] },"
+                                             " { \"id\": 2, \"devices\": [\"y\"] } ] } }", &c, &e), 0);
+        assert_int_equal(c->n_user_limits, 2);
+        assert_string_equal(c->sim.groups[0].devices[1], "x{\"id");
+        broker_config_free(c);
+}
+
 static void test_load(void **state) {
         BrokerConfig *c = NULL;
         BrokerError e = BROKER_ERROR_INIT;
@@ -114,13 +154,14 @@ static void test_load(void **state) {
         assert_true(fd >= 0);
         assert_int_equal(write(fd, text, strlen(text)), (ssize_t) strlen(text));
         close(fd);
-        assert_int_equal(broker_config_load(path, false, &c, &e), 0);
+        assert_int_equal(broker_config_load(path, false, &c, &e), 1); /* read from the file */
         assert_int_equal(c->sim.dma_entry_limit, 7);
         broker_config_free(c);
         unlink(path);
 
-        /* Missing: defaults only when allowed. */
+        /* Missing: defaults only when allowed, and the caller learns that nothing was read. */
         assert_int_equal(broker_config_load(path, true, &c, &e), 0);
+        assert_int_equal(c->sim.n_groups, 6);
         broker_config_free(c);
         c = NULL;
         assert_true(broker_config_load(path, false, &c, &e) < 0);
@@ -132,6 +173,8 @@ int main(void) {
                 cmocka_unit_test(test_defaults),
                 cmocka_unit_test(test_full),
                 cmocka_unit_test(test_errors),
+                cmocka_unit_test(test_syntax_position),
+                cmocka_unit_test(test_duplicate_keys),
                 cmocka_unit_test(test_load),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -65,6 +65,36 @@ printf 'root:x:0:\nnogroup:x:65534:\n' > "$root/etc/group"
 echo 0123456789abcdef0123456789abcdef > "$root/etc/machine-id"
 cp "$root/etc/machine-id" "$root/var/lib/dbus/machine-id"
 
+# --- nested QEMU: Debian testing's (the vfio-user client), its tree on a read-only virtio disk ---
+# Only when the meson test asks for it (VM_QEMU_ROOT_SCRIPT, option qemu_tests). The modules are
+# loaded late (run-in-vm.sh), so every other test sees the VM exactly as without the disk.
+nested_drive=()
+if [ -n "${VM_QEMU_ROOT_SCRIPT:-}" ]; then
+        mkdir -p "$root/tests/qemu" "$root/lib/modules/nested"
+        if image=$("$VM_QEMU_ROOT_SCRIPT" --image 2>"$builddir/vm-qemu-root.log"); then
+                nested_drive=(-drive "file=$image,if=none,id=qemuroot,format=raw,readonly=on"
+                              -device virtio-blk-pci,drive=qemuroot)
+                cp "$here/../qemu/qtest.py" "$here/../qemu/test-qemu-edu.py" "$here/../../bench/qemu-startup.py" \
+                   "$root/tests/qemu/"
+                # In load order; crc32c for ext4's and jbd2's checksums (the kernel cannot modprobe here).
+                for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk \
+                         crc16 mbcache crc32c_generic jbd2 ext4; do
+                        f=$(find "$kernel/lib/modules/$kver" -name "$m.ko*" | head -n 1)
+                        [ -n "$f" ] || bail "module $m not found"
+                        case "$f" in
+                        *.xz)  xz -dc "$f" > "$root/lib/modules/nested/$m.ko" ;;
+                        *.zst) zstd -dc "$f" > "$root/lib/modules/nested/$m.ko" ;;
+                        *)     cp "$f" "$root/lib/modules/nested/$m.ko" ;;
+                        esac
+                        echo "$m" >> "$root/lib/modules/nested/order"
+                done
+        else
+                # No tree (the archive unreachable and nothing cached): the VM reports it as a failure.
+                tail -n 1 "$builddir/vm-qemu-root.log" > "$root/tests/qemu/unavailable"
+        fi
+        sed 's/^/# /' "$builddir/vm-qemu-root.log" >&2
+fi
+
 initrd=$builddir/vm-initrd.cpio
 ( cd "$root" && find . | cpio -o -H newc --quiet ) > "$initrd" || bail "cpio failed"
 
@@ -74,6 +104,7 @@ qemu=(qemu-system-x86_64 -M q35,accel=tcg,kernel-irqchip=split -cpu max -m 2048 
       -device edu -device edu
       -device pcie-root-port,id=rp1,chassis=1,slot=1 -device edu,bus=rp1
       -device virtio-rng-pci
+      "${nested_drive[@]}"
       -kernel "$vmlinuz" -initrd "$initrd"
       -nic none -nographic -no-reboot)
 append="console=ttyS0 intel_iommu=on panic=-1 loglevel=4 hugepages=16"

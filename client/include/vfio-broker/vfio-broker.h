@@ -13,7 +13,8 @@
  *    failure. Each broker error has one errno: NoSuchGroup -ENOENT, NoSuchDevice -ENODEV,
  *    NotViable -EPERM, Busy -EBUSY, NoGroups -ENXIO, Overlap -EEXIST, WouldSplit -EXDEV,
  *    OutOfRange -ERANGE, Unaligned -EFAULT, NotMapped -ESRCH, BadMemory -EBADF, QuotaExceeded -EDQUOT,
- *    Kernel -EIO, InvalidArgs -EINVAL, AccessDenied -EACCES, NotSupported -EOPNOTSUPP.
+ *    Kernel -EIO, InvalidArgs -EINVAL, AccessDenied -EACCES, NotSupported -EOPNOTSUPP,
+ *    LimitsExceeded -E2BIG.
  *  - After a failure, vfio_broker_error_name() and vfio_broker_error_message() return the D-Bus error
  *    name and the broker's message (meant for people: log it) until the next call on that handle.
  *  - Calls block until the broker answers. Signals (balloon changes) are delivered when the
@@ -157,7 +158,14 @@ typedef struct vfio_broker_map {
 } vfio_broker_map;
 
 /* Update(): the unmaps, then the maps, in one call and all or nothing (a failure leaves the
- * container exactly as it was; the message names the failing entry). Each memory fd is passed once. */
+ * container exactly as it was; the message names the failing entry). Each memory fd is passed once.
+ * Any number of fds may be given: no D-Bus message passes more than 253 (the kernel's SCM_MAX_FD,
+ * the peer connection's and dbus-broker's limit), and dbus-daemon only 16 unless configured to
+ * allow more (it disconnects a sender that sends more, and the broker then closes its containers),
+ * so the library sends larger updates in several messages, at most 16 fds each on the bus. A split
+ * update stays all or nothing: the maps that intersect the unmaps go in the last message, with the
+ * unmaps, and the maps of earlier messages are undone when a later one fails. -E2BIG (error name
+ * org.freedesktop.DBus.Error.LimitsExceeded) when those maps need more fds than one message passes. */
 int vfio_broker_container_update(vfio_broker_container *c, const vfio_broker_unmap *unmaps, size_t n_unmaps,
                                  const int *memory_fds, size_t n_fds, const vfio_broker_map *maps, size_t n_maps);
 int vfio_broker_container_get_info(vfio_broker_container *c, vfio_broker_container_info *ret);
