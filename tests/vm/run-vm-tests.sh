@@ -110,6 +110,8 @@ qemu=(qemu-system-x86_64 -M q35,accel=tcg,kernel-irqchip=split -cpu max -m 2048 
       -device intel-iommu,intremap=on
       -device edu -device edu
       -device pcie-root-port,id=rp1,chassis=1,slot=1 -device edu,bus=rp1
+      -device pcie-root-port,id=rp2,chassis=2,slot=2
+      -device edu,bus=rp2,addr=0.0,multifunction=on -device edu,bus=rp2,addr=0.1,multifunction=on
       -device virtio-rng-pci
       "${nested_drive[@]}"
       -kernel "$vmlinuz" -initrd "$initrd"

@@ -7,7 +7,9 @@
  * Linux 6.1: the vfio group (and /dev/vfio/N) exists while at least one device of the IOMMU group is
  * bound to a vfio driver (vfio_device_remove_group()), so unbinding the only device of a group removes
  * the group and binding it again creates it anew: InterfacesRemoved, then InterfacesAdded with the
- * new Devices and Viable. Prints "VMTAP: ok|not ok - name" lines. */
+ * new Devices and Viable. A device leaving a group that stays (function 1 of the multi-function edu
+ * removed with /sys/bus/pci/devices/D/remove, then found again by a rescan) changes its Devices:
+ * PropertiesChanged. Prints "VMTAP: ok|not ok - name" lines. */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -16,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <dirent.h>
 #include <time.h>
 #include <unistd.h>
 #include <systemd/sd-bus.h>
@@ -37,6 +40,8 @@ typedef struct Watch {
         unsigned n_added, n_removed, n_changed;
         bool added_viable;        /* from the last InterfacesAdded of path */
         char added_devices[256];  /* its Devices, comma-separated */
+        bool changed_viable;      /* from the last PropertiesChanged of path */
+        char changed_devices[256];
 } Watch;
 
 static sd_bus *bus;
@@ -127,7 +132,12 @@ static int on_interfaces_removed(sd_bus_message *m, void *userdata, sd_bus_error
 
 static int on_properties_changed(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         Watch *w = userdata;
-        w->n_changed++;
+        const char *interface;
+
+        if (sd_bus_message_read(m, "s", &interface) < 0 || strcmp(interface, GROUP_INTERFACE) != 0)
+                return 0;
+        if (read_group_properties(m, &w->changed_viable, w->changed_devices, sizeof(w->changed_devices)) >= 0)
+                w->n_changed++;
         return 0;
 }
 
@@ -170,42 +180,158 @@ static bool path_exists(const char *path) {
         return access(path, F_OK) == 0;
 }
 
-int main(void) {
-        unsigned ids[4];
-        char devices[4][32], gpath[64], dev_path[64], devices_now[256];
+/* The last VFIO group with exactly n_devices devices (sorted names in devices), or -1. */
+static int find_group(size_t n_devices, char devices[][32]) {
+        unsigned ids[8];
+        char first[8][32];
+        int n = vm_find_groups(ids, first, 8), found = -1;
+
+        for (int i = 0; i < n; i++) {
+                char path[64];
+                size_t k = 0;
+                struct dirent *de;
+                snprintf(path, sizeof(path), "/sys/kernel/iommu_groups/%u/devices", ids[i]);
+                DIR *d = opendir(path);
+                if (!d)
+                        continue;
+                while ((de = readdir(d)))
+                        if (de->d_name[0] != '.')
+                                k++;
+                closedir(d);
+                if (k == n_devices)
+                        found = i;
+        }
+        if (found < 0)
+                return -1;
+        /* vm_find_groups() gives the first device; the second of a pair has function 1. */
+        snprintf(devices[0], 32, "%s", first[found]);
+        if (n_devices > 1) {
+                snprintf(devices[1], 32, "%s", first[found]);
+                devices[1][strlen(devices[1]) - 1] = '1';
+        }
+        return (int) ids[found];
+}
+
+static int watch(Watch *w, const char *path) {
+        int r;
+
+        w->path = path;
+        r = sd_bus_match_signal(bus, NULL, BUS_NAME, ROOT, "org.freedesktop.DBus.ObjectManager",
+                                "InterfacesAdded", on_interfaces_added, w);
+        if (r >= 0)
+                r = sd_bus_match_signal(bus, NULL, BUS_NAME, ROOT, "org.freedesktop.DBus.ObjectManager",
+                                        "InterfacesRemoved", on_interfaces_removed, w);
+        if (r >= 0)
+                r = sd_bus_match_signal(bus, NULL, BUS_NAME, path, "org.freedesktop.DBus.Properties",
+                                        "PropertiesChanged", on_properties_changed, w);
+        return r;
+}
+
+/* Processes the bus until a PropertiesChanged says Devices is want, or the time is up. */
+static bool wait_for_devices(Watch *w, const char *want) {
+        while (strcmp(w->changed_devices, want) != 0)
+                if (!wait_for(&w->n_changed, w->n_changed))
+                        return false;
+        return true;
+}
+
+/* Function 1 of the multi-function edu leaves its group and comes back; the group stays. */
+static void test_device_leaves_group(void) {
+        char devices[2][32], gpath[64], path[128], both[80], devices_now[256];
         _cleanup_free_ char *container = NULL;
         _cleanup_close_ int ram = -EBADF, fd = -EBADF;
         Watch w = {};
         bool viable = false;
-        int n, r;
+        int id, r;
 
-        if (sd_bus_open_system(&bus) < 0) {
-                tap(false, "hotplug: connect to the system bus");
-                return 1;
+        id = find_group(2, devices);
+        tap(id >= 0, "hotplug: the multi-function edu's two functions share a VFIO group (%d)", id);
+        if (id < 0)
+                return;
+        snprintf(gpath, sizeof(gpath), ROOT "/group/%d", id);
+        snprintf(both, sizeof(both), "%s,%s", devices[0], devices[1]);
+        r = watch(&w, gpath);
+        r = r >= 0 ? get_group(gpath, &viable, devices_now, sizeof(devices_now), NULL) : r;
+        tap(r >= 0 && viable && strcmp(devices_now, both) == 0, "hotplug: group %d has Devices [%s] (read: %s)",
+            id, both, devices_now);
+
+        /* Unbound from vfio-pci, the function stays in the group (driverless devices keep it viable),
+         * then goes from the PCI bus. */
+        r = write_sysfs("/sys/bus/pci/drivers/vfio-pci/unbind", devices[1]);
+        snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/remove", devices[1]);
+        r = r >= 0 ? write_sysfs(path, "1") : r;
+        tap(r >= 0, "hotplug: unbind %s and remove it from the PCI bus (%s)", devices[1], strerror(r < 0 ? -r : 0));
+        bool heard = wait_for_devices(&w, devices[0]);
+        tap(heard && w.changed_viable && w.n_removed == 0,
+            "hotplug: the broker signals PropertiesChanged for %s: Devices [%s], Viable true (heard %s, %s)",
+            gpath, devices[0], w.changed_devices, w.changed_viable ? "true" : "false");
+        r = get_group(gpath, &viable, devices_now, sizeof(devices_now), NULL);
+        tap(r >= 0 && viable && strcmp(devices_now, devices[0]) == 0,
+            "hotplug: a property read after the removal returns Devices [%s] (read: %s)", devices[0], devices_now);
+
+        /* A rescan finds it again, in the same group (the functions say they are multi-function and
+         * have no ACS, so Linux groups them together), without a driver; then bind it to vfio-pci. */
+        r = write_sysfs("/sys/bus/pci/rescan", "1");
+        char link[256] = "", want[32];
+        snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/iommu_group", devices[1]);
+        snprintf(want, sizeof(want), "/%d", id);
+        ssize_t k = readlink(path, link, sizeof(link) - 1);
+        link[k > 0 ? k : 0] = 0;
+        tap(r >= 0 && k > 0 && strlen(link) > strlen(want) && strcmp(link + strlen(link) - strlen(want), want) == 0,
+            "hotplug: a PCI rescan puts %s back into IOMMU group %d (%s)", devices[1], id, link);
+        heard = r >= 0 && wait_for_devices(&w, both);
+        tap(heard && w.changed_viable && w.n_removed == 0 && w.n_added == 0,
+            "hotplug: after a PCI rescan the broker signals Devices [%s] again (heard %s)", both, w.changed_devices);
+        r = get_group(gpath, &viable, devices_now, sizeof(devices_now), NULL);
+        tap(r >= 0 && viable && strcmp(devices_now, both) == 0,
+            "hotplug: a property read after the rescan returns Devices [%s] (read: %s)", both, devices_now);
+        snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/driver_override", devices[1]);
+        r = write_sysfs(path, "vfio-pci");
+        r = r >= 0 ? write_sysfs("/sys/bus/pci/drivers_probe", devices[1]) : r;
+        tap(r >= 0, "hotplug: bind %s to vfio-pci again (%s)", devices[1], strerror(r < 0 ? -r : 0));
+
+        /* The function that came back works. */
+        container = vm_create_container(bus, "hotplug-function");
+        ram = memfd_create("guest-ram", MFD_CLOEXEC);
+        bool ok = container && ram >= 0 && ftruncate(ram, 4 * MiB) == 0 &&
+                  !vm_call(bus, container, CONTAINER, "AttachGroup", NULL, "u", (uint32_t) id) &&
+                  !vm_call(bus, container, CONTAINER, "Map", NULL, "htttu", ram, UINT64_C(0), 4 * MiB, 1 * MiB,
+                           UINT32_C(3));
+        fd = ok ? vm_open_device(bus, container, devices[1]) : -1;
+        Edu edu;
+        vm_fill(ram, 0x2000, 0x3c, 1024);
+        ok = fd >= 0 && edu_open(&edu, fd) == 0 && edu_dma_to_device(&edu, 1 * MiB + 0x2000, 0, 1024) == 0 &&
+             edu_dma_from_device(&edu, 0, 1 * MiB + 0x20000, 1024) == 0;
+        tap(ok && vm_check(ram, 0x20000, 0x3c, 1024),
+            "hotplug: %s, back in group %d, DMAs through the broker's mapping", devices[1], id);
+        fd = safe_close(fd);
+        tap(container && !vm_call(bus, container, CONTAINER, "Close", NULL, ""), "hotplug: Close");
+}
+
+/* The only device of a group unbound from vfio-pci and bound again: the group goes and comes. */
+static void test_unbind_rebind(void) {
+        char devices[1][32], gpath[64], dev_path[64], devices_now[256];
+        _cleanup_free_ char *container = NULL;
+        _cleanup_close_ int ram = -EBADF, fd = -EBADF;
+        Watch w = {};
+        bool viable = false;
+        int r;
+
+        /* The last single-device group: the other tests are done with it. */
+        int found = find_group(1, devices);
+        if (found < 0) {
+                tap(false, "hotplug: an edu alone in its VFIO group to unbind (none found)");
+                return;
         }
-        n = vm_find_groups(ids, devices, 4);
-        if (n < 1) {
-                tap(false, "hotplug: an edu in a VFIO group to unbind (none found)");
-                return 1;
-        }
-        /* The last group: the other tests are done with it. */
-        unsigned id = ids[n - 1];
-        const char *bdf = devices[n - 1];
+        unsigned id = (unsigned) found;
+        const char *bdf = devices[0];
         snprintf(gpath, sizeof(gpath), ROOT "/group/%u", id);
         snprintf(dev_path, sizeof(dev_path), "/dev/vfio/%u", id);
-        w.path = gpath;
 
-        r = sd_bus_match_signal(bus, NULL, BUS_NAME, ROOT, "org.freedesktop.DBus.ObjectManager",
-                                "InterfacesAdded", on_interfaces_added, &w);
-        if (r >= 0)
-                r = sd_bus_match_signal(bus, NULL, BUS_NAME, ROOT, "org.freedesktop.DBus.ObjectManager",
-                                        "InterfacesRemoved", on_interfaces_removed, &w);
-        if (r >= 0)
-                r = sd_bus_match_signal(bus, NULL, BUS_NAME, gpath, "org.freedesktop.DBus.Properties",
-                                        "PropertiesChanged", on_properties_changed, &w);
+        r = watch(&w, gpath);
         tap(r >= 0, "hotplug: watch the broker's signals for group %u (%s)", id, bdf);
         if (r < 0)
-                return 1;
+                return;
 
         r = get_group(gpath, &viable, devices_now, sizeof(devices_now), NULL);
         tap(r >= 0 && viable && strcmp(devices_now, bdf) == 0,
@@ -262,7 +388,15 @@ int main(void) {
         tap(ok && vm_check(ram, 0x10000, 0x6b, 1024), "hotplug: the rebound edu DMAs through the broker's mapping");
         fd = safe_close(fd);
         tap(container && !vm_call(bus, container, CONTAINER, "Close", NULL, ""), "hotplug: Close");
+}
 
+int main(void) {
+        if (sd_bus_open_system(&bus) < 0) {
+                tap(false, "hotplug: connect to the system bus");
+                return 1;
+        }
+        test_unbind_rebind();
+        test_device_leaves_group();
         sd_bus_flush_close_unref(bus);
         return vm_failures ? 1 : 0;
 }
