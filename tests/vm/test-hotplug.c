@@ -42,7 +42,13 @@ typedef struct Watch {
         char added_devices[256];  /* its Devices, comma-separated */
         bool changed_viable;      /* from the last PropertiesChanged of path */
         char changed_devices[256];
+        sd_bus_slot *slots[3];    /* the matches, which point here: gone with the Watch */
 } Watch;
+
+static void watch_done(Watch *w) {
+        for (size_t i = 0; i < ELEMENTSOF(w->slots); i++)
+                w->slots[i] = sd_bus_slot_unref(w->slots[i]);
+}
 
 static sd_bus *bus;
 
@@ -216,13 +222,13 @@ static int watch(Watch *w, const char *path) {
         int r;
 
         w->path = path;
-        r = sd_bus_match_signal(bus, NULL, BUS_NAME, ROOT, "org.freedesktop.DBus.ObjectManager",
+        r = sd_bus_match_signal(bus, &w->slots[0], BUS_NAME, ROOT, "org.freedesktop.DBus.ObjectManager",
                                 "InterfacesAdded", on_interfaces_added, w);
         if (r >= 0)
-                r = sd_bus_match_signal(bus, NULL, BUS_NAME, ROOT, "org.freedesktop.DBus.ObjectManager",
+                r = sd_bus_match_signal(bus, &w->slots[1], BUS_NAME, ROOT, "org.freedesktop.DBus.ObjectManager",
                                         "InterfacesRemoved", on_interfaces_removed, w);
         if (r >= 0)
-                r = sd_bus_match_signal(bus, NULL, BUS_NAME, path, "org.freedesktop.DBus.Properties",
+                r = sd_bus_match_signal(bus, &w->slots[2], BUS_NAME, path, "org.freedesktop.DBus.Properties",
                                         "PropertiesChanged", on_properties_changed, w);
         return r;
 }
@@ -240,7 +246,7 @@ static void test_device_leaves_group(void) {
         char devices[2][32], gpath[64], path[128], both[80], devices_now[256];
         _cleanup_free_ char *container = NULL;
         _cleanup_close_ int ram = -EBADF, fd = -EBADF;
-        Watch w = {};
+        _cleanup_(watch_done) Watch w = {};
         bool viable = false;
         int id, r;
 
@@ -313,7 +319,7 @@ static void test_unbind_rebind(void) {
         char devices[1][32], gpath[64], dev_path[64], devices_now[256];
         _cleanup_free_ char *container = NULL;
         _cleanup_close_ int ram = -EBADF, fd = -EBADF;
-        Watch w = {};
+        _cleanup_(watch_done) Watch w = {};
         bool viable = false;
         int r;
 
