@@ -90,7 +90,9 @@ int broker_new(sd_event *event, Backend *backend, BrokerConfig *config, Broker *
 Broker *broker_free(Broker *b);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Broker *, broker_free);
 
-/* Re-reads the backend's groups, adding and removing Group objects. */
+/* Re-reads the backend's groups: Group objects added and removed (broker_group_added/removed), the
+ * known ones refreshed (broker_group_changed when Devices or Viable changed). Called at startup and
+ * whenever the host's devices change (device-monitor.c). */
 int broker_refresh_groups(Broker *b);
 
 Group *broker_find_group(Broker *b, unsigned id);

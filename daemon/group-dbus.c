@@ -56,8 +56,7 @@ static int property_get_devices(sd_bus *bus, const char *path, const char *inter
                                 sd_bus_message *reply, void *userdata, sd_bus_error *error) {
         Group *g = userdata;
 
-        /* Read on demand: drivers are bound and unbound behind the broker's back. */
-        (void) group_refresh(g);
+        /* As last read: the device monitor re-reads the group whenever the host's devices change. */
         return sd_bus_message_append_strv(reply, g->devices);
 }
 
@@ -65,7 +64,6 @@ static int property_get_viable(sd_bus *bus, const char *path, const char *interf
                                sd_bus_message *reply, void *userdata, sd_bus_error *error) {
         Group *g = userdata;
 
-        (void) group_refresh(g);
         return sd_bus_message_append(reply, "b", g->viable);
 }
 
@@ -79,8 +77,8 @@ static int property_get_container(sd_bus *bus, const char *path, const char *int
 static const sd_bus_vtable group_vtable[] = {
         SD_BUS_VTABLE_START(0),
         SD_BUS_PROPERTY("Id", "u", NULL, offsetof(Group, id), SD_BUS_VTABLE_PROPERTY_CONST),
-        SD_BUS_PROPERTY("Devices", "as", property_get_devices, 0, 0),
-        SD_BUS_PROPERTY("Viable", "b", property_get_viable, 0, 0),
+        SD_BUS_PROPERTY("Devices", "as", property_get_devices, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("Viable", "b", property_get_viable, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("Container", "o", property_get_container, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_VTABLE_END,
 };
@@ -114,5 +112,8 @@ int group_dbus_emit_removed(Group *g) {
 int group_dbus_emit_changed(Group *g) {
         if (!g->broker->bus)
                 return 0;
-        return sd_bus_emit_properties_changed(g->broker->bus, g->path, BROKER_GROUP_INTERFACE, "Container", NULL);
+        /* group_changed carries no mask: a group changes rarely (an attach, a driver bound), so all
+         * three go, each with its current value. */
+        return sd_bus_emit_properties_changed(g->broker->bus, g->path, BROKER_GROUP_INTERFACE,
+                                              "Devices", "Viable", "Container", NULL);
 }

@@ -7,5 +7,5 @@ int group_dbus_register(Broker *b);
 int group_dbus_register_on(Broker *b, sd_bus *bus);
 int group_dbus_emit_added(Group *g);
 int group_dbus_emit_removed(Group *g);
-/* The Container property. */
+/* Devices, Viable and Container. */
 int group_dbus_emit_changed(Group *g);

@@ -81,7 +81,14 @@ int group_refresh(Group *g) {
                 g->devices = TAKE_PTR(info.devices);
         }
         strv_free(info.devices);
-        return changed;
+        if (!changed)
+                return 0;
+
+        /* Devices and Viable are cached by clients (they emit PropertiesChanged), so a change noticed
+         * anywhere, by the device monitor or by the re-check at attach time, is reported. */
+        log_debug("VFIO group %u changed: %s.", g->id, g->viable ? "viable" : "not viable");
+        broker_group_changed(g->broker, g);
+        return 1;
 }
 
 bool group_has_device(const Group *g, const char *device) {

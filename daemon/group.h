@@ -23,7 +23,7 @@ Group *group_free(Group *g);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Group *, group_free);
 
 /* Re-reads devices and viability from the backend (viability changes as drivers are bound).
- * Returns 1 if anything changed. */
+ * Returns 1 if anything changed, and then reports it (broker_group_changed()); 0 if nothing did. */
 int group_refresh(Group *g);
 
 bool group_has_device(const Group *g, const char *device);

@@ -13,6 +13,7 @@
 #include "bus.h"
 #include "config-build.h"
 #include "container-dbus.h"
+#include "device-monitor.h"
 #include "group-dbus.h"
 #include "log.h"
 #include "manager-dbus.h"
@@ -159,19 +160,13 @@ static int create_backend(const Arguments *args, const BrokerConfig *config, Bac
         return 0;
 }
 
-static int on_vfio_dir_change(sd_event_source *s, const struct inotify_event *event, void *userdata) {
-        Broker *b = userdata;
-
-        (void) broker_refresh_groups(b);
-        return 0;
-}
-
 static int run(int argc, char *argv[]) {
         Arguments args = { .backend = BACKEND_AUTO, .config_path = DEFAULT_CONFIG_PATH,
                            .state_dir = "/run/vfio-broker" };
         _cleanup_(broker_config_freep) BrokerConfig *config = NULL;
         _cleanup_(backend_freep) Backend *backend = NULL;
         _cleanup_(broker_freep) Broker *broker = NULL;
+        _cleanup_(device_monitor_freep) DeviceMonitor *monitor = NULL; /* goes before the broker */
         _cleanup_(sd_event_unrefp) sd_event *event = NULL;
         BrokerError e = BROKER_ERROR_INIT;
         sigset_t mask;
@@ -231,11 +226,11 @@ static int run(int argc, char *argv[]) {
         if (r < 0)
                 return r;
 
-        if (strcmp(backend_name(broker->backend), "sim") != 0 && access("/dev/vfio", F_OK) == 0) {
-                r = sd_event_add_inotify(event, NULL, "/dev/vfio", IN_CREATE | IN_DELETE | IN_ONLYDIR,
-                                         on_vfio_dir_change, broker);
+        /* The sim's topology is its configuration; the host's follows udev. */
+        if (strcmp(backend_name(broker->backend), "sim") != 0) {
+                r = device_monitor_start(broker, &monitor);
                 if (r < 0)
-                        log_warning_errno(r, "Cannot watch /dev/vfio for new groups: %m");
+                        log_warning_errno(r, "Cannot watch the host's devices; VFIO groups are shown as at startup: %m");
         }
 
         r = bus_connect(broker);

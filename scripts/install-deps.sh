@@ -14,6 +14,8 @@ packages=(
         libglib2.0-dev-bin python3-gi gir1.2-glib-2.0
         # the real-kernel VM tests: QEMU (TCG), busybox for the initramfs, cpio, kmod tools
         qemu-system-x86 busybox-static cpio xz-utils kmod
+        # ... and udev in it (the broker follows the host's devices through udev)
+        udev
         # Debian testing's QEMU (vfio-user client) for the vfio-user tests: a cached tree built by mmdebstrap
         mmdebstrap e2fsprogs
 )

@@ -21,6 +21,8 @@ LAYER_NAMES = ["utility", "backend", "logic", "face"]
 RULES = [
     (r"^main\.c$", FACE),
     (r"^(bus|bus-error|caller|polkit|peer|owner-watch|fdstore|state|state-.*|.*-dbus|vfio-user.*)\.[ch]$", FACE),
+    # The host's uevents (udev) are an input like a D-Bus call: device-monitor.c calls the logic.
+    (r"^device-monitor\.[ch]$", FACE),
     (r"^backend.*\.[ch]$", BACKEND),
     # The configuration describes the backends (the sim's topology, the IOMMU's ranges) besides the
     # limits: read below the logic, beside the backends.

@@ -17,6 +17,10 @@ sed -e "s|@POLICY@|$prefix/share/dbus-1/system.d/org.vfiobroker.Broker1.conf|" \
 dbus-daemon --config-file=/run/bus.conf --fork --print-address=3 3>/run/bus.address
 export DBUS_SYSTEM_BUS_ADDRESS=$(head -n 1 /run/bus.address)
 
+# udev, as on a host: the broker hears of devices bound and unbound through it.
+/lib/systemd/systemd-udevd --daemon > /tmp/udevd.log 2>&1
+tap $? "systemd-udevd starts"
+
 start_daemon() {
         $prefix/sbin/vfio-brokerd --backend=vfio > /tmp/daemon.log 2>&1 &
         DAEMON_PID=$!
@@ -66,6 +70,9 @@ $prefix/bin/vfio-brokerctl --json groups > /tmp/groups.json 2>&1 && grep -q '"vi
 tap $? "vfio-brokerctl --json groups lists the edu groups"
 $prefix/bin/vfio-brokerctl status | grep -q 'Backend: *vfio-type1'
 tap $? "vfio-brokerctl status shows the vfio-type1 backend"
+
+# The broker follows the host: an edu unbound from vfio-pci and bound again.
+/tests/test-hotplug 2>&1
 
 # Benchmark: figures, not a pass/fail test.
 groups=$(ls /dev/vfio | grep -v vfio | sort -n | head -n 2 | tr '\n' ' ')

@@ -43,13 +43,20 @@ install -m 0755 "$here/run-in-vm.sh" "$root/tests/run.sh"
 install -m 0644 "$here/../system-bus.conf.in" "$root/tests/system-bus.conf.in"
 bins=(/usr/bin/dbus-daemon /usr/bin/busctl)
 for t in tests/integration/test-broker tests/vm/test-dma bench/vm-map client/mini-vmm tests/vm/fdstore-supervisor \
-         tests/vm/test-restart-dma tests/vm/test-vmm-features tests/vm/test-vfio-user; do
+         tests/vm/test-restart-dma tests/vm/test-vmm-features tests/vm/test-vfio-user tests/vm/test-hotplug; do
         [ -x "$builddir/$t" ] || bail "$builddir/$t was not built"
         cp "$builddir/$t" "$root/tests/"
         bins+=("$builddir/$t")
 done
 bins+=("$root/usr/local/sbin/vfio-brokerd" "$builddir/client/vfio-brokerctl" "$builddir/client/libvfio-broker.so.0")
 cp /usr/bin/dbus-daemon /usr/bin/busctl "$root/usr/bin/"
+# udev: the broker follows the host's devices through udev's rebroadcast of the kernel's uevents
+# (no rules needed; systemd-udevd is udevadm under another name).
+[ -x /bin/udevadm ] || bail "/bin/udevadm is missing (apt-get install udev)"
+mkdir -p "$root/lib/systemd"
+cp /bin/udevadm "$root/bin/udevadm"
+ln -s /bin/udevadm "$root/lib/systemd/systemd-udevd"
+bins+=(/bin/udevadm)
 
 # Shared libraries (and the dynamic loader) of every binary.
 for b in "${bins[@]}"; do
@@ -103,6 +110,8 @@ qemu=(qemu-system-x86_64 -M q35,accel=tcg,kernel-irqchip=split -cpu max -m 2048 
       -device intel-iommu,intremap=on
       -device edu -device edu
       -device pcie-root-port,id=rp1,chassis=1,slot=1 -device edu,bus=rp1
+      -device pcie-root-port,id=rp2,chassis=2,slot=2
+      -device edu,bus=rp2,addr=0.0,multifunction=on -device edu,bus=rp2,addr=0.1,multifunction=on
       -device virtio-rng-pci
       "${nested_drive[@]}"
       -kernel "$vmlinuz" -initrd "$initrd"

@@ -102,12 +102,15 @@ int vm_open_device(sd_bus *bus, const char *path, const char *device) {
 
 int vm_find_groups(unsigned *ids, char devices[][32], int max) {
         int n = 0;
+        char line[512];
         FILE *f = popen("for g in $(ls /dev/vfio | grep -v vfio | sort -n); do echo $g $(ls /sys/kernel/iommu_groups/$g/devices); done", "r");
 
         if (!f)
                 return 0;
-        while (n < max && fscanf(f, "%u %31s", &ids[n], devices[n]) == 2)
-                n++;
+        /* One line per group; a group of several devices (the multi-function edu) lists them all. */
+        while (n < max && fgets(line, sizeof(line), f))
+                if (sscanf(line, "%u %31s", &ids[n], devices[n]) == 2)
+                        n++;
         pclose(f);
         return n;
 }
