@@ -11,6 +11,7 @@
 #include "group.h"
 #include "group-dbus.h"
 #include "log.h"
+#include "message-ids.h"
 #include "quota.h"
 #include "state.h"
 
@@ -93,6 +94,7 @@ int container_new(Broker *b, const char *owner, uid_t uid, const char *label, Co
         c->backend = TAKE_PTR(bc);
         container_link(c);
         (void) state_save_container(c);
+        log_event(&(LogEvent) { LOG_MESSAGE_CONTAINER_CREATED, .container = c->id, .label = c->label, .owner = c->owner, .uid = &c->uid }, "Container %" PRIu64 " (%s) created for %s, uid %u.", c->id, c->label, c->owner, c->uid);
 
         *ret = c;
         return 0;
@@ -119,6 +121,7 @@ Container *container_free(Container *c) {
         if (c->next)
                 c->next->prev = c->prev;
         b->n_containers--;
+        if (!b->handing_over) log_event(&(LogEvent) { LOG_MESSAGE_CONTAINER_CLOSED, .container = c->id, .label = c->label, .owner = c->owner, .uid = &c->uid }, "Container %" PRIu64 " (%s, uid %u) closed: %zu groups, %zu mappings released.", c->id, c->label, c->uid, c->n_groups, container_n_mappings(c));
 
         if (b->handing_over)
                 /* The next instance takes over: leave every kernel object as it is. */
@@ -253,7 +256,7 @@ int container_attach_group(Container *c, unsigned id, BrokerError *e) {
         }
 
         g->container = c;
-        log_info("Container %" PRIu64 " (%s, uid %u): attached VFIO group %u.", c->id, c->label, c->uid, id);
+        log_event(&(LogEvent) { LOG_MESSAGE_GROUP_ATTACHED, .container = c->id, .label = c->label, .uid = &c->uid, .group = &id }, "Container %" PRIu64 " (%s, uid %u): attached VFIO group %u.", c->id, c->label, c->uid, id);
 
         (void) state_save_container(c);
         (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_GROUPS | CONTAINER_PROPERTY_DMA_AVAILABLE |
@@ -308,7 +311,7 @@ int container_detach_group(Container *c, unsigned id, BrokerError *e) {
                 g->container = NULL;
                 (void) group_dbus_emit_changed(g);
         }
-        log_info("Container %" PRIu64 " (%s, uid %u): detached VFIO group %u.", c->id, c->label, c->uid, id);
+        log_event(&(LogEvent) { LOG_MESSAGE_GROUP_DETACHED, .container = c->id, .label = c->label, .uid = &c->uid, .group = &id }, "Container %" PRIu64 " (%s, uid %u): detached VFIO group %u.", c->id, c->label, c->uid, id);
 
         (void) state_save_container(c);
         (void) container_dbus_emit_changed(c, CONTAINER_PROPERTY_GROUPS | CONTAINER_PROPERTY_DMA_AVAILABLE |

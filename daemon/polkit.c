@@ -241,6 +241,7 @@ int polkit_verify_async(Broker *b, sd_bus_message *m, const PolkitCheck *checks,
                 if (!q->answered)
                         return 0;
                 if (!q->allowed) {
+                        log_event_denied(checks[i].action, uid, checks[i].details, q->denial);
                         r = sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED, "%s",
                                               q->denial ?: "Not authorized.");
                         polkit_queries_drop_message(b, m);
