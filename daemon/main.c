@@ -262,37 +262,56 @@ static int on_sighup(sd_event_source *s, const struct signalfd_siginfo *si, void
         return 0;
 }
 
-/* Whether the service manager is stopping (or restarting) this service as a job, as `systemctl stop`,
- * `systemctl restart` and shutdown do. Then systemd 252 closes the fd store once we exit, so handing
- * over would leave every mapping pinned until the VMMs close their device fds: tear down instead.
- * `systemctl kill` and a crash run no job, and Restart=always starts the next instance with the store. */
-static bool manager_stops_us(sd_bus *bus) {
+/* Whether the service manager is stopping this service for good, as `systemctl stop` and shutdown do:
+ * then systemd closes the fd store once we exit, and handing over would leave every mapping pinned
+ * until each VMM closes its device fds (a device fd keeps its group, container and mappings alive). So
+ * tear down instead. A restart job keeps the store on systemd 252 (the system VM test proves it with a
+ * probe service), as do `systemctl kill` and a crash, which run no job: hand over then.
+ * The bus connection of the event loop is closed by now (sd-bus closes it when the loop exits), so this
+ * asks on a connection of its own, briefly. */
+static bool manager_stops_us(void) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
         _cleanup_free_ char *unit = NULL, *job_type = NULL;
         const char *unit_path, *job_path;
         uint32_t job_id;
         int r;
 
-        if (!bus || !getenv("NOTIFY_SOCKET"))
+        if (!getenv("NOTIFY_SOCKET"))
                 return false;
 
-        r = sd_bus_call_method(bus, "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
-                               "org.freedesktop.systemd1.Manager", "GetUnitByPID", &error, &reply, "u",
-                               (uint32_t) getpid());
-        if (r < 0 || sd_bus_message_read(reply, "o", &unit_path) < 0 || !(unit = strdup(unit_path)))
+        r = sd_bus_open_system(&bus);
+        if (r >= 0)
+                r = sd_bus_set_method_call_timeout(bus, 5 * 1000000ULL);
+        if (r >= 0)
+                r = sd_bus_call_method(bus, "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+                                       "org.freedesktop.systemd1.Manager", "GetUnitByPID", &error, &reply, "u",
+                                       (uint32_t) getpid());
+        if (r >= 0)
+                r = sd_bus_message_read(reply, "o", &unit_path);
+        if (r >= 0 && !(unit = strdup(unit_path)))
+                r = -ENOMEM;
+        if (r < 0) {
+                log_debug_errno(r, "Cannot ask systemd for our unit (%s), handing over: %m", error.message ?: "");
                 return false;
+        }
         reply = sd_bus_message_unref(reply);
 
         r = sd_bus_get_property(bus, "org.freedesktop.systemd1", unit, "org.freedesktop.systemd1.Unit", "Job",
                                 &error, &reply, "(uo)");
-        if (r < 0 || sd_bus_message_read(reply, "(uo)", &job_id, &job_path) < 0 || job_id == 0)
+        if (r >= 0)
+                r = sd_bus_message_read(reply, "(uo)", &job_id, &job_path);
+        if (r >= 0 && job_id > 0)
+                r = sd_bus_get_property_string(bus, "org.freedesktop.systemd1", job_path,
+                                               "org.freedesktop.systemd1.Job", "JobType", &error, &job_type);
+        if (r < 0) {
+                log_debug_errno(r, "Cannot read the job of %s (%s), handing over: %m", unit, error.message ?: "");
                 return false;
-        r = sd_bus_get_property_string(bus, "org.freedesktop.systemd1", job_path, "org.freedesktop.systemd1.Job",
-                                       "JobType", &error, &job_type);
-        if (r < 0)
+        }
+        if (!job_type || strcmp(job_type, "stop") != 0)
                 return false;
-        log_info("The service manager runs a %s job for this service: closing every container.", job_type);
+        log_info("The service manager stops this service: closing every container.");
         return true;
 }
 
@@ -388,9 +407,9 @@ static int run(int argc, char *argv[]) {
         (void) sd_notify(false, "STOPPING=1\nSTATUS=Shutting down.");
         if (r < 0)
                 return log_error_errno(r, "Event loop failed: %m");
-        /* Under a service manager that keeps our fds, a SIGTERM that is no stop job (a `systemctl kill`,
-         * the package upgrade) hands the VMs over to the next instance. */
-        if (manager_stops_us(broker->bus) || !state_hand_over(broker))
+        /* Under a service manager that keeps our fds, a SIGTERM that is no stop job (a crash, `systemctl
+         * kill` as in a package upgrade, `systemctl restart`) hands the VMs over to the next instance. */
+        if (manager_stops_us() || !state_hand_over(broker))
                 log_info("Shutting down.");
         return 0;
 }
