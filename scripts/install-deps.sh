@@ -12,6 +12,9 @@ packages=(
         util-linux
         # the real-kernel VM tests: QEMU (TCG), busybox for the initramfs, cpio, kmod tools
         qemu-system-x86 busybox-static cpio xz-utils kmod
+        # the Debian packages and the system VM: dpkg-buildpackage, lintian, a bookworm root file system
+        # (mmdebstrap) made into an ext4 image (mkfs.ext4 -d)
+        debhelper dpkg-dev fakeroot lintian mmdebstrap e2fsprogs
 )
 
 missing=()
