@@ -191,6 +191,40 @@ wait_for 10 journal_has $ID_DENIED USER_ID=$(id -u bob) POLKIT_ACTION=org.vfiobr
 tap $? "journal: authorization denied, MESSAGE_ID=$ID_DENIED with USER_ID, POLKIT_ACTION, VFIO_GROUP and DEVICE"
 journalctl -q -o verbose _SYSTEMD_UNIT=$svc MESSAGE_ID=$ID_DENIED | grep -v '^ *_' | sed 's/^/journal: /'
 
+# --- discardable regions and dirty tracking across restarts, under systemd ---------------------------------
+# tests/vm/test-restart-dma, which tests/vm runs under a supervisor of its own, here with systemd's fd
+# store: its harness commands become systemctl kill (Restart=always starts the next instance).
+mkdir -p /run/harness
+rm -f /run/harness/cmd /run/harness/ack
+mkfifo /run/harness/cmd /run/harness/ack
+harness() {
+        local line answer old=0
+        while read -r line < /run/harness/cmd; do
+                case "$line" in
+                kill9) old=$(mainpid); systemctl kill -s KILL $svc; answer="systemctl kill -s KILL, pid $old" ;;
+                term)  old=$(mainpid); systemctl kill -s TERM $svc; answer="systemctl kill -s TERM, pid $old" ;;
+                start)
+                        if wait_for 60 bash -c "p=\$(systemctl show -P MainPID $svc); [ \"\$p\" != 0 ] && [ \"\$p\" != $old ] &&
+                                                busctl get-property $B $P $B.Manager Version"; then
+                                answer="started by systemd, pid $(mainpid)"
+                        else
+                                answer="not restarted"
+                        fi ;;
+                *) answer="unknown command" ;;
+                esac
+                echo "$answer" > /run/harness/ack
+        done
+}
+harness &
+harness_pid=$!
+VFIO_BROKER_HARNESS=/run/harness $T/test-restart-dma $g2 $d2 >&9 2>/tmp/restart-dma.log
+tap $? "tests/vm/test-restart-dma passes under systemd (discard and dirty tracking through kill -9 and SIGTERM)"
+sed 's/^/restart-dma: /' /tmp/restart-dma.log
+kill $harness_pid 2>/dev/null
+s1=$(cmd stats)
+[ "$(field "$s1" fail)" = 0 ]
+tap $? "meanwhile the first VMM's device kept DMAing ($s1)"
+
 # --- what a restart does on systemd 252 ---------------------------------------------------------------
 # First systemd itself, with a probe service that stores one fd: how many fds does each new start get?
 rm -f /run/fdprobe.log
