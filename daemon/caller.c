@@ -74,5 +74,5 @@ int caller_verify_owner(Broker *b, sd_bus_message *m, const char *path, const ch
         }
         /* Asked about as their bus name (on a peer connection: the bus name that opened it, still on the
          * bus for polkit to check). */
-        return polkit_check_async(b->polkit, m, name, checks, n, error);
+        return polkit_check_async(b->polkit, m, name, uid, checks, n, error);
 }

@@ -6,7 +6,9 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <string.h>
+#include <sys/types.h>
 #include <systemd/sd-daemon.h>
 
 #include "macro.h"
@@ -24,3 +26,28 @@ int log_internal(const char *prefix, int error, const char *format, ...) _printf
 #define log_oom() log_internal(SD_ERR, -ENOMEM, "Out of memory.")
 
 void log_set_max_level(int level);
+
+/* Structured events for the journal: a MESSAGE_ID from message-ids.h and the fields that identify what
+ * the event is about, so that `journalctl MESSAGE_ID=... USER_ID=1000` finds it. Unset fields (NULL) are
+ * left out. Under journald (stderr is $JOURNAL_STREAM) the event goes through sd_journal_send(); elsewhere,
+ * or when the journal refuses it, it is one stderr line with the fields appended, e.g.
+ *   log_event(&(LogEvent) { LOG_MESSAGE_GROUP_ATTACHED, .container = c->id, .uid = &c->uid,
+ *                           .group = &id }, "Attached VFIO group %u.", id);  */
+typedef struct LogEvent {
+        const char *message_id;  /* LOG_MESSAGE_* */
+        int priority;            /* LOG_* of syslog.h; 0 (LOG_EMERG, never an event's) means LOG_INFO */
+        uint64_t container;      /* CONTAINER_ID, 0 = none (ids start at 1) */
+        const char *label;       /* CONTAINER_LABEL */
+        const char *owner;       /* OWNER: the owner's unique bus name */
+        const uid_t *uid;        /* USER_ID: the container owner's or caller's uid */
+        const unsigned *group;   /* VFIO_GROUP: IOMMU group number */
+        const char *device;      /* DEVICE: PCI name, or a comma-separated list */
+        const char *action;      /* POLKIT_ACTION */
+        const char *reason;      /* REASON: why, in words */
+        const uint64_t *count;   /* COUNT: e.g. containers restored */
+} LogEvent;
+
+void log_event(const LogEvent *event, const char *format, ...) _printf_(2, 3);
+
+/* Authorization denied, with the group and devices from polkit's details ("group", "devices" pairs). */
+void log_event_denied(const char *action, uid_t uid, const char * const *details, const char *reason);

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 #include <getopt.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,9 +16,18 @@
 #include "container-dbus.h"
 #include "device-monitor.h"
 #include "group-dbus.h"
+#include "container.h"
 #include "log.h"
 #include "manager-dbus.h"
+#include "message-ids.h"
+#include "quota.h"
 #include "state.h"
+
+/* Exit status when this host or configuration cannot run the broker at all (no VFIO, a bad configuration
+ * file): LSB's "program is not configured". The unit lists it in RestartPreventExitStatus=, so systemd
+ * logs the reason once instead of restarting into the same failure. */
+#define EXIT_NOT_CONFIGURED 6
+static bool cannot_run_here;
 
 typedef enum BackendKind {
         BACKEND_AUTO,
@@ -147,17 +157,157 @@ static int create_backend(const Arguments *args, const BrokerConfig *config, Bac
                 if (access("/dev/vfio/vfio", F_OK) < 0) {
                         log_error("No /dev/vfio/vfio on this host: load the vfio and vfio_iommu_type1 modules "
                                   "(and bind devices to vfio-pci), or start with --backend=sim to simulate.");
+                        cannot_run_here = true;
                         return -ENOENT;
                 }
                 kind = BACKEND_VFIO;
         }
 
         r = kind == BACKEND_VFIO ? backend_vfio_new(config, ret, &e) : backend_sim_new(config, ret, &e);
+        cannot_run_here = r < 0;
         if (r < 0)
                 return log_error_errno(r, "Cannot start the %s backend: %s",
                                        kind == BACKEND_VFIO ? "vfio" : "sim",
                                        broker_error_is_set(&e) ? e.message : strerror(-r));
         return 0;
+}
+
+#define SWAP_TWO(a, b) do { __typeof__(a) _t = (a); (a) = (b); (b) = _t; } while (0)
+
+typedef struct Daemon {
+        Broker *broker;
+        const char *config_path;
+        char *status;  /* the last STATUS= sent, to send only changes */
+} Daemon;
+
+static void format_bytes(uint64_t bytes, char *buf, size_t size) {
+        static const char units[][4] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
+        double v = (double) bytes;
+        size_t u = 0;
+
+        while (v >= 1024 && u + 1 < ELEMENTSOF(units)) {
+                v /= 1024;
+                u++;
+        }
+        if (u == 0)
+                snprintf(buf, size, "%" PRIu64 " B", bytes);
+        else
+                snprintf(buf, size, "%.1f %s", v, units[u]);
+}
+
+/* What the broker holds, for `systemctl status`: "3 containers, 2 groups attached, 4.0 GiB pinned".
+ * A post source runs after every dispatch, so STATUS= follows every change, but is sent only when the
+ * text differs (every Map would otherwise be a message to PID 1). */
+static int on_post_update_status(sd_event_source *s, void *userdata) {
+        Daemon *d = userdata;
+        Broker *b = d->broker;
+        uint64_t pinned = 0;
+        char bytes[32], *status = NULL;
+
+        for (Container *c = b->containers; c; c = c->next)
+                pinned += container_mapped_bytes(c);
+        format_bytes(pinned, bytes, sizeof(bytes));
+        if (asprintf(&status, "STATUS=%zu container%s, %u group%s attached, %s pinned", b->n_containers,
+                     b->n_containers == 1 ? "" : "s", b->balloon_inhibitors, b->balloon_inhibitors == 1 ? "" : "s",
+                     bytes) < 0)
+                return 0;
+        if (d->status && strcmp(d->status, status) == 0) {
+                free(status);
+                return 0;
+        }
+        (void) sd_notify(false, status);
+        free(d->status);
+        d->status = status;
+        return 0;
+}
+
+/* SIGHUP (ExecReload=): read the configuration again and apply what can change at run time, the
+ * per-user limits. The sim section describes a simulated host, which exists from the start; the
+ * command line stays as it was. A file that does not parse changes nothing. */
+static int on_sighup(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        Daemon *d = userdata;
+        Broker *b = d->broker;
+        _cleanup_(broker_config_freep) BrokerConfig *config = NULL;
+        BrokerError e = BROKER_ERROR_INIT;
+        int r;
+
+        (void) sd_notify(false, "RELOADING=1\nSTATUS=Reloading the configuration.");
+        r = broker_config_load(d->config_path, strcmp(d->config_path, DEFAULT_CONFIG_PATH) == 0, &config, &e);
+        if (r < 0) {
+                log_error("Reload: %s; keeping the configuration in use.",
+                          broker_error_is_set(&e) ? e.message : strerror(-r));
+        } else {
+                /* The backend keeps pointers into the sim section: swap only the limits. */
+                SWAP_TWO(b->config->default_limits, config->default_limits);
+                SWAP_TWO(b->config->user_limits, config->user_limits);
+                SWAP_TWO(b->config->n_user_limits, config->n_user_limits);
+                SWAP_TWO(b->config->group_limits, config->group_limits);
+                SWAP_TWO(b->config->n_group_limits, config->n_group_limits);
+                /* Users holding something keep what they hold; their next charge meets the new limits. */
+                for (UserUsage *u = b->usage; u; u = u->next)
+                        quota_resolve_limits(b->config, u->uid, &u->limits);
+                log_event(&(LogEvent) { LOG_MESSAGE_CONFIG_RELOADED },
+                          "Reloaded %s: per-user limits applied (%zu user and %zu group entries); the sim section "
+                          "and the command line apply at the next start.", d->config_path,
+                          b->config->n_user_limits, b->config->n_group_limits);
+        }
+        free(d->status);
+        d->status = NULL; /* READY=1 below, then the post source sends STATUS= again */
+        (void) sd_notify(false, "READY=1");
+        return 0;
+}
+
+/* Whether the service manager is stopping this service for good, as `systemctl stop` and shutdown do:
+ * then systemd closes the fd store once we exit, and handing over would leave every mapping pinned
+ * until each VMM closes its device fds (a device fd keeps its group, container and mappings alive). So
+ * tear down instead. A restart job keeps the store on systemd 252 (the system VM test proves it with a
+ * probe service), as do `systemctl kill` and a crash, which run no job: hand over then.
+ * The bus connection of the event loop is closed by now (sd-bus closes it when the loop exits), so this
+ * asks on a connection of its own, briefly. */
+static bool manager_stops_us(void) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        _cleanup_free_ char *unit = NULL, *job_type = NULL;
+        const char *unit_path, *job_path;
+        uint32_t job_id;
+        int r;
+
+        if (!getenv("NOTIFY_SOCKET"))
+                return false;
+
+        r = sd_bus_open_system(&bus);
+        if (r >= 0)
+                r = sd_bus_set_method_call_timeout(bus, 5 * 1000000ULL);
+        if (r >= 0)
+                r = sd_bus_call_method(bus, "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+                                       "org.freedesktop.systemd1.Manager", "GetUnitByPID", &error, &reply, "u",
+                                       (uint32_t) getpid());
+        if (r >= 0)
+                r = sd_bus_message_read(reply, "o", &unit_path);
+        if (r >= 0 && !(unit = strdup(unit_path)))
+                r = -ENOMEM;
+        if (r < 0) {
+                log_debug_errno(r, "Cannot ask systemd for our unit (%s), handing over: %m", error.message ?: "");
+                return false;
+        }
+        reply = sd_bus_message_unref(reply);
+
+        r = sd_bus_get_property(bus, "org.freedesktop.systemd1", unit, "org.freedesktop.systemd1.Unit", "Job",
+                                &error, &reply, "(uo)");
+        if (r >= 0)
+                r = sd_bus_message_read(reply, "(uo)", &job_id, &job_path);
+        if (r >= 0 && job_id > 0)
+                r = sd_bus_get_property_string(bus, "org.freedesktop.systemd1", job_path,
+                                               "org.freedesktop.systemd1.Job", "JobType", &error, &job_type);
+        if (r < 0) {
+                log_debug_errno(r, "Cannot read the job of %s (%s), handing over: %m", unit, error.message ?: "");
+                return false;
+        }
+        if (!job_type || strcmp(job_type, "stop") != 0)
+                return false;
+        log_info("The service manager stops this service: closing every container.");
+        return true;
 }
 
 static int run(int argc, char *argv[]) {
@@ -169,6 +319,7 @@ static int run(int argc, char *argv[]) {
         _cleanup_(device_monitor_freep) DeviceMonitor *monitor = NULL; /* goes before the broker */
         _cleanup_(sd_event_unrefp) sd_event *event = NULL;
         BrokerError e = BROKER_ERROR_INIT;
+        Daemon daemon = {};
         sigset_t mask;
         int r;
 
@@ -181,6 +332,7 @@ static int run(int argc, char *argv[]) {
                                &config, &e);
         if (r < 0) {
                 log_error("%s", broker_error_is_set(&e) ? e.message : strerror(-r));
+                cannot_run_here = !args.check_config;
                 return r;
         }
         if (args.check_config) {
@@ -206,6 +358,7 @@ static int run(int argc, char *argv[]) {
         sigemptyset(&mask);
         sigaddset(&mask, SIGTERM);
         sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGHUP);
         sigprocmask(SIG_BLOCK, &mask, NULL);
         (void) signal(SIGPIPE, SIG_IGN);
         r = sd_event_add_signal(event, NULL, SIGTERM, NULL, NULL);
@@ -217,6 +370,11 @@ static int run(int argc, char *argv[]) {
         r = broker_new(event, TAKE_PTR(backend), TAKE_PTR(config), &broker);
         if (r < 0)
                 return log_error_errno(r, "Failed to set up the broker: %m");
+
+        daemon = (Daemon) { .broker = broker, .config_path = args.config_path };
+        r = sd_event_add_signal(event, NULL, SIGHUP, on_sighup, &daemon);
+        if (r < 0)
+                return log_error_errno(r, "Failed to watch SIGHUP: %m");
 
         r = broker_refresh_groups(broker);
         if (r < 0)
@@ -239,20 +397,25 @@ static int run(int argc, char *argv[]) {
 
         log_info("vfio-brokerd %s serving %s on the %s backend, %zu VFIO groups.", VERSION, BROKER_BUS_NAME,
                  backend_name(broker->backend), broker->n_groups);
-        (void) sd_notify(false, "READY=1\nSTATUS=Serving.");
+        (void) sd_notify(false, "READY=1");
+        r = sd_event_add_post(event, NULL, on_post_update_status, &daemon);
+        if (r < 0)
+                log_warning_errno(r, "Cannot keep STATUS= up to date: %m");
+        (void) on_post_update_status(NULL, &daemon);
 
         r = sd_event_loop(event);
+        free(daemon.status);
         (void) sd_notify(false, "STOPPING=1\nSTATUS=Shutting down.");
         if (r < 0)
                 return log_error_errno(r, "Event loop failed: %m");
-        /* Under a service manager that keeps our fds, an orderly stop hands the VMs over to the next
-         * instance (systemd closes the fds, and so tears everything down, if none follows). */
-        if (!state_hand_over(broker))
+        /* Under a service manager that keeps our fds, a SIGTERM that is no stop job (a crash, `systemctl
+         * kill` as in a package upgrade, `systemctl restart`) hands the VMs over to the next instance. */
+        if (manager_stops_us() || !state_hand_over(broker))
                 log_info("Shutting down.");
         return 0;
 }
 
 int main(int argc, char *argv[]) {
         int r = run(argc, argv);
-        return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+        return r >= 0 ? EXIT_SUCCESS : cannot_run_here ? EXIT_NOT_CONFIGURED : EXIT_FAILURE;
 }

@@ -89,7 +89,6 @@ static int method_create_container(sd_bus_message *m, void *userdata, sd_bus_err
                 return r;
         }
 
-        log_info("Container %s created for %s (uid %u), label \"%s\".", c->path, c->owner, uid, c->label);
         return sd_bus_reply_method_return(m, "o", c->path);
 }
 

@@ -279,8 +279,8 @@ static int request_new(PolkitRegistry *reg, sd_bus_message *m, const char *subje
         return 0;
 }
 
-int polkit_check_async(PolkitRegistry *reg, sd_bus_message *m, const char *subject, const PolkitCheck *checks,
-                       size_t n_checks, sd_bus_error *error) {
+int polkit_check_async(PolkitRegistry *reg, sd_bus_message *m, const char *subject, uid_t uid,
+                       const PolkitCheck *checks, size_t n_checks, sd_bus_error *error) {
         PolkitRequest *req;
         int r;
 
@@ -320,6 +320,7 @@ int polkit_check_async(PolkitRegistry *reg, sd_bus_message *m, const char *subje
                 if (!q->answered)
                         return 0;
                 if (!q->allowed) {
+                        log_event_denied(checks[i].action, uid, checks[i].details, q->denial);
                         r = sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED, "%s",
                                               q->denial ?: "Not authorized.");
                         request_free(req);

@@ -17,6 +17,7 @@
  * polkit cannot be reached, the caller is refused: fail closed. */
 
 #include <stddef.h>
+#include <sys/types.h>
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
 
@@ -38,9 +39,9 @@ int polkit_registry_new(sd_bus *bus, sd_event *event, PolkitRegistry **ret);
 PolkitRegistry *polkit_registry_free(PolkitRegistry *r);
 DEFINE_TRIVIAL_CLEANUP_FUNC(PolkitRegistry *, polkit_registry_free);
 
-/* subject: the caller's unique name on the bus. */
-int polkit_check_async(PolkitRegistry *reg, sd_bus_message *m, const char *subject, const PolkitCheck *checks,
-                       size_t n_checks, sd_bus_error *error);
+/* subject: the caller's unique name on the bus; uid: its uid, for the journal when it is denied. */
+int polkit_check_async(PolkitRegistry *reg, sd_bus_message *m, const char *subject, uid_t uid,
+                       const PolkitCheck *checks, size_t n_checks, sd_bus_error *error);
 
 /* The caller needs no asking (root): forget what was asked for m. */
 void polkit_forget(PolkitRegistry *reg, sd_bus_message *m);

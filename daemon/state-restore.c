@@ -17,6 +17,7 @@
 #include "container-dbus.h"
 #include "fdstore.h"
 #include "log.h"
+#include "message-ids.h"
 #include "owner-watch.h"
 #include "state.h"
 #include "state-encode.h"
@@ -236,7 +237,8 @@ int state_restore(Broker *b) {
         stored_fds_close_unused(b, stored, n_stored, "no restorable state refers to it");
         free(stored);
         if (n > 0 || restored > 0)
-                log_info("Restart: %zu containers restored from %d stored fds.", restored, n);
+                log_event(&(LogEvent) { LOG_MESSAGE_RESTORE_DONE, .count = &(uint64_t) { restored } },
+                          "Restart: %zu containers restored from %d stored fds.", restored, n);
         return 0;
 }
 

@@ -18,6 +18,7 @@
 #include "backend-device.h"
 #include "group.h"
 #include "log.h"
+#include "message-ids.h"
 #include "mapping-table.h"
 #include "vfio-user-message.h"
 #include "vfio-user-server.h"
@@ -142,8 +143,10 @@ static void client_free_full(VfioUserClient *cl, const char *reason, ClientEnd e
         if (!cl)
                 return;
         s = cl->server;
-        log_info("vfio-user %s: client pid %d uid %u disconnected: %s", s->device, (int) cl->pid, (unsigned) cl->uid,
-                 reason);
+        log_event(&(LogEvent) { LOG_MESSAGE_VFIO_USER_DISCONNECTED, .container = s->container->id,
+                                .label = s->container->label, .uid = &cl->uid, .device = s->device, .reason = reason },
+                  "vfio-user %s: client pid %d uid %u disconnected: %s", s->device, (int) cl->pid, (unsigned) cl->uid,
+                  reason);
 
         MAPPING_TABLE_FOREACH_SAFE(node, next, &cl->dma) {
                 VfioUserDma *d = container_of(node, VfioUserDma, node);
@@ -724,7 +727,9 @@ static int listen_io(sd_event_source *source, int fd, uint32_t revents, void *us
         }
         cl->fd = TAKE_FD(cfd);
         s->client = cl;
-        log_info("vfio-user %s: client pid %d uid %u connected.", s->device, (int) cl->pid, (unsigned) cl->uid);
+        log_event(&(LogEvent) { LOG_MESSAGE_VFIO_USER_CONNECTED, .container = s->container->id,
+                                .label = s->container->label, .uid = &cl->uid, .device = s->device },
+                  "vfio-user %s: client pid %d uid %u connected.", s->device, (int) cl->pid, (unsigned) cl->uid);
         return 0;
 }
 

@@ -18,6 +18,9 @@ packages=(
         udev
         # Debian testing's QEMU (vfio-user client) for the vfio-user tests: a cached tree built by mmdebstrap
         mmdebstrap e2fsprogs
+        # the Debian packages and the system VM: dpkg-buildpackage, lintian, a bookworm root file system
+        # (mmdebstrap) made into an ext4 image (mkfs.ext4 -d)
+        debhelper dpkg-dev fakeroot lintian
 )
 
 missing=()
