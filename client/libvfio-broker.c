@@ -405,7 +405,13 @@ static int parse_container(sd_bus_message *m, vfio_broker_container_info *c) {
                         if (r >= 0)
                                 r = sd_bus_message_exit_container(m);
                 }
-                else if (strcmp(name, "BalloonInhibited") == 0) {
+                else if (strcmp(name, "VfioUserDevices") == 0) {
+                        r = sd_bus_message_enter_container(m, 'v', "as");
+                        if (r >= 0)
+                                r = sd_bus_message_read_strv(m, &c->vfio_user_devices);
+                        if (r >= 0)
+                                r = sd_bus_message_exit_container(m);
+                } else if (strcmp(name, "BalloonInhibited") == 0) {
                         r = sd_bus_message_read(m, "v", "b", &v);
                         c->balloon_inhibited = v;
                 } else if (strcmp(name, "Groups") == 0) {
@@ -637,6 +643,7 @@ _public_ void vfio_broker_container_info_clear(vfio_broker_container_info *info)
         free(info->groups);
         free(info->iova_ranges);
         free(info->discardable);
+        strv_free(info->vfio_user_devices);
         *info = (vfio_broker_container_info) {};
 }
 

@@ -11,6 +11,11 @@
 #include <string.h>
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <libgen.h>
 #include <unistd.h>
 
 #include "broker-wire.h"
@@ -129,6 +134,10 @@ static json_object *container_to_json(const vfio_broker_container_info *c) {
                 json_object_array_add(discardable, r);
         }
         json_object_object_add(o, "discardable", discardable);
+        json_object *served = json_object_new_array();
+        for (char **d = c->vfio_user_devices; d && *d; d++)
+                json_object_array_add(served, json_object_new_string(*d));
+        json_object_object_add(o, "vfio_user_devices", served);
         return o;
 }
 
@@ -288,6 +297,10 @@ static int cmd_show(vfio_broker *b, int argc, char **argv) {
                         printf(" [0x%" PRIx64 ", 0x%" PRIx64 "]/0x%" PRIx64, c.discardable[i].first,
                                c.discardable[i].last, c.discardable[i].granule);
                 printf("%s\n", c.n_discardable ? "" : " -");
+                printf("vfio-user:        ");
+                for (char **d = c.vfio_user_devices; d && *d; d++)
+                        printf(" %s", *d);
+                printf("%s\n", c.vfio_user_devices && c.vfio_user_devices[0] ? "" : " -");
         }
         vfio_broker_container_info_clear(&c);
         return EXIT_OK;
@@ -532,6 +545,210 @@ static int cmd_monitor(vfio_broker *b, int argc, char **argv) {
         return r < 0 ? EXIT_ERROR : EXIT_OK;
 }
 
+
+static void help(FILE *f);
+
+/* --- run: an unmodified VMM with a brokered device over vfio-user ------------------------------- */
+
+/* Binds a listening socket at path. A socket file nobody listens on any more (a run that was killed)
+ * is replaced; anything else at path is left alone and refused. */
+static int listen_at(const char *path, int *ret_fd) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        _cleanup_close_ int fd = -EBADF;
+        struct stat st;
+
+        if (strlen(path) >= sizeof(sa.sun_path))
+                return -ENAMETOOLONG;
+        memcpy(sa.sun_path, path, strlen(path));
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return -errno;
+        if (bind(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0) {
+                if (errno != EADDRINUSE || lstat(path, &st) < 0 || !S_ISSOCK(st.st_mode))
+                        return -errno;
+                _cleanup_close_ int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                if (probe < 0)
+                        return -errno;
+                if (connect(probe, (struct sockaddr *) &sa, sizeof(sa)) == 0 || errno != ECONNREFUSED)
+                        return -EADDRINUSE; /* somebody serves there */
+                if (unlink(path) < 0 || bind(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
+                        return -errno;
+        }
+        if (listen(fd, 1) < 0) {
+                int error = -errno;
+                (void) unlink(path);
+                return error;
+        }
+        *ret_fd = TAKE_FD(fd);
+        return 0;
+}
+
+/* Runs argv with the signals it would have had; returns its exit status as a shell reports it, and
+ * forwards SIGINT, SIGTERM and SIGHUP to it meanwhile, so that stopping the run stops the VMM first. */
+static int run_vmm(char **argv) {
+        sigset_t mask, old;
+        pid_t pid;
+
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGCHLD);
+        sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGHUP);
+        if (sigprocmask(SIG_BLOCK, &mask, &old) < 0)
+                return -errno;
+
+        pid = fork();
+        if (pid < 0)
+                return -errno;
+        if (pid == 0) {
+                (void) sigprocmask(SIG_SETMASK, &old, NULL);
+                execvp(argv[0], argv);
+                fprintf(stderr, "vfio-brokerctl: cannot run %s: %s\n", argv[0], strerror(errno));
+                _exit(127);
+        }
+
+        for (;;) {
+                siginfo_t si;
+                int status;
+
+                if (sigwaitinfo(&mask, &si) < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (si.si_signo != SIGCHLD) {
+                        (void) kill(pid, si.si_signo);
+                        continue;
+                }
+                if (waitpid(pid, &status, WNOHANG) != pid)
+                        continue;
+                (void) sigprocmask(SIG_SETMASK, &old, NULL);
+                return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        }
+}
+
+static int group_of_device(vfio_broker *b, const char *device, uint32_t *ret) {
+        vfio_broker_group *groups = NULL;
+        size_t n = 0;
+        int r;
+
+        r = vfio_broker_list_groups(b, &groups, &n);
+        if (r < 0)
+                return r;
+        r = -ENODEV;
+        for (size_t i = 0; i < n && r < 0; i++)
+                for (char **d = groups[i].devices; d && *d; d++)
+                        if (strcmp(*d, device) == 0) {
+                                *ret = groups[i].id;
+                                r = 0;
+                        }
+        vfio_broker_groups_free(groups, n);
+        return r;
+}
+
+static int run_main(int argc, char **argv) {
+        static const struct option options[] = {
+                { "device", required_argument, NULL, 'd' },
+                { "socket", required_argument, NULL, 's' },
+                { "label",  required_argument, NULL, 'l' },
+                { "help",   no_argument,       NULL, 'h' },
+                {}
+        };
+        const char *device = NULL, *socket_path = NULL, *label = NULL;
+        vfio_broker *b = NULL;
+        vfio_broker_container *container = NULL;
+        _cleanup_close_ int listener = -EBADF;
+        uint32_t group = 0;
+        int c, r, status;
+
+        /* "+": the VMM's command line starts at the first word that is not ours; "--" is allowed. */
+        optind = 1;
+        while ((c = getopt_long(argc, argv, "+d:s:l:h", options, NULL)) >= 0)
+                switch (c) {
+                case 'd':
+                        device = optarg;
+                        break;
+                case 's':
+                        socket_path = optarg;
+                        break;
+                case 'l':
+                        label = optarg;
+                        break;
+                case 'h':
+                        help(stdout);
+                        return EXIT_OK;
+                default:
+                        fprintf(stderr, "See \"vfio-brokerctl help\".\n");
+                        return EXIT_USAGE;
+                }
+        if (!device || !socket_path || optind >= argc) {
+                fprintf(stderr, "vfio-brokerctl: run needs --device DEVICE, --socket PATH and the VMM's command "
+                        "line after them (run --device 0000:01:00.0 --socket /run/user/1000/vm.sock -- "
+                        "qemu-system-x86_64 ...).\n");
+                return EXIT_USAGE;
+        }
+        char **vmm = argv + optind;
+
+        r = vfio_broker_open(&b);
+        if (r < 0) {
+                fprintf(stderr, "vfio-brokerctl: cannot connect to the system bus: %s\n", strerror(-r));
+                return EXIT_UNAVAILABLE;
+        }
+        r = group_of_device(b, device, &group);
+        if (r == -ENODEV) {
+                fprintf(stderr, "vfio-brokerctl: there is no device %s in any VFIO group the broker serves (see "
+                        "\"vfio-brokerctl groups\").\n", device);
+                status = EXIT_ERROR;
+                goto finish;
+        }
+        if (r < 0) {
+                status = exit_for(b, r, "Cannot list the VFIO groups");
+                goto finish;
+        }
+        r = vfio_broker_container_new(b, label ?: basename(vmm[0]), &container);
+        if (r < 0) {
+                status = exit_for(b, r, "Cannot create a container");
+                goto finish;
+        }
+        r = vfio_broker_container_attach_group(container, group);
+        if (r < 0) {
+                status = exit_for(b, r, "Cannot attach the device's VFIO group");
+                goto finish;
+        }
+        r = listen_at(socket_path, &listener);
+        if (r < 0) {
+                fprintf(stderr, "vfio-brokerctl: cannot listen on %s: %s\n", socket_path, strerror(-r));
+                status = EXIT_ERROR;
+                goto finish;
+        }
+        r = vfio_broker_container_serve_vfio_user(container, device, listener);
+        if (r < 0) {
+                status = exit_for(b, r, "Cannot serve the device");
+                (void) unlink(socket_path);
+                goto finish;
+        }
+        /* The broker has its own copy; ours would only keep the socket open after the container ends. */
+        listener = safe_close(listener);
+
+        fprintf(stderr, "vfio-brokerctl: serving %s (VFIO group %" PRIu32 ") on %s for %s, container %s.\n",
+                device, group, socket_path, vmm[0], vfio_broker_container_get_path(container));
+        r = run_vmm(vmm);
+        if (r < 0) {
+                fprintf(stderr, "vfio-brokerctl: cannot run %s: %s\n", vmm[0], strerror(-r));
+                status = EXIT_ERROR;
+        } else
+                status = r;
+        (void) unlink(socket_path);
+
+finish:
+        /* Closing the container (which frees our handle) stops serving and releases every mapping the
+         * VMM made, before we exit. */
+        if (container && vfio_broker_container_close(TAKE_PTR(container)) < 0)
+                fprintf(stderr, "vfio-brokerctl: cannot close the container: %s\n", vfio_broker_error_message(b));
+        vfio_broker_unref(b);
+        return status;
+}
+
 static void help(FILE *f) {
         fprintf(f, "Usage: vfio-brokerctl [OPTIONS] COMMAND [ARGS]\n\n"
                "Inspect and administer vfio-brokerd (org.vfiobroker.Broker1).\n\n"
@@ -542,6 +759,9 @@ static void help(FILE *f) {
                "  show ID|PATH      One container in detail\n"
                "  monitor           Stream balloon and container changes until interrupted\n"
                "  close ID|PATH     Close a container (administrators)\n"
+               "  run --device DEVICE --socket PATH [--label LABEL] -- VMM [ARGS...]\n"
+               "                    Serve DEVICE over vfio-user on PATH for an unmodified VMM, run it,\n"
+               "                    and hold the container for its lifetime (exit status: the VMM's)\n"
                "  help              Show this help\n\n"
                "Options (before or after the command):\n"
                "  -j --json         Machine-readable output (one JSON document; JSON lines for monitor)\n"
@@ -581,6 +801,16 @@ int main(int argc, char *argv[]) {
         size_t n_words = 0;
         vfio_broker *b = NULL;
         int c, r;
+
+        /* run has options of its own, and everything after them is the VMM's: it parses its words
+         * itself. Global options may come before it. */
+        for (int i = 1; i < argc; i++) {
+                if (strcmp(argv[i], "-j") == 0 || strcmp(argv[i], "--json") == 0)
+                        continue;
+                if (strcmp(argv[i], "run") == 0)
+                        return run_main(argc - i, argv + i);
+                break;
+        }
 
         /* Options may come before or after the command, as in systemctl and busctl: a leading '-' makes
          * getopt hand over each other word in order (code 1) instead of stopping at the first one, whatever

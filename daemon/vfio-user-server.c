@@ -391,7 +391,10 @@ static int handle_region_info(VfioUserClient *cl, const VfioUserRequest *req) {
         reply.argsz = (uint32_t) full;
         if (req->region_info.argsz < full) {
                 /* As the kernel: the client learns the size it needs and asks again (QEMU does); the fd
-                 * comes with the full answer only, so a retry leaks nothing. */
+                 * comes with the full answer only, so a retry leaks nothing. Unlike the kernel, without
+                 * the CAPS flag: QEMU's vfio-user client refuses CAPS with no capability offset in the
+                 * short answer (hw/vfio-user/device.c checks cap_offset before it retries). */
+                reply.flags &= ~VFIO_USER_REGION_INFO_FLAG_CAPS;
                 backend_region_info_done(&info);
                 return client_reply(cl, &reply, sizeof(reply), -EBADF);
         }

@@ -247,6 +247,7 @@ def check_edu(env, device):
         qt = env.qtest([device], stderr=errors)
     except (OSError, qtest.QtestError) as e:
         tap(False, "QEMU starts under qtest with -device %s: %s" % (device, e))
+        time.sleep(1)
         note(stderr_text())
         return
     with qt:

@@ -121,6 +121,7 @@ typedef struct vfio_broker_container_info {
         bool dirty_tracking;
         vfio_broker_discardable_range *discardable;
         size_t n_discardable;
+        char **vfio_user_devices;       /* NULL-terminated: devices served over vfio-user */
 } vfio_broker_container_info;
 
 /* Every container on the host (everyone may read them). */
