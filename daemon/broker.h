@@ -48,6 +48,7 @@ typedef struct UserUsage UserUsage;
 typedef struct PolkitRegistry PolkitRegistry;
 typedef struct OwnerWatch OwnerWatch;
 typedef struct Peer Peer;
+typedef struct StateStore StateStore;
 
 typedef struct Broker {
         sd_event *event;
@@ -78,6 +79,7 @@ typedef struct Broker {
         char *state_dir;      /* persistence across restarts, NULL when off (state.c) */
         int notify_fd;        /* connected to $NOTIFY_SOCKET while state_dir is set (state.c) */
         bool handing_over;    /* exiting with every container left to the next instance */
+        StateStore *state;    /* the memory files and the count of fds in the store (state.c) */
 
         PolkitRegistry *polkit;      /* authorization checks in flight, see polkit.h */
         OwnerWatch *owners;          /* one sd_bus_track per owning connection, see owner-watch.c */

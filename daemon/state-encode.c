@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "state-encode.h"
+#include "state-private.h"
 
 #define STATE_GROUPS_MAX 64
 
@@ -61,6 +62,9 @@ int state_encode(const Container *c, const char *backend, FILE *f) {
                 json_object *o = json_object_new_object();
                 json_object_object_add(o, "id", json_object_new_int64(memory_region_id(m)));
                 json_object_object_add(o, "flags", json_object_new_int64(memory_region_flags(m)));
+                const StoredFile *sf = memory_region_get_data(m);
+                if (sf)
+                        json_object_object_add(o, "file", json_object_new_string(sf->name));
                 json_object_array_add(regions, o);
         }
         json_object_object_add(root, "regions", regions);
@@ -198,12 +202,21 @@ static int decode(json_object *root, ContainerState *s, BrokerError *e) {
         if (!s->regions)
                 return -ENOMEM;
         for (size_t i = 0; i < json_object_array_length(regions_o); i++) {
-                json_object *o = json_object_array_get_idx(regions_o, i), *ri, *rf;
+                json_object *o = json_object_array_get_idx(regions_o, i), *ri, *rf, *rn;
                 uint64_t id, flags;
                 if (!json_object_object_get_ex(o, "id", &ri) || parse_u64(ri, &id) < 0 || id > UINT32_MAX ||
                     !json_object_object_get_ex(o, "flags", &rf) || parse_u64(rf, &flags) < 0 || flags > UINT32_MAX)
                         return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed memory region");
-                s->regions[s->n_regions++] = (StateRegion) { .id = (uint32_t) id, .flags = (uint32_t) flags };
+                s->regions[s->n_regions] = (StateRegion) { .id = (uint32_t) id, .flags = (uint32_t) flags };
+                /* Absent in the state of older daemons, which stored memory per region. */
+                if (json_object_object_get_ex(o, "file", &rn)) {
+                        const char *name = json_object_get_string(rn);
+                        if (!json_object_is_type(rn, json_type_string) || name[0] == 0 ||
+                            strlen(name) >= sizeof(s->regions[i].file) || strchr(name, ':') || strchr(name, '\n'))
+                                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed memory file name");
+                        strcpy(s->regions[s->n_regions].file, name);
+                }
+                s->n_regions++;
         }
 
         if (json_object_object_get_ex(root, "discardable", &v)) {

@@ -3,7 +3,7 @@
 
 /* The encoding of one container's state, as the state store keeps it across restarts: pure functions,
  * no fds and no kernel. A JSON object: version, backend, id, owner, uid, label, groups, the memory
- * regions (id, flags), dirty_tracking, discardable regions as [iova, size, region, offset, flags,
+ * regions (id, flags, file: the name of the memory file's fd in the fd store), dirty_tracking, discardable regions as [iova, size, region, offset, flags,
  * granule] and mappings as [iova, size, region, offset, flags]; integers beyond INT64_MAX as "0x..."
  * strings, since json-c's integers are int64. */
 
@@ -20,6 +20,7 @@
 typedef struct StateRegion {
         uint32_t id;
         uint32_t flags;
+        char file[64];  /* its memory in the fd store; "" for c<id>-mem-<id> (older daemons) */
 } StateRegion;
 
 typedef struct StateMapping {

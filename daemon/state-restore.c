@@ -81,12 +81,20 @@ static int state_restore_container(Broker *b, const ContainerState *st, StoredFd
         }
 
         /* From here on, any failure tears the whole container down: nothing stays pinned for a
-         * container nobody can reach. */
+         * container nobody can reach. Its regions are reported to the store as they go. */
+        if (b->state)
+                state_watch_memory(c);
         for (size_t i = 0; i < st->n_regions && r >= 0; i++) {
                 char name[96];
                 ssize_t found = -1;
+                int fd;
 
-                snprintf(name, sizeof(name), "%smem-%" PRIu32, prefix, st->regions[i].id);
+                /* Memory is stored per open file (m<n>, named in the state); older daemons stored it
+                 * per region (c<id>-mem-<region>). Several regions may share one file. */
+                if (st->regions[i].file[0])
+                        snprintf(name, sizeof(name), "%s", st->regions[i].file);
+                else
+                        snprintf(name, sizeof(name), "%smem-%" PRIu32, prefix, st->regions[i].id);
                 for (size_t k = 0; k < n_stored; k++)
                         if (stored[k].fd >= 0 && strcmp(stored[k].name, name) == 0)
                                 found = (ssize_t) k;
@@ -94,9 +102,22 @@ static int state_restore_container(Broker *b, const ContainerState *st, StoredFd
                         r = broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "memory fd %s was not kept", name);
                         break;
                 }
-                r = memory_pool_adopt(c->memory, stored[found].fd, st->regions[i].id, st->regions[i].flags, e);
-                if (r >= 0)
-                        stored[found].fd = -EBADF;
+                fd = fcntl(stored[found].fd, F_DUPFD_CLOEXEC, 3);
+                if (fd < 0) {
+                        r = broker_error_set_errno(e, -errno, "Cannot duplicate memory fd %s", name);
+                        break;
+                }
+                r = memory_pool_adopt(c->memory, fd, st->regions[i].id, st->regions[i].flags, e);
+                if (r < 0) {
+                        safe_close(fd);
+                        break;
+                }
+                if (b->state) {
+                        r = state_file_adopt(b, c, memory_pool_find_id(c->memory, st->regions[i].id), name,
+                                             stored[found].fd);
+                        if (r < 0)
+                                broker_error_set_errno(e, r, "Cannot take memory fd %s back", name);
+                }
         }
         for (size_t i = 0; i < st->n_discardable && r >= 0; i++) {
                 const StateMapping *d = &st->discardable[i];
@@ -112,10 +133,12 @@ static int state_restore_container(Broker *b, const ContainerState *st, StoredFd
         if (r >= 0 && st->dirty_tracking)
                 r = container_set_dirty_tracking(c, true, e);
 
-        /* What the store holds for this container now belongs to it: closing it removes it. */
+        /* The backend fds the store holds for this container now belong to it: closing it removes
+         * them. (Memory fds stay open in the table until the end of the restore.) */
         for (size_t i = 0; i < n_stored; i++)
-                if (strncmp(stored[i].name, prefix, strlen(prefix)) == 0 && stored[i].fd < 0)
-                        (void) strv_push(&c->stored_fds, stored[i].name);
+                if (strncmp(stored[i].name, prefix, strlen(prefix)) == 0 && stored[i].fd < 0 &&
+                    strv_push(&c->stored_fds, stored[i].name) >= 0 && b->state)
+                        state_charge(b, c->uid, +1);
 
         if (r < 0) {
                 container_close(c);
@@ -184,6 +207,9 @@ int state_restore(Broker *b) {
         stored = calloc(n > 0 ? n : 1, sizeof(StoredFd));
         if (!stored)
                 return -ENOMEM;
+        /* Nothing leaves the store before every container had its chance to claim it: memory files are
+         * shared between containers. */
+        b->state->restoring = true;
         for (int i = 0; i < n; i++) {
                 stored[i].fd = SD_LISTEN_FDS_START + i;
                 stored[i].name = names && names[i] ? names[i] : (char *) "unknown";
@@ -225,16 +251,24 @@ int state_restore(Broker *b) {
                         char prefix[32];
                         snprintf(prefix, sizeof(prefix), "c%" PRIu64 "-", id);
                         for (size_t i = 0; i < n_stored; i++)
-                                if (strncmp(stored[i].name, prefix, strlen(prefix)) == 0) {
+                                if (strncmp(stored[i].name, prefix, strlen(prefix)) == 0 &&
+                                    !state_file_named(b, stored[i].name)) {
                                         fdstore_remove(b->notify_fd, stored[i].name);
                                         stored[i].fd = safe_close(stored[i].fd);
                                 }
                 }
         }
 
+        /* Memory files stay in the store for the regions that use them; the daemon keeps its own
+         * duplicates. Those no container took back go with the next flush. */
+        for (size_t i = 0; i < n_stored; i++)
+                if (stored[i].fd >= 0 && state_file_named(b, stored[i].name))
+                        stored[i].fd = safe_close(stored[i].fd);
         /* Fds without state: nobody can reach what they hold. Closing them releases it. */
         stored_fds_close_unused(b, stored, n_stored, "no restorable state refers to it");
         free(stored);
+        b->state->restoring = false;
+        state_flush_removals(b);
         if (n > 0 || restored > 0)
                 log_info("Restart: %zu containers restored from %d stored fds.", restored, n);
         return 0;

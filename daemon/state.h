@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #pragma once
 
-/* Restart without losing a VM. Every container's kernel objects (container and group fds, the VMM's
- * memory fds, the sim's device fds) live in systemd's fd store under "c<id>-<name>", and its state in
+/* Restart without losing a VM. Every container's kernel objects (container and group fds, the sim's
+ * device fds) live in systemd's fd store under "c<id>-<name>", the VMMs' memory once per open file under
+ * "m<n>" (shared by every region and container that maps it), and its state in
  * <state dir>/container-<id>.json, written atomically (tmp + rename) after every change. A new instance
  * takes the fds back (sd_listen_fds_with_names()), rebuilds every container under the same object
  * path, maps the memory again and points the kernel at the new addresses (VFIO_DMA_MAP_FLAG_VADDR),
@@ -11,8 +12,9 @@
 
 #include "broker.h"
 
-/* Enabled when the daemon runs under a service manager that keeps fds ($NOTIFY_SOCKET). */
-int state_setup(Broker *b, const char *state_dir);
+/* Enabled when the daemon runs under a service manager that keeps fds ($NOTIFY_SOCKET). fdstore_max:
+ * the unit's FileDescriptorStoreMax= (0: unknown); a Map that needs an fd more is refused. */
+int state_setup(Broker *b, const char *state_dir, unsigned fdstore_max);
 
 /* After every change of c; a no-op when persistence is off. */
 int state_save_container(Container *c);

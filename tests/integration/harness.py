@@ -19,6 +19,7 @@ meson counts any other exit status of a TAP test as an error.
 
 import argparse
 import array
+import ctypes
 import fcntl
 import threading
 import glob
@@ -62,19 +63,63 @@ def start_bus(tmp, policy, polkit=False):
     return bus, address
 
 
+def same_file(a, b):
+    """Whether two fds are the same open file (systemd's same_fd(): kcmp(KCMP_FILE))."""
+    sa, sb = os.fstat(a), os.fstat(b)
+    if (sa.st_dev, sa.st_ino) != (sb.st_dev, sb.st_ino):
+        return False
+    nr = {"x86_64": 312, "aarch64": 272, "riscv64": 272}.get(os.uname().machine)
+    if nr is not None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pid = os.getpid()
+        r = libc.syscall(nr, pid, pid, 0, a, b)  # KCMP_FILE
+        if r >= 0:
+            return r == 0
+    # systemd's fallback: same flags, and a change of one shows in the other.
+    fa, fb = fcntl.fcntl(a, fcntl.F_GETFL), fcntl.fcntl(b, fcntl.F_GETFL)
+    if fa != fb:
+        return False
+    fcntl.fcntl(a, fcntl.F_SETFL, fa ^ os.O_NONBLOCK)
+    same = fcntl.fcntl(b, fcntl.F_GETFL) != fb
+    fcntl.fcntl(a, fcntl.F_SETFL, fa)
+    return same
+
+
 class FdStore:
     """The NOTIFY_SOCKET side of systemd's fd store: keeps what the daemon stores (FDSTORE=1, FDNAME=),
     forgets what it removes (FDSTOREREMOVE=1), and hands everything back to the next instance with
-    LISTEN_FDS/LISTEN_FDNAMES/LISTEN_PID, as systemd does for a restarted service."""
+    LISTEN_FDS/LISTEN_FDNAMES/LISTEN_PID, as systemd does for a restarted service. Like systemd
+    (service_add_fd_store()), it keeps one fd per open file ("Suppressing duplicate fd") and refuses
+    fds beyond FileDescriptorStoreMax= (max) without telling the daemon.
 
-    def __init__(self, tmp):
+    A test can arm a trap: the daemon is killed (SIGKILL) the moment its next FDSTOREREMOVE arrives,
+    before the store acts on it -- the hostile timing of a crash in the middle of a save."""
+
+    def __init__(self, tmp, max_fds=16384):
         self.path = os.path.join(tmp, "notify")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
         self.fds = []  # (name, fd)
+        self.max = max_fds
+        self.refused = 0
+        self.suppressed = 0
+        self.kill_at_remove = None  # a Popen to kill at the next FDSTOREREMOVE
         self.ready = threading.Event()
         self.lock = threading.Lock()
         threading.Thread(target=self.loop, daemon=True).start()
+
+    def add(self, name, fd):
+        for _, kept in self.fds:
+            if same_file(kept, fd):
+                self.suppressed += 1
+                log("fd store: suppressing duplicate fd %s" % name)
+                return False
+        if len(self.fds) >= self.max:
+            self.refused += 1
+            log("fd store: FileDescriptorStoreMax=%d reached, refusing fd %s" % (self.max, name))
+            return False
+        self.fds.append((name, fd))
+        return True
 
     def loop(self):
         while True:
@@ -91,10 +136,13 @@ class FdStore:
             fields = dict(l.split("=", 1) for l in msg.decode(errors="replace").split("\n") if "=" in l)
             with self.lock:
                 if fields.get("FDSTORE") == "1":
-                    for fd in fds:
-                        self.fds.append((fields.get("FDNAME", "stored"), fd))
-                    fds = []
+                    fds = [fd for fd in fds if not self.add(fields.get("FDNAME", "stored"), fd)]
                 elif fields.get("FDSTOREREMOVE") == "1":
+                    if self.kill_at_remove is not None:
+                        # Killed before the removal: what the daemon did before this point is all
+                        # the next instance finds (the removal itself came after the kill, and goes).
+                        self.kill_at_remove.kill()
+                        self.kill_at_remove = None
                     keep = []
                     for name, fd in self.fds:
                         if name == fields.get("FDNAME"):
@@ -123,9 +171,12 @@ def state_dir(tmp):
     return shm if os.path.isdir(shm) else os.path.join(tmp, "state")
 
 
-def start_daemon(tmp, daemon, backend, config, env, store):
+def start_daemon(tmp, daemon, backend, config, env, store, fdstore=True):
     env = dict(env, NOTIFY_SOCKET=store.path)
-    args = [daemon, "--backend=" + backend, "--state-dir=" + state_dir(tmp)]
+    args = [daemon, "--backend=" + backend, "--state-dir=" + state_dir(tmp), "--fdstore-max=%d" % store.max]
+    if not fdstore:
+        # No persistence: the daemon stores nothing when it has no state directory.
+        args = [daemon, "--backend=" + backend, "--state-dir="]
     if config:
         args.append("--config=" + config)
     with store.lock:
@@ -162,7 +213,9 @@ class Control:
       kill9   SIGKILL the daemon (its fds stay in the store)
       term    SIGTERM, and wait for its exit status (0 expected)
       start   start a new instance with the stored fds
-      fds     list the names in the store"""
+      fds     list the names in the store
+      trap-remove  SIGKILL the daemon when its next FDSTOREREMOVE arrives (answers at once)
+      store   "fds=N suppressed=S refused=R": what the store holds, and what it dropped"""
 
     def __init__(self, tmp, run):
         self.dir = os.path.join(tmp, "control")
@@ -258,6 +311,10 @@ def main():
     ap.add_argument("--polkit-policy", action="append", default=[])
     ap.add_argument("--polkit-rules", action="append", default=[])
     ap.add_argument("--polkit-mock", action="store_true", help="run python3-dbusmock's polkitd template")
+    ap.add_argument("--fdstore-max", type=int, default=16384,
+                    help="the stand-in fd store's FileDescriptorStoreMax= (also passed to the daemon)")
+    ap.add_argument("--no-fdstore", action="store_true",
+                    help="run the daemon without persistence (no state directory): for benchmarks")
     ap.add_argument("--tap", action="store_true", help="the test speaks TAP: skip with a TAP plan, not exit 77")
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     a = ap.parse_args()
@@ -294,8 +351,9 @@ def main():
             polkit = start_polkit_mock(env)
         if polkit:
             env["VFIO_BROKER_POLKIT_PID"] = str(polkit.pid)
-        store = FdStore(tmp)
-        daemon = start_daemon(tmp, a.daemon, a.backend, config, env, store)
+        store = FdStore(tmp, a.fdstore_max)
+        persist = not a.no_fdstore
+        daemon = start_daemon(tmp, a.daemon, a.backend, config, env, store, persist)
         env["VFIO_BROKER_DAEMON_PID"] = str(daemon.pid)
         env["VFIO_BROKER_STATE_DIR"] = state_dir(tmp)
         current = {"daemon": daemon}
@@ -310,10 +368,17 @@ def main():
                 d.send_signal(signal.SIGTERM)
                 return "exited %d" % d.wait(timeout=30)
             if cmd == "start":
-                current["daemon"] = start_daemon(tmp, a.daemon, a.backend, config, env, store)
+                current["daemon"] = start_daemon(tmp, a.daemon, a.backend, config, env, store, persist)
                 return "started %d" % current["daemon"].pid
             if cmd == "fds":
                 return " ".join(store.names()) or "-"
+            if cmd == "trap-remove":
+                with store.lock:
+                    store.kill_at_remove = d
+                return "armed"
+            if cmd == "store":
+                with store.lock:
+                    return "fds=%d suppressed=%d refused=%d" % (len(store.fds), store.suppressed, store.refused)
             return "unknown"
 
         env["VFIO_BROKER_HARNESS"] = Control(tmp, control).dir
