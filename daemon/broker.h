@@ -12,6 +12,7 @@
 
 typedef struct Group Group;
 typedef struct Container Container;
+typedef struct Mapping Mapping;
 
 #include "broker-wire.h"
 
@@ -32,6 +33,12 @@ typedef struct BrokerObserver {
         void (*group_changed)(void *userdata, Group *g);
         void (*group_removed)(void *userdata, Group *g);
         void (*balloon_changed)(void *userdata, bool flipped); /* flipped: BalloonInhibited changed too */
+        /* The deltas, for the state store (O(1) persistence): reported at once, where the logic's
+         * table of mappings changes, and followed by the container_changed that ends the request --
+         * a failed request's rollback reports its undoing too, and no container_changed. A closing
+         * container's mappings go without them (container_removed says it all). */
+        void (*mapping_added)(void *userdata, Container *c, const Mapping *m);
+        void (*mapping_removed)(void *userdata, Container *c, const Mapping *m);
         /* The broker goes away, every container closed already: release what the watcher holds. */
         void (*done)(void *userdata);
 } BrokerObserver;
@@ -110,6 +117,17 @@ void broker_container_removed(Broker *b, Container *c);
 void broker_group_added(Broker *b, Group *g);
 void broker_group_changed(Broker *b, Group *g);
 void broker_group_removed(Broker *b, Group *g);
+/* For the logic: a mapping entered or left a container's table (see BrokerObserver). */
+static inline void broker_mapping_added(Broker *b, Container *c, const Mapping *m) {
+        for (size_t i = 0; i < b->n_observers; i++)
+                if (b->observers[i].ops->mapping_added)
+                        b->observers[i].ops->mapping_added(b->observers[i].userdata, c, m);
+}
+static inline void broker_mapping_removed(Broker *b, Container *c, const Mapping *m) {
+        for (size_t i = 0; i < b->n_observers; i++)
+                if (b->observers[i].ops->mapping_removed)
+                        b->observers[i].ops->mapping_removed(b->observers[i].userdata, c, m);
+}
 /* Called by the container logic whenever a group is attached or detached anywhere. */
 void broker_balloon_inhibitors_changed(Broker *b, int delta);
 /* Delivers queued coalesced changes now (the deferred source does it once per iteration). */

@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <systemd/sd-daemon.h>
 
@@ -20,6 +22,7 @@
 #include "owner-watch.h"
 #include "state.h"
 #include "state-encode.h"
+#include "state-log.h"
 #include "state-private.h"
 
 typedef struct StoredFd {
@@ -173,6 +176,22 @@ int state_restore_text(Broker *b, const char *text, BrokerError *e) {
         return state_restore_container(b, &st, NULL, 0, e);
 }
 
+int state_restore_log(Broker *b, const void *data, size_t size, BrokerError *e) {
+        ContainerState *states = NULL;
+        size_t n = 0;
+        int r;
+
+        r = state_log_replay(data, size, &states, &n, e);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < n; i++) {
+                BrokerError inner = BROKER_ERROR_INIT;
+                (void) state_restore_container(b, &states[i], NULL, 0, &inner);
+        }
+        container_states_free(states, n);
+        return 0;
+}
+
 static int read_full_file(const char *path, char **ret) {
         _cleanup_fclose_ FILE *f = NULL;
         char *text = NULL;
@@ -188,6 +207,30 @@ static int read_full_file(const char *path, char **ret) {
         }
         *ret = text;
         return 0;
+}
+
+/* Restores one container; what is gone for good leaves the store. */
+static int restore_one(Broker *b, const ContainerState *st, StoredFd *stored, size_t n_stored, const char *where) {
+        BrokerError e = BROKER_ERROR_INIT;
+        uint64_t id = st->id;
+        int r;
+
+        r = state_restore_container(b, st, stored, n_stored, &e);
+        if (r < 0)
+                log_error("Cannot restore container %" PRIu64 " from %s: %s; it is torn down.", id, where,
+                          broker_error_is_set(&e) ? e.message : strerror(-r));
+        if (r <= 0 && id > 0) {
+                /* Gone for good: none of its fds may stay in the store. */
+                char prefix[32];
+                snprintf(prefix, sizeof(prefix), "c%" PRIu64 "-", id);
+                for (size_t i = 0; i < n_stored; i++)
+                        if (strncmp(stored[i].name, prefix, strlen(prefix)) == 0 && stored[i].fd >= 0 &&
+                            !state_file_named(b, stored[i].name)) {
+                                fdstore_remove(b->notify_fd, stored[i].name);
+                                stored[i].fd = safe_close(stored[i].fd);
+                        }
+        }
+        return r;
 }
 
 int state_restore(Broker *b) {
@@ -217,6 +260,56 @@ int state_restore(Broker *b) {
         }
         n_stored = (size_t) n;
 
+        /* The state log: the newest complete generation (an older one is left when the daemon died
+         * between storing a new generation and removing the old). */
+        ssize_t log_index = -1;
+        uint64_t log_generation = 0;
+        for (size_t i = 0; i < n_stored; i++) {
+                struct stat st;
+                uint64_t g;
+                void *p;
+
+                if (strncmp(stored[i].name, "state-", 6) != 0)
+                        continue;
+                if (fstat(stored[i].fd, &st) < 0 || st.st_size < STATE_LOG_HEADER_SIZE)
+                        continue;
+                p = mmap(NULL, STATE_LOG_HEADER_SIZE, PROT_READ, MAP_SHARED, stored[i].fd, 0);
+                if (p == MAP_FAILED)
+                        continue;
+                if (state_log_read_generation(p, STATE_LOG_HEADER_SIZE, &g) >= 0 && (log_index < 0 || g > log_generation)) {
+                        log_index = (ssize_t) i;
+                        log_generation = g;
+                }
+                munmap(p, STATE_LOG_HEADER_SIZE);
+        }
+        if (log_index >= 0) {
+                struct stat st;
+                void *p = MAP_FAILED;
+                ContainerState *states = NULL;
+                size_t n_states = 0;
+                BrokerError e = BROKER_ERROR_INIT;
+                int r;
+
+                b->state->generation = log_generation;
+                r = fstat(stored[log_index].fd, &st) < 0 ? -errno : 0;
+                if (r >= 0) {
+                        p = mmap(NULL, (size_t) st.st_size, PROT_READ, MAP_SHARED, stored[log_index].fd, 0);
+                        r = p == MAP_FAILED ? -errno : 0;
+                }
+                if (r >= 0)
+                        r = state_log_replay(p, (size_t) st.st_size, &states, &n_states, &e);
+                if (p != MAP_FAILED)
+                        munmap(p, (size_t) st.st_size);
+                if (r < 0)
+                        log_error("The state log %s is damaged (%s); every container is torn down.",
+                                  stored[log_index].name, broker_error_is_set(&e) ? e.message : strerror(-r));
+                for (size_t k = 0; k < n_states; k++)
+                        if (restore_one(b, &states[k], stored, n_stored, stored[log_index].name) > 0)
+                                restored++;
+                container_states_free(states, n_states);
+        }
+
+        /* State files of daemons before the log, read once: the log written below replaces them. */
         d = opendir(b->state_dir);
         while (d && (de = readdir(d))) {
                 _cleanup_free_ char *path = NULL, *text = NULL;
@@ -238,26 +331,20 @@ int state_restore(Broker *b) {
                         (void) unlink(path);
                         continue;
                 }
-                uint64_t id = st.id;
-                r = state_restore_container(b, &st, stored, n_stored, &e);
-                if (r < 0) {
-                        log_error("Cannot restore %s: %s; its container is torn down.", path,
-                                  broker_error_is_set(&e) ? e.message : strerror(-r));
-                        (void) unlink(path);
-                } else if (r > 0)
+                if (restore_one(b, &st, stored, n_stored, path) > 0)
                         restored++;
-                if (r <= 0 && id > 0) {
-                        /* Gone for good: none of its fds may stay in the store. */
-                        char prefix[32];
-                        snprintf(prefix, sizeof(prefix), "c%" PRIu64 "-", id);
-                        for (size_t i = 0; i < n_stored; i++)
-                                if (strncmp(stored[i].name, prefix, strlen(prefix)) == 0 &&
-                                    !state_file_named(b, stored[i].name)) {
-                                        fdstore_remove(b->notify_fd, stored[i].name);
-                                        stored[i].fd = safe_close(stored[i].fd);
-                                }
-                }
+                (void) unlink(path);
         }
+
+        /* The log of this instance: a snapshot of what was restored, in the store before the old
+         * generations leave it. */
+        int rl = state_log_rewrite(b);
+        for (size_t i = 0; i < n_stored; i++)
+                if (stored[i].fd >= 0 && strncmp(stored[i].name, "state-", 6) == 0) {
+                        if (rl >= 0)
+                                fdstore_remove(b->notify_fd, stored[i].name);
+                        stored[i].fd = safe_close(stored[i].fd);
+                }
 
         /* Memory files stay in the store for the regions that use them; the daemon keeps its own
          * duplicates. Those no container took back go with the next flush. */
@@ -280,7 +367,7 @@ bool state_hand_over(Broker *b) {
 
         for (Container *c = b->containers; c; c = c->next) {
                 container_forget_vaddrs(c);
-                (void) state_save_container(c);
+                (void) state_save_container(c, false);
         }
         b->handing_over = true;
         log_info("Leaving %zu containers to the next instance.", b->n_containers);

@@ -23,85 +23,7 @@
 #include "state.h"
 #include "state-private.h"
 #include "state-encode.h"
-
-static size_t file_hash(dev_t dev, ino_t ino, bool writable, size_t n_buckets) {
-        uint64_t h = ((uint64_t) dev * UINT64_C(0x9e3779b97f4a7c15)) ^ ((uint64_t) ino * UINT64_C(0xc2b2ae3d27d4eb4f)) ^
-                     (uint64_t) writable;
-        h ^= h >> 29;
-        return (size_t) (h % n_buckets);
-}
-
-static StoredFile *file_find(StateStore *s, dev_t dev, ino_t ino, bool writable) {
-        if (s->n_buckets == 0)
-                return NULL;
-        for (StoredFile *f = s->buckets[file_hash(dev, ino, writable, s->n_buckets)]; f; f = f->hash_next)
-                if (f->dev == dev && f->ino == ino && f->writable == writable)
-                        return f;
-        return NULL;
-}
-
-static int file_insert(StateStore *s, StoredFile *f) {
-        if (s->n_files + 1 > s->n_buckets) {
-                size_t n = s->n_buckets ? s->n_buckets * 2 : 64;
-                StoredFile **b = calloc(n, sizeof(StoredFile *));
-                if (!b)
-                        return -ENOMEM;
-                for (size_t i = 0; i < s->n_buckets; i++)
-                        for (StoredFile *x = s->buckets[i], *next; x; x = next) {
-                                next = x->hash_next;
-                                size_t h = file_hash(x->dev, x->ino, x->writable, n);
-                                x->hash_next = b[h];
-                                b[h] = x;
-                        }
-                free(s->buckets);
-                s->buckets = b;
-                s->n_buckets = n;
-        }
-        size_t h = file_hash(f->dev, f->ino, f->writable, s->n_buckets);
-        f->hash_next = s->buckets[h];
-        s->buckets[h] = f;
-        s->n_files++;
-        return 0;
-}
-
-static void file_unlink(StateStore *s, StoredFile *f) {
-        for (StoredFile **p = &s->buckets[file_hash(f->dev, f->ino, f->writable, s->n_buckets)]; *p; p = &(*p)->hash_next)
-                if (*p == f) {
-                        *p = f->hash_next;
-                        s->n_files--;
-                        return;
-                }
-}
-
-void state_charge(Broker *b, uid_t uid, int delta) {
-        StateStore *s = b->state;
-
-        s->n_stored += delta;
-        for (size_t i = 0; i < s->n_charges; i++)
-                if (s->charges[i].uid == uid) {
-                        s->charges[i].n_fds += delta;
-                        return;
-                }
-        if (delta <= 0)
-                return;
-        UidCharge *a = realloc(s->charges, (s->n_charges + 1) * sizeof(UidCharge));
-        if (!a)
-                return; /* the total still counts; only the per-user figure in messages is missing */
-        s->charges = a;
-        s->charges[s->n_charges++] = (UidCharge) { .uid = uid, .n_fds = (unsigned) delta };
-}
-
-static unsigned charged_to(StateStore *s, uid_t uid) {
-        for (size_t i = 0; i < s->n_charges; i++)
-                if (s->charges[i].uid == uid)
-                        return s->charges[i].n_fds;
-        return 0;
-}
-
-static int fd_writable(int fd) {
-        int fl = fcntl(fd, F_GETFL);
-        return fl < 0 ? -errno : (fl & O_ACCMODE) == O_RDWR;
-}
+#include "state-log.h"
 
 /* A Map that needs memory the store does not hold yet needs one more fd in it. systemd refuses fds
  * beyond FileDescriptorStoreMax= without telling the daemon, and the next instance would tear the
@@ -110,15 +32,45 @@ static int on_region_admit(void *userdata, int fd, const MemoryFileInfo *info, B
         Container *c = userdata;
         StateStore *s = c->broker->state;
 
-        if (s->fdstore_max == 0 || file_find(s, info->dev, info->ino, info->writable))
+        if (s->fdstore_max == 0 || state_file_find(s, info->dev, info->ino, info->writable))
                 return 0;
-        if (s->n_stored + 1 <= s->fdstore_max)
+        /* One place stays free: the next generation of the state log enters the store before the
+         * old one leaves it. */
+        if (s->n_stored + 2 <= s->fdstore_max)
                 return 0;
         return broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED,
                                 "The service manager's fd store is full (FileDescriptorStoreMax=%u, %u of them "
                                 "held for uid %u): memory that cannot be kept there would be lost at the next "
                                 "restart. Map into memory files already mapped, or unmap first.",
-                                s->fdstore_max, charged_to(s, c->uid), (unsigned) c->uid);
+                                s->fdstore_max, state_charged_to(s, c->uid), (unsigned) c->uid);
+}
+
+/* Appends r to the log; a failure means the next instance cannot restore what follows. */
+static void log_append(Broker *b, StateRecord *r) {
+        StateStore *s = b->state;
+
+        if (!s->log)
+                return;
+        if (state_log_append(s->log, r) < 0 && !s->log_failed) {
+                s->log_failed = true;
+                log_error("The state log is full; changes from now on will not survive a restart.");
+        }
+}
+
+static void log_region(Container *c, MemoryRegion *region, bool added) {
+        StoredFile *f = memory_region_get_data(region);
+        StateRecord r = {
+                .type = added ? STATE_RECORD_REGION_ADD : STATE_RECORD_REGION_DEL,
+                .container = c->id,
+                .region.id = memory_region_id(region),
+                .region.flags = memory_region_flags(region),
+        };
+
+        if (!f)
+                return;
+        memcpy(r.region.file, f->name, sizeof(r.region.file));
+        log_append(c->broker, &r);
+        c->broker->state->live += added ? 1 : -1;
 }
 
 static void on_region_added(void *userdata, MemoryRegion *region) {
@@ -129,16 +81,17 @@ static void on_region_added(void *userdata, MemoryRegion *region) {
         StoredFile *f;
         int w, fd = memory_region_fd(region);
 
-        w = fd_writable(fd);
+        w = state_fd_writable(fd);
         if (w < 0 || fstat(fd, &st) < 0)
                 return (void) log_warning("Container %" PRIu64 ": cannot identify a memory fd; it will not "
                                           "survive a restart.", c->id);
-        f = file_find(s, st.st_dev, st.st_ino, w);
+        f = state_file_find(s, st.st_dev, st.st_ino, w);
         if (f) {
                 if (f->pending) /* wanted again before its removal went out: it stays */
                         f->pending = false;
                 f->n_ref++;
                 memory_region_set_data(region, f);
+                log_region(c, region, true);
                 return;
         }
 
@@ -149,7 +102,7 @@ static void on_region_added(void *userdata, MemoryRegion *region) {
         f->ino = st.st_ino;
         f->writable = w;
         f->uid = c->uid;
-        if (file_insert(s, f) < 0) {
+        if (state_file_insert(s, f) < 0) {
                 free(f);
                 return (void) log_oom();
         }
@@ -159,26 +112,17 @@ static void on_region_added(void *userdata, MemoryRegion *region) {
         if (fdstore_push(b->notify_fd, f->name, fd, true) >= 0)
                 state_charge(b, f->uid, +1);
         memory_region_set_data(region, f);
-}
-
-static void file_unref(Broker *b, StoredFile *f) {
-        StateStore *s = b->state;
-
-        assert(f->n_ref > 0);
-        if (--f->n_ref > 0 || f->pending)
-                return;
-        /* Saved state may still name it: it leaves the store after the next save. */
-        f->pending = true;
-        f->pending_next = s->pending;
-        s->pending = f;
+        log_region(c, region, true);
 }
 
 static void on_region_removed(void *userdata, MemoryRegion *region) {
         Container *c = userdata;
         StoredFile *f = memory_region_get_data(region);
 
-        if (f)
-                file_unref(c->broker, f);
+        if (!f)
+                return;
+        log_region(c, region, false);
+        state_file_unref(c->broker, f);
 }
 
 static const MemoryPoolWatch state_memory_watch = {
@@ -190,8 +134,11 @@ static const MemoryPoolWatch state_memory_watch = {
 /* A container whose state is gone: its memory files leave the store as its regions go. */
 static void on_forgotten_region_removed(void *userdata, MemoryRegion *region) {
         Container *c = userdata;
+        StoredFile *f = memory_region_get_data(region);
 
-        on_region_removed(userdata, region);
+        /* No record: the container's GONE is committed already. */
+        if (f)
+                state_file_unref(c->broker, f);
         state_flush_removals(c->broker);
 }
 
@@ -203,84 +150,40 @@ void state_watch_memory(Container *c) {
         memory_pool_set_watch(c->memory, &state_memory_watch, c);
 }
 
-void state_flush_removals(Broker *b) {
-        StateStore *s = b->state;
-        StoredFile *f;
+static void on_mapping(Container *c, const Mapping *m, bool added) {
+        StateRecord r = {
+                .type = added ? STATE_RECORD_MAP_ADD : STATE_RECORD_MAP_DEL,
+                .container = c->id,
+                .map.iova = m->node.first,
+        };
 
-        if (!s || s->restoring)
-                return;
-        while ((f = s->pending)) {
-                s->pending = f->pending_next;
-                if (!f->pending)
-                        continue; /* taken again */
-                if (f->n_ref == 0) {
-                        fdstore_remove(b->notify_fd, f->name);
-                        state_charge(b, f->uid, -1);
-                        file_unlink(s, f);
-                        free(f);
-                } else
-                        f->pending = false;
+        if (added) {
+                r.map.size = mapping_table_node_size(&m->node);
+                r.map.offset = m->offset;
+                r.map.region = memory_region_id(m->region);
+                r.map.flags = m->flags;
         }
+        log_append(c->broker, &r);
+        c->broker->state->live += added ? 1 : -1;
 }
 
-int state_file_adopt(Broker *b, Container *c, MemoryRegion *region, const char *name, int fd) {
-        StateStore *s = b->state;
-        struct stat st;
-        StoredFile *f;
-        int w;
-
-        w = fd_writable(fd);
-        if (w < 0)
-                return w;
-        if (fstat(fd, &st) < 0)
-                return -errno;
-        f = file_find(s, st.st_dev, st.st_ino, w);
-        if (!f) {
-                f = calloc(1, sizeof(*f));
-                if (!f)
-                        return -ENOMEM;
-                f->dev = st.st_dev;
-                f->ino = st.st_ino;
-                f->writable = w;
-                f->uid = c->uid;
-                if (file_insert(s, f) < 0) {
-                        free(f);
-                        return -ENOMEM;
-                }
-                snprintf(f->name, sizeof(f->name), "%s", name);
-                state_charge(b, f->uid, +1);
-                uint64_t n;
-                char *end;
-                if (name[0] == 'm' && (n = strtoull(name + 1, &end, 10), *end == 0) && n >= s->next_file)
-                        s->next_file = n + 1;
-        } else if (strcmp(f->name, name) != 0)
-                /* The same open file under two names (an older daemon stored it per region): the second
-                 * is not needed. It leaves the store with the unreferenced fds. */
-                log_debug("Stored fds %s and %s are the same memory file.", f->name, name);
-        if (f->pending)
-                f->pending = false;
-        f->n_ref++;
-        memory_region_set_data(region, f);
-        return 0;
+static void on_mapping_added(void *userdata, Container *c, const Mapping *m) {
+        on_mapping(c, m, true);
 }
 
-bool state_file_named(Broker *b, const char *name) {
-        StateStore *s = b->state;
-
-        for (size_t i = 0; s && i < s->n_buckets; i++)
-                for (StoredFile *f = s->buckets[i]; f; f = f->hash_next)
-                        if (strcmp(f->name, name) == 0)
-                                return true;
-        return false;
+static void on_mapping_removed(void *userdata, Container *c, const Mapping *m) {
+        on_mapping(c, m, false);
 }
 
 static void on_container_added(void *userdata, Container *c) {
         state_watch_memory(c);
-        (void) state_save_container(c);
+        (void) state_save_container(c, true);
 }
 
 static void on_container_changed(void *userdata, Container *c, unsigned mask) {
-        (void) state_save_container(c);
+        /* Mappings are in the log already, record by record; the head (groups, discardable regions,
+         * dirty tracking) only when it changed. */
+        (void) state_save_container(c, mask & ~CONTAINER_CHANGE_MAPPINGS);
 }
 
 static void on_container_removed(void *userdata, Container *c) {
@@ -297,13 +200,8 @@ static void on_done(void *userdata) {
 
         if (!s)
                 return;
-        for (size_t i = 0; i < s->n_buckets; i++)
-                for (StoredFile *f = s->buckets[i], *next; f; f = next) {
-                        next = f->hash_next;
-                        free(f);
-                }
-        free(s->buckets);
-        free(s->charges);
+        state_files_free(s);
+        state_log_free(s->log);
         free(s);
         b->state = NULL;
 }
@@ -314,6 +212,8 @@ static const BrokerObserver state_observer = {
         .container_added = on_container_added,
         .container_changed = on_container_changed,
         .container_removed = on_container_removed,
+        .mapping_added = on_mapping_added,
+        .mapping_removed = on_mapping_removed,
         .done = on_done,
 };
 
@@ -408,52 +308,75 @@ static void state_remove_fds(Container *c, char **names) {
         }
 }
 
-int state_save_container(Container *c) {
-        Broker *b = c->broker;
-        _cleanup_free_ char *path = NULL, *tmp = NULL;
-        _cleanup_strv_free_ char **drop = NULL;
+static int log_head(Container *c) {
+        _cleanup_free_ char *text = NULL;
+        size_t length = 0;
         FILE *f;
         int r;
 
-        if (!b->state_dir)
+        f = open_memstream(&text, &length);
+        if (!f)
+                return -ENOMEM;
+        r = state_encode_head(c, backend_name(c->broker->backend), f);
+        if (fclose(f) != 0 && r >= 0)
+                r = -ENOMEM;
+        if (r < 0)
+                return r;
+        r = state_log_append_head(c->broker->state->log, c->id, text, length);
+        if (r < 0 && !c->broker->state->log_failed) {
+                c->broker->state->log_failed = true;
+                log_error("The state log is full; changes from now on will not survive a restart.");
+        }
+        return r;
+}
+
+/* The end of a request: what it appended counts from now on. Then what no committed state names
+ * leaves the store, and the log is compacted when it holds more than twice what is live. */
+static void state_commit(Broker *b) {
+        StateStore *s = b->state;
+
+        if (!s->log)
+                return;
+        state_log_commit(s->log);
+        state_flush_removals(b);
+        if (state_log_used(s->log) > 2 * s->live + 65536 || state_log_used(s->log) > state_log_capacity(s->log) / 2)
+                (void) state_log_rewrite(b);
+}
+
+int state_save_container(Container *c, bool head) {
+        Broker *b = c->broker;
+        _cleanup_strv_free_ char **drop = NULL;
+        int r;
+
+        if (!b->state_dir || !b->state)
                 return 0;
 
-        r = state_push_backend_fds(c, &drop);
-        if (r < 0)
-                return log_warning_errno(r, "Container %" PRIu64 ": cannot store its fds: %m", c->id);
-
-        path = state_file(b, c->id);
-        if (!path || asprintf(&tmp, "%s.tmp", path) < 0)
-                return -ENOMEM;
-        f = fopen(tmp, "we");
-        if (!f)
-                return log_warning_errno(-errno, "Cannot write %s: %m", tmp);
-        r = state_encode(c, backend_name(b->backend), f);
-        /* No fsync(): the state only has to survive the daemon's death, not the machine's (/run does
-         * not survive a reboot, nor do the fds it describes), and the page cache outlives any process. */
-        if (fflush(f) != 0 && r >= 0)
-                r = -errno;
-        fclose(f);
-        /* rename() is atomic: the next instance reads the old state or the new one, never half. */
-        if (r < 0 || rename(tmp, path) < 0) {
-                r = r < 0 ? r : -errno;
-                (void) unlink(tmp);
-                return log_warning_errno(r, "Cannot save the state of container %" PRIu64 ": %m", c->id);
+        if (head) {
+                r = state_push_backend_fds(c, &drop);
+                if (r < 0)
+                        return log_warning_errno(r, "Container %" PRIu64 ": cannot store its fds: %m", c->id);
+                if (b->state->log)
+                        (void) log_head(c);
         }
-
-        /* Only now that no state names them may fds leave the store. */
+        state_commit(b);
+        /* Only now that no committed state names them may fds leave the store. */
         state_remove_fds(c, drop);
-        state_flush_removals(b);
         return 0;
 }
 
 void state_forget_container(Container *c) {
         _cleanup_free_ char *path = NULL;
 
-        if (!c->broker->state_dir)
+        if (!c->broker->state_dir || !c->broker->state)
                 return;
         /* The state first, then the fds it names. */
-        path = state_file(c->broker, c->id);
+        if (c->broker->state->log) {
+                StateRecord r = { .type = STATE_RECORD_GONE, .container = c->id };
+                log_append(c->broker, &r);
+                c->broker->state->live -= 2 + memory_pool_size(c->memory) + container_n_mappings(c);
+                state_log_commit(c->broker->state->log);
+        }
+        path = state_file(c->broker, c->id); /* left by an older daemon */
         if (path)
                 (void) unlink(path);
         state_remove_fds(c, c->stored_fds);
@@ -463,4 +386,68 @@ void state_forget_container(Container *c) {
         /* Its memory goes after this (container_free()): those files leave the store as they go, if
          * nobody else uses them. */
         memory_pool_set_watch(c->memory, &state_forgotten_memory_watch, c);
+}
+
+int state_log_rewrite(Broker *b) {
+        StateStore *s = b->state;
+        _cleanup_(state_log_freep) StateLog *l = NULL;
+        uint64_t generation = s->generation + 1, live = 0;
+        char name[64];
+        int r;
+
+        /* Room for twice the live state and a request of 65535 maps and unmaps on top. */
+        r = state_log_new(generation, UINT64_C(1) << 23, &l);
+        if (r < 0)
+                return log_error_errno(r, "Cannot create a state log: %m");
+
+        StateLog *old = s->log;
+        s->log = l;
+        for (Container *c = b->containers; c; c = c->next) {
+                r = log_head(c);
+                live += 2;
+                for (MemoryRegion *m = memory_pool_first(c->memory); m && r >= 0; m = memory_region_next(m)) {
+                        StoredFile *f = memory_region_get_data(m);
+                        StateRecord x = {
+                                .type = STATE_RECORD_REGION_ADD,
+                                .container = c->id,
+                                .region.id = memory_region_id(m),
+                                .region.flags = memory_region_flags(m),
+                        };
+                        if (!f)
+                                continue;
+                        memcpy(x.region.file, f->name, sizeof(x.region.file));
+                        r = state_log_append(l, &x);
+                        live++;
+                }
+                for (MappingTableNode *node = mapping_table_first(&c->mappings); node && r >= 0;
+                     node = mapping_table_next(node)) {
+                        on_mapping(c, container_of(node, Mapping, node), true);
+                        live++;
+                }
+                if (r < 0)
+                        break;
+        }
+        s->log = old;
+        if (r < 0)
+                return log_error_errno(r, "Cannot write the state log: %m");
+        state_log_commit(l);
+        s->live = live;
+
+        /* The new generation in the store, complete, before the old one leaves it: a new instance
+         * takes the highest. */
+        snprintf(name, sizeof(name), "state-%" PRIu64, generation);
+        r = fdstore_push(b->notify_fd, name, state_log_fd(l), true);
+        if (r < 0)
+                return log_error_errno(r, "Cannot store the state log: %m");
+        state_charge(b, 0, +1);
+        if (old) {
+                snprintf(name, sizeof(name), "state-%" PRIu64, state_log_generation(old));
+                fdstore_remove(b->notify_fd, name);
+                state_charge(b, 0, -1);
+                state_log_free(old);
+        }
+        s->log = TAKE_PTR(l);
+        s->generation = generation;
+        s->log_failed = false;
+        return 0;
 }

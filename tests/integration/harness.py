@@ -23,13 +23,16 @@ import ctypes
 import fcntl
 import threading
 import glob
+import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 
 BUS_CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "system-bus.conf.in")
 
@@ -160,6 +163,52 @@ class FdStore:
             return [n for n, _ in self.fds]
 
 
+# The daemon's state log (daemon/state-log.h): a 4096-byte header (magic, version, record size,
+# generation, capacity, committed count at offset 32), then 64-byte records {u32 type, u32 crc32 of the
+# record with crc 0, u64 container, 48 bytes}. The tests damage it, or append valid records that name
+# what does not exist, as a stand-in for a broken or mismatched state.
+LOG_HEADER, LOG_RECORD, LOG_COMMITTED = 4096, 64, 32
+
+
+def log_record(kind, container, payload):
+    rec = struct.pack("<IIQ", kind, 0, container) + payload.ljust(48, b"\0")
+    return rec[:4] + struct.pack("<I", zlib.crc32(rec)) + rec[8:]
+
+
+def edit_log(store, cmd):
+    with store.lock:
+        logs = [(n, fd) for n, fd in store.fds if n.startswith("state-")]
+        if not logs:
+            return "no state log"
+        name, fd = max(logs, key=lambda x: int(x[0][6:]))
+        if cmd == "log-drop":
+            store.fds = [(n, f) for n, f in store.fds if n != name]
+            os.close(fd)
+            return "dropped " + name
+        committed = struct.unpack("<Q", os.pread(fd, 8, LOG_COMMITTED))[0]
+        if cmd == "log-corrupt":
+            off = LOG_HEADER + (committed - 1) * LOG_RECORD + 20
+            os.pwrite(fd, bytes([os.pread(fd, 1, off)[0] ^ 0x40]), off)
+            return "corrupted"
+        args = cmd.split(":")
+        records = []
+        if args[0] == "log-head":
+            cid = int(args[1])
+            text = json.dumps({"version": 1, "backend": args[2], "id": cid, "owner": ":1.1", "uid": 0,
+                               "label": "x", "groups": []}, separators=(",", ":")).encode()
+            records.append(log_record(1, cid, struct.pack("<Q", len(text)) + text[:40]))
+            for off in range(40, len(text), 48):
+                records.append(log_record(2, cid, text[off:off + 48]))
+        elif args[0] == "log-map":
+            cid, iova, size, region, offset, flags = (int(x, 0) for x in args[1:7])
+            records.append(log_record(5, cid, struct.pack("<QQQII", iova, size, offset, region, flags)))
+        else:
+            return "unknown"
+        os.pwrite(fd, b"".join(records), LOG_HEADER + committed * LOG_RECORD)
+        os.pwrite(fd, struct.pack("<Q", committed + len(records)), LOG_COMMITTED)
+        return "appended %d" % len(records)
+
+
 def state_dir(tmp):
     """Like /run in production, the state lives on tmpfs (/dev/shm) when there is one."""
     shm = "/dev/shm/" + os.path.basename(tmp)
@@ -215,7 +264,12 @@ class Control:
       start   start a new instance with the stored fds
       fds     list the names in the store
       trap-remove  SIGKILL the daemon when its next FDSTOREREMOVE arrives (answers at once)
-      store   "fds=N suppressed=S refused=R": what the store holds, and what it dropped"""
+      store   "fds=N suppressed=S refused=R": what the store holds, and what it dropped
+      log-corrupt                 damage the last committed record of the stored state log
+      log-head:<id>:<backend>     append (and commit) a valid head for container id on another backend
+      log-map:<id>:<iova>:<size>:<region>:<offset>:<flags>
+                                  append (and commit) a valid mapping record
+      log-drop                    remove the state log from the store"""
 
     def __init__(self, tmp, run):
         self.dir = os.path.join(tmp, "control")
@@ -356,6 +410,7 @@ def main():
         daemon = start_daemon(tmp, a.daemon, a.backend, config, env, store, persist)
         env["VFIO_BROKER_DAEMON_PID"] = str(daemon.pid)
         env["VFIO_BROKER_STATE_DIR"] = state_dir(tmp)
+        env["VFIO_BROKER_PERSISTENCE"] = "on" if persist else "off"
         current = {"daemon": daemon}
 
         def control(cmd):
@@ -376,6 +431,8 @@ def main():
                 with store.lock:
                     store.kill_at_remove = d
                 return "armed"
+            if cmd.startswith("log-"):
+                return edit_log(store, cmd)
             if cmd == "store":
                 with store.lock:
                     return "fds=%d suppressed=%d refused=%d" % (len(store.fds), store.suppressed, store.refused)
