@@ -339,6 +339,10 @@ int state_restore(Broker *b) {
         /* The log of this instance: a snapshot of what was restored, in the store before the old
          * generations leave it. */
         int rl = state_log_rewrite(b);
+        /* Names of new memory files are unique across instances too (the generation is), so a removal
+         * of an earlier instance that arrives late can never hit a file of this one. */
+        if (b->state->next_file < b->state->generation << 32)
+                b->state->next_file = b->state->generation << 32;
         for (size_t i = 0; i < n_stored; i++)
                 if (stored[i].fd >= 0 && strncmp(stored[i].name, "state-", 6) == 0) {
                         if (rl >= 0)

@@ -107,6 +107,8 @@ class FdStore:
         self.refused = 0
         self.suppressed = 0
         self.kill_at_remove = None  # a Popen to kill at the next FDSTOREREMOVE
+        self.synced = threading.Condition()
+        self.sync_seen = 0
         self.ready = threading.Event()
         self.lock = threading.Lock()
         threading.Thread(target=self.loop, daemon=True).start()
@@ -137,6 +139,11 @@ class FdStore:
                     a.frombytes(data[:len(data) - len(data) % a.itemsize])
                     fds.extend(a)
             fields = dict(l.split("=", 1) for l in msg.decode(errors="replace").split("\n") if "=" in l)
+            if "HARNESS_SYNC" in fields:
+                with self.synced:
+                    self.sync_seen = int(fields["HARNESS_SYNC"])
+                    self.synced.notify_all()
+                continue
             with self.lock:
                 if fields.get("FDSTORE") == "1":
                     fds = [fd for fd in fds if not self.add(fields.get("FDNAME", "stored"), fd)]
@@ -158,6 +165,17 @@ class FdStore:
             for fd in fds:
                 os.close(fd)
 
+    def sync(self):
+        """Waits until every message sent so far is handled. systemd handles what is queued on the notify
+        socket before it acts on the death of the service (the notify source has the higher priority),
+        so a new instance never sees fds the old one removed."""
+        n = self.sync_seen + 1
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(b"HARNESS_SYNC=%d" % n, self.path)
+        with self.synced:
+            if not self.synced.wait_for(lambda: self.sync_seen >= n, timeout=30):
+                raise RuntimeError("the fd store did not catch up")
+
     def names(self):
         with self.lock:
             return [n for n, _ in self.fds]
@@ -176,6 +194,7 @@ def log_record(kind, container, payload):
 
 
 def edit_log(store, cmd):
+    store.sync()
     with store.lock:
         logs = [(n, fd) for n, fd in store.fds if n.startswith("state-")]
         if not logs:
@@ -228,6 +247,7 @@ def start_daemon(tmp, daemon, backend, config, env, store, fdstore=True):
         args = [daemon, "--backend=" + backend, "--state-dir="]
     if config:
         args.append("--config=" + config)
+    store.sync()
     with store.lock:
         stored = list(store.fds)
     if stored:
@@ -426,6 +446,7 @@ def main():
                 current["daemon"] = start_daemon(tmp, a.daemon, a.backend, config, env, store, persist)
                 return "started %d" % current["daemon"].pid
             if cmd == "fds":
+                store.sync()
                 return " ".join(store.names()) or "-"
             if cmd == "trap-remove":
                 with store.lock:
@@ -434,6 +455,7 @@ def main():
             if cmd.startswith("log-"):
                 return edit_log(store, cmd)
             if cmd == "store":
+                store.sync()
                 with store.lock:
                     return "fds=%d suppressed=%d refused=%d" % (len(store.fds), store.suppressed, store.refused)
             return "unknown"

@@ -318,7 +318,8 @@ static void test_one_memfd_several_regions(void **state) {
         assert_int_equal(ftruncate(ram, 16 * MiB), 0);
         test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram, 12 * MiB, 4 * MiB, 8 * MiB, UINT32_C(3));
         /* The memfd, once (the sim keeps no container fds). */
-        assert_string_equal(stored_besides_log(), "m0");
+        _cleanup_free_ char *memory = strdup(stored_besides_log());
+        assert_true(memory[0] == 'm' && !strchr(memory, ' '));
         assert_non_null(strstr(harness("store"), "suppressed=0 refused=0"));
 
         assert_string_equal(harness("kill9"), "killed");
@@ -331,7 +332,7 @@ static void test_one_memfd_several_regions(void **state) {
         assert_true(strncmp(harness("start"), "started", 7) == 0);
         assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "Mappings"), 3);
         assert_non_null(strstr(harness("store"), "suppressed=0 refused=0"));
-        assert_string_equal(stored_besides_log(), "m0");
+        assert_string_equal(stored_besides_log(), memory);
         test_call_ok(bus, path, CONTAINER_IFACE, "Close", NULL, "");
         assert_store_empties();
 }
