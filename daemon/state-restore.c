@@ -271,6 +271,7 @@ int state_restore(Broker *b) {
 
                 if (strncmp(stored[i].name, "state-", 6) != 0)
                         continue;
+                state_charge(b, 0, +1); /* in the store until the new generation replaced it */
                 if (fstat(stored[i].fd, &st) < 0 || st.st_size < STATE_LOG_HEADER_SIZE)
                         continue;
                 p = mmap(NULL, STATE_LOG_HEADER_SIZE, PROT_READ, MAP_SHARED, stored[i].fd, 0);
@@ -345,8 +346,10 @@ int state_restore(Broker *b) {
                 b->state->next_file = b->state->generation << 32;
         for (size_t i = 0; i < n_stored; i++)
                 if (stored[i].fd >= 0 && strncmp(stored[i].name, "state-", 6) == 0) {
-                        if (rl >= 0)
+                        if (rl >= 0) {
                                 fdstore_remove(b->notify_fd, stored[i].name);
+                                state_charge(b, 0, -1);
+                        }
                         stored[i].fd = safe_close(stored[i].fd);
                 }
 

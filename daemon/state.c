@@ -395,6 +395,15 @@ int state_log_rewrite(Broker *b) {
         char name[64];
         int r;
 
+        /* The new generation enters the store before the old one leaves it. systemd would refuse it
+         * silently beyond FileDescriptorStoreMax= (a group or device fd can take the place kept free
+         * for it), and removing the old one then would lose everything: go on with the old one. */
+        if (s->log && s->fdstore_max > 0 && s->n_stored + 1 > s->fdstore_max) {
+                log_warning("The fd store is full (FileDescriptorStoreMax=%u); the state log is not compacted.",
+                            s->fdstore_max);
+                return -ENOSPC;
+        }
+
         /* Room for twice the live state and a request of 65535 maps and unmaps on top. */
         r = state_log_new(generation, UINT64_C(1) << 23, &l);
         if (r < 0)
