@@ -12,6 +12,7 @@
 
 typedef struct Group Group;
 typedef struct Container Container;
+typedef struct Mapping Mapping;
 
 #include "broker-wire.h"
 
@@ -32,6 +33,12 @@ typedef struct BrokerObserver {
         void (*group_changed)(void *userdata, Group *g);
         void (*group_removed)(void *userdata, Group *g);
         void (*balloon_changed)(void *userdata, bool flipped); /* flipped: BalloonInhibited changed too */
+        /* The deltas, for the state store (O(1) persistence): reported at once, where the logic's
+         * table of mappings changes, and followed by the container_changed that ends the request --
+         * a failed request's rollback reports its undoing too, and no container_changed. A closing
+         * container's mappings go without them (container_removed says it all). */
+        void (*mapping_added)(void *userdata, Container *c, const Mapping *m);
+        void (*mapping_removed)(void *userdata, Container *c, const Mapping *m);
         /* The broker goes away, every container closed already: release what the watcher holds. */
         void (*done)(void *userdata);
 } BrokerObserver;
@@ -48,6 +55,7 @@ typedef struct UserUsage UserUsage;
 typedef struct PolkitRegistry PolkitRegistry;
 typedef struct OwnerWatch OwnerWatch;
 typedef struct Peer Peer;
+typedef struct StateStore StateStore;
 
 typedef struct Broker {
         sd_event *event;
@@ -78,6 +86,7 @@ typedef struct Broker {
         char *state_dir;      /* persistence across restarts, NULL when off (state.c) */
         int notify_fd;        /* connected to $NOTIFY_SOCKET while state_dir is set (state.c) */
         bool handing_over;    /* exiting with every container left to the next instance */
+        StateStore *state;    /* the memory files and the count of fds in the store (state.c) */
 
         PolkitRegistry *polkit;      /* authorization checks in flight, see polkit.h */
         OwnerWatch *owners;          /* one sd_bus_track per owning connection, see owner-watch.c */
@@ -110,6 +119,17 @@ void broker_container_removed(Broker *b, Container *c);
 void broker_group_added(Broker *b, Group *g);
 void broker_group_changed(Broker *b, Group *g);
 void broker_group_removed(Broker *b, Group *g);
+/* For the logic: a mapping entered or left a container's table (see BrokerObserver). */
+static inline void broker_mapping_added(Broker *b, Container *c, const Mapping *m) {
+        for (size_t i = 0; i < b->n_observers; i++)
+                if (b->observers[i].ops->mapping_added)
+                        b->observers[i].ops->mapping_added(b->observers[i].userdata, c, m);
+}
+static inline void broker_mapping_removed(Broker *b, Container *c, const Mapping *m) {
+        for (size_t i = 0; i < b->n_observers; i++)
+                if (b->observers[i].ops->mapping_removed)
+                        b->observers[i].ops->mapping_removed(b->observers[i].userdata, c, m);
+}
 /* Called by the container logic whenever a group is attached or detached anywhere. */
 void broker_balloon_inhibitors_changed(Broker *b, int delta);
 /* Delivers queued coalesced changes now (the deferred source does it once per iteration). */

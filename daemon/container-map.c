@@ -162,6 +162,7 @@ int container_pin(Container *c, Mapping *m, const PinSource *src, BrokerError *e
 
         r = mapping_table_insert(&c->mappings, &m->node, NULL);
         assert(r == 0); /* the callers checked the range */
+        broker_mapping_added(c->broker, c, m);
         return 0;
 
 fail_memory:
@@ -298,6 +299,7 @@ int container_unpin_range(Container *c, uint64_t iova, uint64_t last, uint64_t *
 
                 next = mapping_table_next(node);
                 mapping_table_remove(&c->mappings, node);
+                broker_mapping_removed(c->broker, c, m);
                 if (removed)
                         a = realloc(*removed, (*n_removed + 1) * sizeof(Mapping *));
                 if (!a) {

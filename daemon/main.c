@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +41,7 @@ typedef struct Arguments {
         BackendKind backend;
         const char *config_path;
         const char *state_dir;
+        unsigned fdstore_max;
         bool check_config;
 } Arguments;
 
@@ -54,6 +57,8 @@ static void help(void) {
                "     --config=PATH        Configuration file (default " DEFAULT_CONFIG_PATH ")\n"
                "     --state-dir=PATH     Where to keep container state for restarts\n"
                "                          (default /run/vfio-broker; used under a service manager)\n"
+               "     --fdstore-max=N      The service manager keeps at most N fds for restarts\n"
+               "                          (the unit's FileDescriptorStoreMax=; 0: no limit known)\n"
                "     --check-config[=PATH]\n"
                "                          Validate a configuration file and exit\n"
                "     --debug              Log debug messages\n"
@@ -67,6 +72,7 @@ static int parse_argv(int argc, char *argv[], Arguments *args) {
                 ARG_CONFIG,
                 ARG_CHECK_CONFIG,
                 ARG_STATE_DIR,
+                ARG_FDSTORE_MAX,
                 ARG_DEBUG,
         };
         static const struct option options[] = {
@@ -76,6 +82,7 @@ static int parse_argv(int argc, char *argv[], Arguments *args) {
                 { "config",       required_argument, NULL, ARG_CONFIG       },
                 { "check-config", optional_argument, NULL, ARG_CHECK_CONFIG },
                 { "state-dir",    required_argument, NULL, ARG_STATE_DIR    },
+                { "fdstore-max",  required_argument, NULL, ARG_FDSTORE_MAX  },
                 { "debug",        no_argument,       NULL, ARG_DEBUG        },
                 {}
         };
@@ -112,6 +119,18 @@ static int parse_argv(int argc, char *argv[], Arguments *args) {
                 case ARG_STATE_DIR:
                         args->state_dir = optarg;
                         break;
+                case ARG_FDSTORE_MAX: {
+                        char *end;
+                        unsigned long v;
+                        errno = 0;
+                        v = strtoul(optarg, &end, 10);
+                        if (errno || *end || end == optarg || optarg[0] == '-' || v > UINT_MAX) {
+                                log_error("--fdstore-max=%s: not a number of fds.", optarg);
+                                return -EINVAL;
+                        }
+                        args->fdstore_max = (unsigned) v;
+                        break;
+                }
                 case ARG_DEBUG:
                         log_set_max_level(7);
                         break;
@@ -380,7 +399,7 @@ static int run(int argc, char *argv[]) {
         if (r < 0)
                 return r;
 
-        r = state_setup(broker, args.state_dir);
+        r = state_setup(broker, args.state_dir, args.fdstore_max);
         if (r < 0)
                 return r;
 

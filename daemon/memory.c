@@ -23,12 +23,15 @@ struct MemoryRegion {
         int fd;          /* kept for the region's lifetime (and, later, the fd store) */
         void *addr;
         uint64_t length; /* mapped bytes from file offset 0 */
+        void *data;      /* the watcher's (memory_region_set_data()) */
 };
 
 struct MemoryPool {
         MemoryRegion *regions;
         size_t n_regions;
         unsigned next_id;
+        const MemoryPoolWatch *watch;
+        void *watch_userdata;
 };
 
 static const char *file_type_name(mode_t mode) {
@@ -113,7 +116,9 @@ MemoryPool *memory_pool_new(void) {
         return calloc(1, sizeof(MemoryPool));
 }
 
-static void memory_region_free(MemoryRegion *r) {
+static void memory_region_free(MemoryPool *pool, MemoryRegion *r) {
+        if (pool && pool->watch && pool->watch->region_removed)
+                pool->watch->region_removed(pool->watch_userdata, r);
         if (r->addr && r->addr != MAP_FAILED)
                 (void) munmap(r->addr, r->length);
         safe_close(r->fd);
@@ -128,7 +133,7 @@ MemoryPool *memory_pool_free(MemoryPool *pool) {
         while (pool->regions) {
                 MemoryRegion *r = pool->regions;
                 pool->regions = r->next;
-                memory_region_free(r);
+                memory_region_free(pool, r);
         }
         free(pool);
         return NULL;
@@ -172,6 +177,13 @@ int memory_pool_acquire(MemoryPool *pool, int fd, const MemoryFileInfo *info, ui
                                         "The memory file shrank to 0x%" PRIx64 " bytes while being mapped.",
                                         (uint64_t) st.st_size);
 
+        /* A new region means a new fd to keep: whoever keeps it (the state store) may refuse first. */
+        if (pool->watch && pool->watch->region_admit) {
+                int q = pool->watch->region_admit(pool->watch_userdata, fd, info, e);
+                if (q < 0)
+                        return q;
+        }
+
         r = calloc(1, sizeof(*r));
         if (!r)
                 return -ENOMEM;
@@ -208,6 +220,8 @@ int memory_pool_acquire(MemoryPool *pool, int fd, const MemoryFileInfo *info, ui
         *ret = r;
         *ret_vaddr = (uint64_t) (uintptr_t) r->addr + offset;
         TAKE_PTR(r);
+        if (pool->watch && pool->watch->region_added)
+                pool->watch->region_added(pool->watch_userdata, *ret);
         return 0;
 }
 
@@ -225,7 +239,7 @@ void memory_pool_release(MemoryPool *pool, MemoryRegion *region) {
                         break;
                 }
         pool->n_regions--;
-        memory_region_free(region);
+        memory_region_free(pool, region);
 }
 
 size_t memory_pool_size(const MemoryPool *pool) {
@@ -246,6 +260,26 @@ unsigned memory_region_id(const MemoryRegion *region) {
 
 uint32_t memory_region_flags(const MemoryRegion *region) {
         return region->prot & PROT_WRITE ? BROKER_MAP_READ | BROKER_MAP_WRITE : BROKER_MAP_READ;
+}
+
+void memory_pool_set_watch(MemoryPool *pool, const MemoryPoolWatch *watch, void *userdata) {
+        pool->watch = watch;
+        pool->watch_userdata = userdata;
+}
+
+void memory_region_set_data(MemoryRegion *region, void *data) {
+        region->data = data;
+}
+
+void *memory_region_get_data(const MemoryRegion *region) {
+        return region->data;
+}
+
+MemoryRegion *memory_pool_find_id(MemoryPool *pool, unsigned id) {
+        for (MemoryRegion *r = pool->regions; r; r = r->next)
+                if (r->id == id)
+                        return r;
+        return NULL;
 }
 
 MemoryRegion *memory_pool_first(MemoryPool *pool) {
@@ -321,7 +355,7 @@ void memory_pool_prune(MemoryPool *pool) {
                 if (r->n_ref == 0) {
                         *p = r->next;
                         pool->n_regions--;
-                        memory_region_free(r);
+                        memory_region_free(pool, r);
                 } else
                         p = &r->next;
         }

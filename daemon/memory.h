@@ -71,6 +71,22 @@ size_t memory_pool_size(const MemoryPool *pool);
 /* The fd the region keeps (owned by the region; do not close). */
 int memory_region_fd(const MemoryRegion *region);
 
+/* Whoever keeps the pool's fds elsewhere (the state store, for restarts) hears of every region:
+ * region_admit before a new region is made of fd (it may refuse with an error in e, and nothing
+ * changes), region_added once it exists, region_removed just before it goes (its fd still open).
+ * Regions adopted with memory_pool_adopt() are not reported as added: the adopter knows them. */
+typedef struct MemoryPoolWatch {
+        int (*region_admit)(void *userdata, int fd, const MemoryFileInfo *info, BrokerError *e);
+        void (*region_added)(void *userdata, MemoryRegion *region);
+        void (*region_removed)(void *userdata, MemoryRegion *region);
+} MemoryPoolWatch;
+
+void memory_pool_set_watch(MemoryPool *pool, const MemoryPoolWatch *watch, void *userdata);
+/* One pointer per region for the watcher. */
+void memory_region_set_data(MemoryRegion *region, void *data);
+void *memory_region_get_data(const MemoryRegion *region);
+MemoryRegion *memory_pool_find_id(MemoryPool *pool, unsigned id);
+
 /* Restart support (state.c): regions have ids, unique within the pool, that name their fd in the fd
  * store; a new daemon adopts the fds and maps them again. */
 unsigned memory_region_id(const MemoryRegion *region);

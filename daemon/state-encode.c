@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "state-encode.h"
+#include "state-private.h"
 
 #define STATE_GROUPS_MAX 64
 
@@ -38,7 +39,7 @@ static void fput_u64(FILE *f, uint64_t v) {
                 fprintf(f, "\"0x%" PRIx64 "\"", v);
 }
 
-int state_encode(const Container *c, const char *backend, FILE *f) {
+static int encode(const Container *c, const char *backend, bool head, FILE *f) {
         json_object *root, *groups, *regions;
         MappingTableNode *node;
         int r;
@@ -56,14 +57,18 @@ int state_encode(const Container *c, const char *backend, FILE *f) {
         for (size_t i = 0; i < c->n_groups; i++)
                 json_object_array_add(groups, json_object_new_int64(c->groups[i]));
         json_object_object_add(root, "groups", groups);
-        regions = json_object_new_array();
-        for (MemoryRegion *m = memory_pool_first(c->memory); m; m = memory_region_next(m)) {
+        regions = head ? NULL : json_object_new_array();
+        for (MemoryRegion *m = head ? NULL : memory_pool_first(c->memory); m; m = memory_region_next(m)) {
                 json_object *o = json_object_new_object();
                 json_object_object_add(o, "id", json_object_new_int64(memory_region_id(m)));
                 json_object_object_add(o, "flags", json_object_new_int64(memory_region_flags(m)));
+                const StoredFile *sf = memory_region_get_data(m);
+                if (sf)
+                        json_object_object_add(o, "file", json_object_new_string(sf->name));
                 json_object_array_add(regions, o);
         }
-        json_object_object_add(root, "regions", regions);
+        if (regions)
+                json_object_object_add(root, "regions", regions);
         if (c->dirty_tracking)
                 json_object_object_add(root, "dirty_tracking", json_object_new_boolean(true));
         if (mapping_table_size(&c->discardable) > 0) {
@@ -86,9 +91,14 @@ int state_encode(const Container *c, const char *backend, FILE *f) {
         /* The small part through json-c; the mappings, up to 65535 of them, straight to the file:
          * building a json-c tree for them cost more time and memory than everything else a Map does. */
         size_t len;
-        const char *head = json_object_to_json_string_length(root, JSON_C_TO_STRING_PLAIN, &len);
-        assert(len > 2 && head[len - 1] == '}');
-        fwrite(head, 1, len - 1, f);
+        const char *text = json_object_to_json_string_length(root, JSON_C_TO_STRING_PLAIN, &len);
+        assert(len > 2 && text[len - 1] == '}');
+        if (head) {
+                r = fwrite(text, 1, len, f) != len || ferror(f) ? -EIO : 0;
+                json_object_put(root);
+                return r;
+        }
+        fwrite(text, 1, len - 1, f);
         fputs(",\"mappings\":[", f);
         for (node = mapping_table_first(&c->mappings); node; node = mapping_table_next(node)) {
                 Mapping *m = container_of(node, Mapping, node);
@@ -103,6 +113,14 @@ int state_encode(const Container *c, const char *backend, FILE *f) {
         r = fputs("]}", f) < 0 || ferror(f) ? -EIO : 0;
         json_object_put(root);
         return r;
+}
+
+int state_encode(const Container *c, const char *backend, FILE *f) {
+        return encode(c, backend, false, f);
+}
+
+int state_encode_head(const Container *c, const char *backend, FILE *f) {
+        return encode(c, backend, true, f);
 }
 
 static int parse_u64(json_object *o, uint64_t *ret) {
@@ -160,8 +178,8 @@ static char *dup_string(json_object *o) {
         return json_object_is_type(o, json_type_string) ? strdup(json_object_get_string(o)) : NULL;
 }
 
-static int decode(json_object *root, ContainerState *s, BrokerError *e) {
-        json_object *v, *groups_o, *regions_o, *mappings_o;
+static int decode(json_object *root, ContainerState *s, bool head, BrokerError *e) {
+        json_object *v, *groups_o, *regions_o = NULL, *mappings_o = NULL;
         uint64_t uid;
         int r;
 
@@ -174,10 +192,14 @@ static int decode(json_object *root, ContainerState *s, BrokerError *e) {
             !json_object_object_get_ex(root, "uid", &v) || parse_u64(v, &uid) < 0 || uid >= UINT32_MAX ||
             !json_object_object_get_ex(root, "label", &v) || !(s->label = dup_string(v)) ||
             !json_object_object_get_ex(root, "groups", &groups_o) || !json_object_is_type(groups_o, json_type_array) ||
-            !json_object_object_get_ex(root, "regions", &regions_o) || !json_object_is_type(regions_o, json_type_array) ||
-            !json_object_object_get_ex(root, "mappings", &mappings_o) ||
-            !json_object_is_type(mappings_o, json_type_array) ||
             json_object_array_length(groups_o) > STATE_GROUPS_MAX)
+                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed state");
+        /* The head in the state log has neither: they are records of their own. */
+        if (head ? json_object_object_get_ex(root, "regions", NULL) || json_object_object_get_ex(root, "mappings", NULL) :
+                   !json_object_object_get_ex(root, "regions", &regions_o) ||
+                   !json_object_is_type(regions_o, json_type_array) ||
+                   !json_object_object_get_ex(root, "mappings", &mappings_o) ||
+                   !json_object_is_type(mappings_o, json_type_array))
                 return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed state");
         s->uid = (uid_t) uid;
 
@@ -194,18 +216,31 @@ static int decode(json_object *root, ContainerState *s, BrokerError *e) {
                 s->groups[s->n_groups++] = (unsigned) g;
         }
 
+        if (head)
+                goto tail;
+
         s->regions = calloc(json_object_array_length(regions_o) ?: 1, sizeof(StateRegion));
         if (!s->regions)
                 return -ENOMEM;
         for (size_t i = 0; i < json_object_array_length(regions_o); i++) {
-                json_object *o = json_object_array_get_idx(regions_o, i), *ri, *rf;
+                json_object *o = json_object_array_get_idx(regions_o, i), *ri, *rf, *rn;
                 uint64_t id, flags;
                 if (!json_object_object_get_ex(o, "id", &ri) || parse_u64(ri, &id) < 0 || id > UINT32_MAX ||
                     !json_object_object_get_ex(o, "flags", &rf) || parse_u64(rf, &flags) < 0 || flags > UINT32_MAX)
                         return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed memory region");
-                s->regions[s->n_regions++] = (StateRegion) { .id = (uint32_t) id, .flags = (uint32_t) flags };
+                s->regions[s->n_regions] = (StateRegion) { .id = (uint32_t) id, .flags = (uint32_t) flags };
+                /* Absent in the state of older daemons, which stored memory per region. */
+                if (json_object_object_get_ex(o, "file", &rn)) {
+                        const char *name = json_object_get_string(rn);
+                        if (!json_object_is_type(rn, json_type_string) || name[0] == 0 ||
+                            strlen(name) >= sizeof(s->regions[i].file) || strchr(name, ':') || strchr(name, '\n'))
+                                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed memory file name");
+                        strcpy(s->regions[s->n_regions].file, name);
+                }
+                s->n_regions++;
         }
 
+tail:
         if (json_object_object_get_ex(root, "discardable", &v)) {
                 if (!json_object_is_type(v, json_type_array))
                         return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "malformed discardable regions");
@@ -213,15 +248,17 @@ static int decode(json_object *root, ContainerState *s, BrokerError *e) {
                 if (r < 0)
                         return r;
         }
-        r = parse_entries(mappings_o, false, &s->mappings, &s->n_mappings, "mapping", e);
-        if (r < 0)
-                return r;
+        if (!head) {
+                r = parse_entries(mappings_o, false, &s->mappings, &s->n_mappings, "mapping", e);
+                if (r < 0)
+                        return r;
+        }
 
         s->dirty_tracking = json_object_object_get_ex(root, "dirty_tracking", &v) && json_object_get_boolean(v);
         return 0;
 }
 
-int state_decode(const char *text, ContainerState *ret, BrokerError *e) {
+static int decode_text(const char *text, bool head, ContainerState *ret, BrokerError *e) {
         ContainerState s = {};
         json_object *root;
         int r;
@@ -229,7 +266,7 @@ int state_decode(const char *text, ContainerState *ret, BrokerError *e) {
         root = json_tokener_parse(text);
         if (!root)
                 return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "not JSON");
-        r = decode(root, &s, e);
+        r = decode(root, &s, head, e);
         json_object_put(root);
         if (r < 0) {
                 container_state_done(&s);
@@ -237,4 +274,12 @@ int state_decode(const char *text, ContainerState *ret, BrokerError *e) {
         }
         *ret = s;
         return 0;
+}
+
+int state_decode(const char *text, ContainerState *ret, BrokerError *e) {
+        return decode_text(text, false, ret, e);
+}
+
+int state_decode_head(const char *text, ContainerState *ret, BrokerError *e) {
+        return decode_text(text, true, ret, e);
 }

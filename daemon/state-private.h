@@ -5,11 +5,76 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "broker.h"
+#include "container.h"
+
+/* One open file of guest memory in the fd store. systemd keeps one fd per open file and suppresses a
+ * second push of the same one ("Suppressing duplicate fd"), so memory is stored per file, not per
+ * region: every region of every container that maps the file (dev, ino) through an fd of the same
+ * access mode shares the entry. It leaves the store only once no saved state names it. */
+typedef struct StoredFile StoredFile;
+struct StoredFile {
+        StoredFile *hash_next;
+        StoredFile *pending_next;  /* on StateStore.pending: unreferenced, removal due after the next save */
+        bool pending;
+        dev_t dev;
+        ino_t ino;
+        bool writable;             /* access mode of the stored fd: O_RDWR, or O_RDONLY */
+        unsigned n_ref;            /* regions that use it, over all containers */
+        uid_t uid;                 /* charged to: the owner of the container that stored it */
+        char name[40];             /* its FDNAME: m<n>, or c<id>-mem-<region> from an older daemon */
+};
+
+typedef struct UidCharge {
+        uid_t uid;
+        unsigned n_fds;
+} UidCharge;
+
+struct StateStore {
+        StoredFile **buckets;
+        size_t n_buckets, n_files;
+        StoredFile *pending;
+        uint64_t next_file;
+        unsigned fdstore_max;      /* FileDescriptorStoreMax= of the unit; 0: unknown, not enforced */
+        unsigned n_stored;         /* fds the daemon has in the store */
+        UidCharge *charges;        /* who holds them */
+        size_t n_charges;
+        bool restoring;            /* no removals while containers are being rebuilt */
+        struct StateLog *log;      /* NULL until the restore made it (state-log.h) */
+        uint64_t generation;       /* of the log; the next one is generation + 1 */
+        uint64_t live;             /* records a snapshot of the live state would take */
+        bool log_failed;           /* logged once */
+};
 
 /* <state dir>/container-<id>.json */
 char *state_file(Broker *b, uint64_t id);
 
 bool strv_contains(char **l, const char *s);
 int strv_push(char ***l, const char *s);
+
+/* state-files.c: the table of memory files. */
+StoredFile *state_file_find(StateStore *s, dev_t dev, ino_t ino, bool writable);
+int state_file_insert(StateStore *s, StoredFile *f);
+/* A region stopped using f: when none does, its removal from the store is due after the next commit. */
+void state_file_unref(Broker *b, StoredFile *f);
+void state_files_free(StateStore *s);
+/* 1 for an O_RDWR fd, 0 for read-only, or -errno. */
+int state_fd_writable(int fd);
+
+/* Count of fds in the store, charged to uid. */
+void state_charge(Broker *b, uid_t uid, int delta);
+unsigned state_charged_to(StateStore *s, uid_t uid);
+
+/* Restore: region (adopted from the stored fd `name`, which fd is) uses that stored file from now on. */
+int state_file_adopt(Broker *b, Container *c, MemoryRegion *region, const char *name, int fd);
+/* Whether a stored memory file goes by name (restore; scans the table). */
+bool state_file_named(Broker *b, const char *name);
+/* Regions of c are reported to the store from now on. */
+void state_watch_memory(Container *c);
+/* A fresh log generation with a snapshot of every container's state, in the store before the old
+ * one leaves it. */
+int state_log_rewrite(Broker *b);
+/* Sends the removals that became due: files no saved state names any more. */
+void state_flush_removals(Broker *b);

@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <systemd/sd-daemon.h>
 
@@ -21,6 +23,7 @@
 #include "owner-watch.h"
 #include "state.h"
 #include "state-encode.h"
+#include "state-log.h"
 #include "state-private.h"
 
 typedef struct StoredFd {
@@ -82,12 +85,20 @@ static int state_restore_container(Broker *b, const ContainerState *st, StoredFd
         }
 
         /* From here on, any failure tears the whole container down: nothing stays pinned for a
-         * container nobody can reach. */
+         * container nobody can reach. Its regions are reported to the store as they go. */
+        if (b->state)
+                state_watch_memory(c);
         for (size_t i = 0; i < st->n_regions && r >= 0; i++) {
                 char name[96];
                 ssize_t found = -1;
+                int fd;
 
-                snprintf(name, sizeof(name), "%smem-%" PRIu32, prefix, st->regions[i].id);
+                /* Memory is stored per open file (m<n>, named in the state); older daemons stored it
+                 * per region (c<id>-mem-<region>). Several regions may share one file. */
+                if (st->regions[i].file[0])
+                        snprintf(name, sizeof(name), "%s", st->regions[i].file);
+                else
+                        snprintf(name, sizeof(name), "%smem-%" PRIu32, prefix, st->regions[i].id);
                 for (size_t k = 0; k < n_stored; k++)
                         if (stored[k].fd >= 0 && strcmp(stored[k].name, name) == 0)
                                 found = (ssize_t) k;
@@ -95,9 +106,22 @@ static int state_restore_container(Broker *b, const ContainerState *st, StoredFd
                         r = broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "memory fd %s was not kept", name);
                         break;
                 }
-                r = memory_pool_adopt(c->memory, stored[found].fd, st->regions[i].id, st->regions[i].flags, e);
-                if (r >= 0)
-                        stored[found].fd = -EBADF;
+                fd = fcntl(stored[found].fd, F_DUPFD_CLOEXEC, 3);
+                if (fd < 0) {
+                        r = broker_error_set_errno(e, -errno, "Cannot duplicate memory fd %s", name);
+                        break;
+                }
+                r = memory_pool_adopt(c->memory, fd, st->regions[i].id, st->regions[i].flags, e);
+                if (r < 0) {
+                        safe_close(fd);
+                        break;
+                }
+                if (b->state) {
+                        r = state_file_adopt(b, c, memory_pool_find_id(c->memory, st->regions[i].id), name,
+                                             stored[found].fd);
+                        if (r < 0)
+                                broker_error_set_errno(e, r, "Cannot take memory fd %s back", name);
+                }
         }
         for (size_t i = 0; i < st->n_discardable && r >= 0; i++) {
                 const StateMapping *d = &st->discardable[i];
@@ -113,10 +137,12 @@ static int state_restore_container(Broker *b, const ContainerState *st, StoredFd
         if (r >= 0 && st->dirty_tracking)
                 r = container_set_dirty_tracking(c, true, e);
 
-        /* What the store holds for this container now belongs to it: closing it removes it. */
+        /* The backend fds the store holds for this container now belong to it: closing it removes
+         * them. (Memory fds stay open in the table until the end of the restore.) */
         for (size_t i = 0; i < n_stored; i++)
-                if (strncmp(stored[i].name, prefix, strlen(prefix)) == 0 && stored[i].fd < 0)
-                        (void) strv_push(&c->stored_fds, stored[i].name);
+                if (strncmp(stored[i].name, prefix, strlen(prefix)) == 0 && stored[i].fd < 0 &&
+                    strv_push(&c->stored_fds, stored[i].name) >= 0 && b->state)
+                        state_charge(b, c->uid, +1);
 
         if (r < 0) {
                 container_close(c);
@@ -151,6 +177,22 @@ int state_restore_text(Broker *b, const char *text, BrokerError *e) {
         return state_restore_container(b, &st, NULL, 0, e);
 }
 
+int state_restore_log(Broker *b, const void *data, size_t size, BrokerError *e) {
+        ContainerState *states = NULL;
+        size_t n = 0;
+        int r;
+
+        r = state_log_replay(data, size, &states, &n, e);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < n; i++) {
+                BrokerError inner = BROKER_ERROR_INIT;
+                (void) state_restore_container(b, &states[i], NULL, 0, &inner);
+        }
+        container_states_free(states, n);
+        return 0;
+}
+
 static int read_full_file(const char *path, char **ret) {
         _cleanup_fclose_ FILE *f = NULL;
         char *text = NULL;
@@ -166,6 +208,30 @@ static int read_full_file(const char *path, char **ret) {
         }
         *ret = text;
         return 0;
+}
+
+/* Restores one container; what is gone for good leaves the store. */
+static int restore_one(Broker *b, const ContainerState *st, StoredFd *stored, size_t n_stored, const char *where) {
+        BrokerError e = BROKER_ERROR_INIT;
+        uint64_t id = st->id;
+        int r;
+
+        r = state_restore_container(b, st, stored, n_stored, &e);
+        if (r < 0)
+                log_error("Cannot restore container %" PRIu64 " from %s: %s; it is torn down.", id, where,
+                          broker_error_is_set(&e) ? e.message : strerror(-r));
+        if (r <= 0 && id > 0) {
+                /* Gone for good: none of its fds may stay in the store. */
+                char prefix[32];
+                snprintf(prefix, sizeof(prefix), "c%" PRIu64 "-", id);
+                for (size_t i = 0; i < n_stored; i++)
+                        if (strncmp(stored[i].name, prefix, strlen(prefix)) == 0 && stored[i].fd >= 0 &&
+                            !state_file_named(b, stored[i].name)) {
+                                fdstore_remove(b->notify_fd, stored[i].name);
+                                stored[i].fd = safe_close(stored[i].fd);
+                        }
+        }
+        return r;
 }
 
 int state_restore(Broker *b) {
@@ -185,6 +251,9 @@ int state_restore(Broker *b) {
         stored = calloc(n > 0 ? n : 1, sizeof(StoredFd));
         if (!stored)
                 return -ENOMEM;
+        /* Nothing leaves the store before every container had its chance to claim it: memory files are
+         * shared between containers. */
+        b->state->restoring = true;
         for (int i = 0; i < n; i++) {
                 stored[i].fd = SD_LISTEN_FDS_START + i;
                 stored[i].name = names && names[i] ? names[i] : (char *) "unknown";
@@ -192,6 +261,57 @@ int state_restore(Broker *b) {
         }
         n_stored = (size_t) n;
 
+        /* The state log: the newest complete generation (an older one is left when the daemon died
+         * between storing a new generation and removing the old). */
+        ssize_t log_index = -1;
+        uint64_t log_generation = 0;
+        for (size_t i = 0; i < n_stored; i++) {
+                struct stat st;
+                uint64_t g;
+                void *p;
+
+                if (strncmp(stored[i].name, "state-", 6) != 0)
+                        continue;
+                state_charge(b, 0, +1); /* in the store until the new generation replaced it */
+                if (fstat(stored[i].fd, &st) < 0 || st.st_size < STATE_LOG_HEADER_SIZE)
+                        continue;
+                p = mmap(NULL, STATE_LOG_HEADER_SIZE, PROT_READ, MAP_SHARED, stored[i].fd, 0);
+                if (p == MAP_FAILED)
+                        continue;
+                if (state_log_read_generation(p, STATE_LOG_HEADER_SIZE, &g) >= 0 && (log_index < 0 || g > log_generation)) {
+                        log_index = (ssize_t) i;
+                        log_generation = g;
+                }
+                munmap(p, STATE_LOG_HEADER_SIZE);
+        }
+        if (log_index >= 0) {
+                struct stat st;
+                void *p = MAP_FAILED;
+                ContainerState *states = NULL;
+                size_t n_states = 0;
+                BrokerError e = BROKER_ERROR_INIT;
+                int r;
+
+                b->state->generation = log_generation;
+                r = fstat(stored[log_index].fd, &st) < 0 ? -errno : 0;
+                if (r >= 0) {
+                        p = mmap(NULL, (size_t) st.st_size, PROT_READ, MAP_SHARED, stored[log_index].fd, 0);
+                        r = p == MAP_FAILED ? -errno : 0;
+                }
+                if (r >= 0)
+                        r = state_log_replay(p, (size_t) st.st_size, &states, &n_states, &e);
+                if (p != MAP_FAILED)
+                        munmap(p, (size_t) st.st_size);
+                if (r < 0)
+                        log_error("The state log %s is damaged (%s); every container is torn down.",
+                                  stored[log_index].name, broker_error_is_set(&e) ? e.message : strerror(-r));
+                for (size_t k = 0; k < n_states; k++)
+                        if (restore_one(b, &states[k], stored, n_stored, stored[log_index].name) > 0)
+                                restored++;
+                container_states_free(states, n_states);
+        }
+
+        /* State files of daemons before the log, read once: the log written below replaces them. */
         d = opendir(b->state_dir);
         while (d && (de = readdir(d))) {
                 _cleanup_free_ char *path = NULL, *text = NULL;
@@ -213,29 +333,37 @@ int state_restore(Broker *b) {
                         (void) unlink(path);
                         continue;
                 }
-                uint64_t id = st.id;
-                r = state_restore_container(b, &st, stored, n_stored, &e);
-                if (r < 0) {
-                        log_error("Cannot restore %s: %s; its container is torn down.", path,
-                                  broker_error_is_set(&e) ? e.message : strerror(-r));
-                        (void) unlink(path);
-                } else if (r > 0)
+                if (restore_one(b, &st, stored, n_stored, path) > 0)
                         restored++;
-                if (r <= 0 && id > 0) {
-                        /* Gone for good: none of its fds may stay in the store. */
-                        char prefix[32];
-                        snprintf(prefix, sizeof(prefix), "c%" PRIu64 "-", id);
-                        for (size_t i = 0; i < n_stored; i++)
-                                if (strncmp(stored[i].name, prefix, strlen(prefix)) == 0) {
-                                        fdstore_remove(b->notify_fd, stored[i].name);
-                                        stored[i].fd = safe_close(stored[i].fd);
-                                }
-                }
+                (void) unlink(path);
         }
 
+        /* The log of this instance: a snapshot of what was restored, in the store before the old
+         * generations leave it. */
+        int rl = state_log_rewrite(b);
+        /* Names of new memory files are unique across instances too (the generation is), so a removal
+         * of an earlier instance that arrives late can never hit a file of this one. */
+        if (b->state->next_file < b->state->generation << 32)
+                b->state->next_file = b->state->generation << 32;
+        for (size_t i = 0; i < n_stored; i++)
+                if (stored[i].fd >= 0 && strncmp(stored[i].name, "state-", 6) == 0) {
+                        if (rl >= 0) {
+                                fdstore_remove(b->notify_fd, stored[i].name);
+                                state_charge(b, 0, -1);
+                        }
+                        stored[i].fd = safe_close(stored[i].fd);
+                }
+
+        /* Memory files stay in the store for the regions that use them; the daemon keeps its own
+         * duplicates. Those no container took back go with the next flush. */
+        for (size_t i = 0; i < n_stored; i++)
+                if (stored[i].fd >= 0 && state_file_named(b, stored[i].name))
+                        stored[i].fd = safe_close(stored[i].fd);
         /* Fds without state: nobody can reach what they hold. Closing them releases it. */
         stored_fds_close_unused(b, stored, n_stored, "no restorable state refers to it");
         free(stored);
+        b->state->restoring = false;
+        state_flush_removals(b);
         if (n > 0 || restored > 0)
                 log_event(&(LogEvent) { LOG_MESSAGE_RESTORE_DONE, .count = &(uint64_t) { restored } },
                           "Restart: %zu containers restored from %d stored fds.", restored, n);
@@ -248,7 +376,7 @@ bool state_hand_over(Broker *b) {
 
         for (Container *c = b->containers; c; c = c->next) {
                 container_forget_vaddrs(c);
-                (void) state_save_container(c);
+                (void) state_save_container(c, false);
         }
         b->handing_over = true;
         log_info("Leaving %zu containers to the next instance.", b->n_containers);

@@ -1,9 +1,15 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 /* The state store: every container's kernel objects in the service manager's fd store, its state in a
- * file, both brought up to date before the reply to every change (it observes the logic). */
+ * file, both brought up to date before the reply to every change (it observes the logic).
+ *
+ * Every moment must be restorable, whenever the daemon dies: an fd enters the store before the state
+ * that names it is in place, and leaves it only after the last state that named it is gone. Memory is
+ * stored per open file (StoredFile), shared by all regions that map it; the memory pools report their
+ * regions (MemoryPoolWatch), so keeping the store in sync costs nothing per mapping. */
 
 #include <assert.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,19 +23,187 @@
 #include "state.h"
 #include "state-private.h"
 #include "state-encode.h"
+#include "state-log.h"
+
+/* A Map that needs memory the store does not hold yet needs one more fd in it. systemd refuses fds
+ * beyond FileDescriptorStoreMax= without telling the daemon, and the next instance would tear the
+ * container down: refuse the Map instead, before anything changes. */
+static int on_region_admit(void *userdata, int fd, const MemoryFileInfo *info, BrokerError *e) {
+        Container *c = userdata;
+        StateStore *s = c->broker->state;
+
+        if (s->fdstore_max == 0 || state_file_find(s, info->dev, info->ino, info->writable))
+                return 0;
+        /* One place stays free: the next generation of the state log enters the store before the
+         * old one leaves it. */
+        if (s->n_stored + 2 <= s->fdstore_max)
+                return 0;
+        return broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED,
+                                "The service manager's fd store is full (FileDescriptorStoreMax=%u, %u of them "
+                                "held for uid %u): memory that cannot be kept there would be lost at the next "
+                                "restart. Map into memory files already mapped, or unmap first.",
+                                s->fdstore_max, state_charged_to(s, c->uid), (unsigned) c->uid);
+}
+
+/* Appends r to the log; a failure means the next instance cannot restore what follows. */
+static void log_append(Broker *b, StateRecord *r) {
+        StateStore *s = b->state;
+
+        if (!s->log)
+                return;
+        if (state_log_append(s->log, r) < 0 && !s->log_failed) {
+                s->log_failed = true;
+                log_error("The state log is full; changes from now on will not survive a restart.");
+        }
+}
+
+static void log_region(Container *c, MemoryRegion *region, bool added) {
+        StoredFile *f = memory_region_get_data(region);
+        StateRecord r = {
+                .type = added ? STATE_RECORD_REGION_ADD : STATE_RECORD_REGION_DEL,
+                .container = c->id,
+                .region.id = memory_region_id(region),
+                .region.flags = memory_region_flags(region),
+        };
+
+        if (!f)
+                return;
+        memcpy(r.region.file, f->name, sizeof(r.region.file));
+        log_append(c->broker, &r);
+        c->broker->state->live += added ? 1 : -1;
+}
+
+static void on_region_added(void *userdata, MemoryRegion *region) {
+        Container *c = userdata;
+        Broker *b = c->broker;
+        StateStore *s = b->state;
+        struct stat st;
+        StoredFile *f;
+        int w, fd = memory_region_fd(region);
+
+        w = state_fd_writable(fd);
+        if (w < 0 || fstat(fd, &st) < 0)
+                return (void) log_warning("Container %" PRIu64 ": cannot identify a memory fd; it will not "
+                                          "survive a restart.", c->id);
+        f = state_file_find(s, st.st_dev, st.st_ino, w);
+        if (f) {
+                if (f->pending) /* wanted again before its removal went out: it stays */
+                        f->pending = false;
+                f->n_ref++;
+                memory_region_set_data(region, f);
+                log_region(c, region, true);
+                return;
+        }
+
+        f = calloc(1, sizeof(*f));
+        if (!f)
+                return (void) log_oom();
+        f->dev = st.st_dev;
+        f->ino = st.st_ino;
+        f->writable = w;
+        f->uid = c->uid;
+        if (state_file_insert(s, f) < 0) {
+                free(f);
+                return (void) log_oom();
+        }
+        f->n_ref = 1;
+        snprintf(f->name, sizeof(f->name), "m%" PRIu64, s->next_file++);
+        /* In the store before any state names it. */
+        if (fdstore_push(b->notify_fd, f->name, fd, true) >= 0)
+                state_charge(b, f->uid, +1);
+        memory_region_set_data(region, f);
+        log_region(c, region, true);
+}
+
+static void on_region_removed(void *userdata, MemoryRegion *region) {
+        Container *c = userdata;
+        StoredFile *f = memory_region_get_data(region);
+
+        if (!f)
+                return;
+        log_region(c, region, false);
+        state_file_unref(c->broker, f);
+}
+
+static const MemoryPoolWatch state_memory_watch = {
+        .region_admit = on_region_admit,
+        .region_added = on_region_added,
+        .region_removed = on_region_removed,
+};
+
+/* A container whose state is gone: its memory files leave the store as its regions go. */
+static void on_forgotten_region_removed(void *userdata, MemoryRegion *region) {
+        Container *c = userdata;
+        StoredFile *f = memory_region_get_data(region);
+
+        /* No record: the container's GONE is committed already. */
+        if (f)
+                state_file_unref(c->broker, f);
+        state_flush_removals(c->broker);
+}
+
+static const MemoryPoolWatch state_forgotten_memory_watch = {
+        .region_removed = on_forgotten_region_removed,
+};
+
+void state_watch_memory(Container *c) {
+        memory_pool_set_watch(c->memory, &state_memory_watch, c);
+}
+
+static void on_mapping(Container *c, const Mapping *m, bool added) {
+        StateRecord r = {
+                .type = added ? STATE_RECORD_MAP_ADD : STATE_RECORD_MAP_DEL,
+                .container = c->id,
+                .map.iova = m->node.first,
+        };
+
+        if (added) {
+                r.map.size = mapping_table_node_size(&m->node);
+                r.map.offset = m->offset;
+                r.map.region = memory_region_id(m->region);
+                r.map.flags = m->flags;
+        }
+        log_append(c->broker, &r);
+        c->broker->state->live += added ? 1 : -1;
+}
+
+static void on_mapping_added(void *userdata, Container *c, const Mapping *m) {
+        on_mapping(c, m, true);
+}
+
+static void on_mapping_removed(void *userdata, Container *c, const Mapping *m) {
+        on_mapping(c, m, false);
+}
 
 static void on_container_added(void *userdata, Container *c) {
-        (void) state_save_container(c);
+        state_watch_memory(c);
+        (void) state_save_container(c, true);
 }
 
 static void on_container_changed(void *userdata, Container *c, unsigned mask) {
-        (void) state_save_container(c);
+        /* Mappings are in the log already, record by record; the head (groups, discardable regions,
+         * dirty tracking) only when it changed. */
+        (void) state_save_container(c, mask & ~CONTAINER_CHANGE_MAPPINGS);
 }
 
 static void on_container_removed(void *userdata, Container *c) {
         /* Handed over: the next instance needs every fd and file as they are. */
-        if (!c->broker->handing_over)
+        if (c->broker->handing_over)
+                memory_pool_set_watch(c->memory, NULL, NULL);
+        else
                 state_forget_container(c);
+}
+
+static void on_done(void *userdata) {
+        Broker *b = userdata;
+        StateStore *s = b->state;
+
+        if (!s)
+                return;
+        state_files_free(s);
+        state_log_free(s->log);
+        free(s);
+        b->state = NULL;
 }
 
 static const BrokerObserver state_observer = {
@@ -38,20 +212,27 @@ static const BrokerObserver state_observer = {
         .container_added = on_container_added,
         .container_changed = on_container_changed,
         .container_removed = on_container_removed,
+        .mapping_added = on_mapping_added,
+        .mapping_removed = on_mapping_removed,
+        .done = on_done,
 };
 
-int state_setup(Broker *b, const char *state_dir) {
+int state_setup(Broker *b, const char *state_dir, unsigned fdstore_max) {
         int r;
 
         /* Without a service manager nobody would keep the fds, and a state file alone cannot bring a
-         * container back. */
-        if (!getenv("NOTIFY_SOCKET") || !state_dir)
+         * container back. An empty --state-dir= turns persistence off. */
+        if (!getenv("NOTIFY_SOCKET") || !state_dir || !state_dir[0])
                 return 0;
         if (mkdir(state_dir, 0700) < 0 && errno != EEXIST)
                 return log_warning_errno(-errno, "Cannot create %s, restarts will not keep VMs: %m", state_dir);
         r = fdstore_connect(&b->notify_fd);
         if (r < 0)
                 return log_warning_errno(r, "Cannot connect to $NOTIFY_SOCKET, restarts will not keep VMs: %m");
+        b->state = calloc(1, sizeof(StateStore));
+        if (!b->state)
+                return -ENOMEM;
+        b->state->fdstore_max = fdstore_max;
         b->state_dir = strdup(state_dir);
         if (!b->state_dir)
                 return -ENOMEM;
@@ -82,12 +263,13 @@ char *state_file(Broker *b, uint64_t id) {
         return asprintf(&p, "%s/container-%" PRIu64 ".json", b->state_dir, id) < 0 ? NULL : p;
 }
 
-/* Pushes the fds c needs and drops the ones it no longer has. Names: c<id>-container,
- * c<id>-group-<n>, c<id>-mem-<region>, c<id>-device-<n>-<k>. */
-static int state_sync_fds(Container *c) {
-        BackendFd *fds = NULL;
+/* The backend's fds (a handful: c<id>-container, c<id>-group-<n>, c<id>-device-<n>-<k>): the ones c
+ * needs and does not have in the store go in now, before the state that names them. Returns in
+ * *ret_drop the names to remove once the new state is in place. */
+static int state_push_backend_fds(Container *c, char ***ret_drop) {
+        _cleanup_free_ BackendFd *fds = NULL;
+        _cleanup_strv_free_ char **want = NULL;
         size_t n_fds = 0;
-        char **want = NULL;
         char name[96];
         int r;
 
@@ -96,75 +278,185 @@ static int state_sync_fds(Container *c) {
                 return r;
         for (size_t i = 0; i < n_fds; i++) {
                 snprintf(name, sizeof(name), "c%" PRIu64 "-%s", c->id, fds[i].name);
-                (void) strv_push(&want, name);
-                if (!strv_contains(c->stored_fds, name) && fdstore_push(c->broker->notify_fd, name, fds[i].fd, fds[i].poll) >= 0)
-                        (void) strv_push(&c->stored_fds, name);
+                if (strv_push(&want, name) < 0)
+                        return -ENOMEM;
+                if (!strv_contains(c->stored_fds, name) &&
+                    fdstore_push(c->broker->notify_fd, name, fds[i].fd, fds[i].poll) >= 0) {
+                        if (strv_push(&c->stored_fds, name) < 0)
+                                return -ENOMEM;
+                        state_charge(c->broker, c->uid, +1);
+                }
         }
-        for (MemoryRegion *m = memory_pool_first(c->memory); m; m = memory_region_next(m)) {
-                snprintf(name, sizeof(name), "c%" PRIu64 "-mem-%u", c->id, memory_region_id(m));
-                (void) strv_push(&want, name);
-                if (!strv_contains(c->stored_fds, name) && fdstore_push(c->broker->notify_fd, name, memory_region_fd(m), true) >= 0)
-                        (void) strv_push(&c->stored_fds, name);
-        }
-        free(fds);
 
-        /* Whatever is stored but no longer wanted leaves the store. */
-        char **keep = NULL;
-        for (char **s = c->stored_fds; s && *s; s++) {
-                if (strv_contains(want, *s))
-                        (void) strv_push(&keep, *s);
-                else
-                        fdstore_remove(c->broker->notify_fd, *s);
-        }
+        char **keep = NULL, **drop = NULL;
+        for (char **s = c->stored_fds; s && *s; s++)
+                if (strv_push(strv_contains(want, *s) ? &keep : &drop, *s) < 0) {
+                        strv_free(keep);
+                        strv_free(drop);
+                        return -ENOMEM;
+                }
         strv_free(c->stored_fds);
         c->stored_fds = keep;
-        strv_free(want);
+        *ret_drop = drop;
         return 0;
 }
 
-int state_save_container(Container *c) {
-        Broker *b = c->broker;
-        _cleanup_free_ char *path = NULL, *tmp = NULL;
+static void state_remove_fds(Container *c, char **names) {
+        for (char **s = names; s && *s; s++) {
+                fdstore_remove(c->broker->notify_fd, *s);
+                state_charge(c->broker, c->uid, -1);
+        }
+}
+
+static int log_head(Container *c) {
+        _cleanup_free_ char *text = NULL;
+        size_t length = 0;
         FILE *f;
         int r;
 
-        if (!b->state_dir)
+        f = open_memstream(&text, &length);
+        if (!f)
+                return -ENOMEM;
+        r = state_encode_head(c, backend_name(c->broker->backend), f);
+        if (fclose(f) != 0 && r >= 0)
+                r = -ENOMEM;
+        if (r < 0)
+                return r;
+        r = state_log_append_head(c->broker->state->log, c->id, text, length);
+        if (r < 0 && !c->broker->state->log_failed) {
+                c->broker->state->log_failed = true;
+                log_error("The state log is full; changes from now on will not survive a restart.");
+        }
+        return r;
+}
+
+/* The end of a request: what it appended counts from now on. Then what no committed state names
+ * leaves the store, and the log is compacted when it holds more than twice what is live. */
+static void state_commit(Broker *b) {
+        StateStore *s = b->state;
+
+        if (!s->log)
+                return;
+        state_log_commit(s->log);
+        state_flush_removals(b);
+        if (state_log_used(s->log) > 2 * s->live + 65536 || state_log_used(s->log) > state_log_capacity(s->log) / 2)
+                (void) state_log_rewrite(b);
+}
+
+int state_save_container(Container *c, bool head) {
+        Broker *b = c->broker;
+        _cleanup_strv_free_ char **drop = NULL;
+        int r;
+
+        if (!b->state_dir || !b->state)
                 return 0;
 
-        r = state_sync_fds(c);
-        if (r < 0)
-                return log_warning_errno(r, "Container %" PRIu64 ": cannot store its fds: %m", c->id);
-
-        path = state_file(b, c->id);
-        if (!path || asprintf(&tmp, "%s.tmp", path) < 0)
-                return -ENOMEM;
-        f = fopen(tmp, "we");
-        if (!f)
-                return log_warning_errno(-errno, "Cannot write %s: %m", tmp);
-        r = state_encode(c, backend_name(b->backend), f);
-        /* No fsync(): the state only has to survive the daemon's death, not the machine's (/run does
-         * not survive a reboot, nor do the fds it describes), and the page cache outlives any process. */
-        if (fflush(f) != 0 && r >= 0)
-                r = -errno;
-        fclose(f);
-        /* rename() is atomic: the next instance reads the old state or the new one, never half. */
-        if (r < 0 || rename(tmp, path) < 0) {
-                r = r < 0 ? r : -errno;
-                (void) unlink(tmp);
-                return log_warning_errno(r, "Cannot save the state of container %" PRIu64 ": %m", c->id);
+        if (head) {
+                r = state_push_backend_fds(c, &drop);
+                if (r < 0)
+                        return log_warning_errno(r, "Container %" PRIu64 ": cannot store its fds: %m", c->id);
+                if (b->state->log)
+                        (void) log_head(c);
         }
+        state_commit(b);
+        /* Only now that no committed state names them may fds leave the store. */
+        state_remove_fds(c, drop);
         return 0;
 }
 
 void state_forget_container(Container *c) {
         _cleanup_free_ char *path = NULL;
 
-        if (!c->broker->state_dir)
+        if (!c->broker->state_dir || !c->broker->state)
                 return;
-        for (char **s = c->stored_fds; s && *s; s++)
-                fdstore_remove(c->broker->notify_fd, *s);
-        path = state_file(c->broker, c->id);
+        /* The state first, then the fds it names. */
+        if (c->broker->state->log) {
+                StateRecord r = { .type = STATE_RECORD_GONE, .container = c->id };
+                log_append(c->broker, &r);
+                c->broker->state->live -= 2 + memory_pool_size(c->memory) + container_n_mappings(c);
+                state_log_commit(c->broker->state->log);
+        }
+        path = state_file(c->broker, c->id); /* left by an older daemon */
         if (path)
                 (void) unlink(path);
+        state_remove_fds(c, c->stored_fds);
+        strv_free(c->stored_fds);
+        c->stored_fds = NULL;
+        state_flush_removals(c->broker);
+        /* Its memory goes after this (container_free()): those files leave the store as they go, if
+         * nobody else uses them. */
+        memory_pool_set_watch(c->memory, &state_forgotten_memory_watch, c);
 }
 
+int state_log_rewrite(Broker *b) {
+        StateStore *s = b->state;
+        _cleanup_(state_log_freep) StateLog *l = NULL;
+        uint64_t generation = s->generation + 1, live = 0;
+        char name[64];
+        int r;
+
+        /* The new generation enters the store before the old one leaves it. systemd would refuse it
+         * silently beyond FileDescriptorStoreMax= (a group or device fd can take the place kept free
+         * for it), and removing the old one then would lose everything: go on with the old one. */
+        if (s->log && s->fdstore_max > 0 && s->n_stored + 1 > s->fdstore_max) {
+                log_warning("The fd store is full (FileDescriptorStoreMax=%u); the state log is not compacted.",
+                            s->fdstore_max);
+                return -ENOSPC;
+        }
+
+        /* Room for twice the live state and a request of 65535 maps and unmaps on top. */
+        r = state_log_new(generation, UINT64_C(1) << 23, &l);
+        if (r < 0)
+                return log_error_errno(r, "Cannot create a state log: %m");
+
+        StateLog *old = s->log;
+        s->log = l;
+        for (Container *c = b->containers; c; c = c->next) {
+                r = log_head(c);
+                live += 2;
+                for (MemoryRegion *m = memory_pool_first(c->memory); m && r >= 0; m = memory_region_next(m)) {
+                        StoredFile *f = memory_region_get_data(m);
+                        StateRecord x = {
+                                .type = STATE_RECORD_REGION_ADD,
+                                .container = c->id,
+                                .region.id = memory_region_id(m),
+                                .region.flags = memory_region_flags(m),
+                        };
+                        if (!f)
+                                continue;
+                        memcpy(x.region.file, f->name, sizeof(x.region.file));
+                        r = state_log_append(l, &x);
+                        live++;
+                }
+                for (MappingTableNode *node = mapping_table_first(&c->mappings); node && r >= 0;
+                     node = mapping_table_next(node)) {
+                        on_mapping(c, container_of(node, Mapping, node), true);
+                        live++;
+                }
+                if (r < 0)
+                        break;
+        }
+        s->log = old;
+        if (r < 0)
+                return log_error_errno(r, "Cannot write the state log: %m");
+        state_log_commit(l);
+        s->live = live;
+
+        /* The new generation in the store, complete, before the old one leaves it: a new instance
+         * takes the highest. */
+        snprintf(name, sizeof(name), "state-%" PRIu64, generation);
+        r = fdstore_push(b->notify_fd, name, state_log_fd(l), true);
+        if (r < 0)
+                return log_error_errno(r, "Cannot store the state log: %m");
+        state_charge(b, 0, +1);
+        if (old) {
+                snprintf(name, sizeof(name), "state-%" PRIu64, state_log_generation(old));
+                fdstore_remove(b->notify_fd, name);
+                state_charge(b, 0, -1);
+                state_log_free(old);
+        }
+        s->log = TAKE_PTR(l);
+        s->generation = generation;
+        s->log_failed = false;
+        return 0;
+}

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* libFuzzer target: a state file left by a previous instance, whatever it says, never crashes the
+/* libFuzzer target: a state log or state file left by a previous instance, whatever it says, never crashes the
  * daemon and never leaves anything behind: without the fds it names (none are given here) and without
  * a living owner, every container it describes is refused or torn down again. */
 
@@ -30,7 +30,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             broker_new(NULL, backend, config, &broker) < 0 || broker_refresh_groups(broker) < 0)
                 abort();
 
-        int r = state_restore_text(broker, text, &e);
+        /* A state log (daemon/state-log.h), or the JSON state file of an older daemon. */
+        int r = size >= 8 && memcmp(data, "vfbrlog1", 8) == 0 ? state_restore_log(broker, data, size, &e) :
+                                                                 state_restore_text(broker, text, &e);
         if (r < 0 && (e.code == BROKER_ERROR_NONE || e.message[0] == 0) && r != -ENOMEM)
                 abort();
         /* No bus, so no owner is alive: nothing may remain. */

@@ -19,16 +19,20 @@ meson counts any other exit status of a TAP test as an error.
 
 import argparse
 import array
+import ctypes
 import fcntl
 import threading
 import glob
+import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 
 BUS_CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "system-bus.conf.in")
 
@@ -62,19 +66,76 @@ def start_bus(tmp, policy, polkit=False):
     return bus, address
 
 
+def same_file(a, b):
+    """Whether two fds are the same open file (systemd's same_fd(): kcmp(KCMP_FILE))."""
+    sa, sb = os.fstat(a), os.fstat(b)
+    if (sa.st_dev, sa.st_ino) != (sb.st_dev, sb.st_ino):
+        return False
+    nr = {"x86_64": 312, "aarch64": 272, "riscv64": 272}.get(os.uname().machine)
+    if nr is not None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pid = os.getpid()
+        r = libc.syscall(nr, pid, pid, 0, a, b)  # KCMP_FILE
+        if r >= 0:
+            return r == 0
+    # systemd's fallback: same flags, and a change of one shows in the other.
+    fa, fb = fcntl.fcntl(a, fcntl.F_GETFL), fcntl.fcntl(b, fcntl.F_GETFL)
+    if fa != fb:
+        return False
+    fcntl.fcntl(a, fcntl.F_SETFL, fa ^ os.O_NONBLOCK)
+    same = fcntl.fcntl(b, fcntl.F_GETFL) != fb
+    fcntl.fcntl(a, fcntl.F_SETFL, fa)
+    return same
+
+
 class FdStore:
     """The NOTIFY_SOCKET side of systemd's fd store: keeps what the daemon stores (FDSTORE=1, FDNAME=),
     forgets what it removes (FDSTOREREMOVE=1), and hands everything back to the next instance with
-    LISTEN_FDS/LISTEN_FDNAMES/LISTEN_PID, as systemd does for a restarted service."""
+    LISTEN_FDS/LISTEN_FDNAMES/LISTEN_PID, as systemd does for a restarted service. Like systemd
+    (service_add_fd_store()), it keeps one fd per open file ("Suppressing duplicate fd") and refuses
+    fds beyond FileDescriptorStoreMax= (max) without telling the daemon.
 
-    def __init__(self, tmp):
+    A test can arm a trap: the daemon is killed (SIGKILL) the moment its next FDSTOREREMOVE arrives,
+    before the store acts on it -- the hostile timing of a crash in the middle of a save."""
+
+    def __init__(self, tmp, max_fds=16384):
         self.path = os.path.join(tmp, "notify")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
         self.fds = []  # (name, fd)
+        self.by_inode = {}  # (dev, ino) -> [fd]
+        self.max = max_fds
+        self.refused = 0
+        self.suppressed = 0
+        self.kill_at_remove = None  # a Popen to kill at the next FDSTOREREMOVE
+        self.synced = threading.Condition()
+        self.sync_seen = 0
         self.ready = threading.Event()
         self.lock = threading.Lock()
         threading.Thread(target=self.loop, daemon=True).start()
+
+    def add(self, name, fd):
+        # systemd compares with every stored fd (kcmp); only those of the same inode can match, and
+        # looking at those alone keeps the stand-in from being the bottleneck of the benchmarks.
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        for kept in self.by_inode.get(key, []):
+            if same_file(kept, fd):
+                self.suppressed += 1
+                log("fd store: suppressing duplicate fd %s" % name)
+                return False
+        if len(self.fds) >= self.max:
+            self.refused += 1
+            log("fd store: FileDescriptorStoreMax=%d reached, refusing fd %s" % (self.max, name))
+            return False
+        self.fds.append((name, fd))
+        self.by_inode.setdefault(key, []).append(fd)
+        return True
+
+    def forget(self, fd):
+        st = os.fstat(fd)
+        self.by_inode[(st.st_dev, st.st_ino)].remove(fd)
+        os.close(fd)
 
     def loop(self):
         while True:
@@ -89,16 +150,24 @@ class FdStore:
                     a.frombytes(data[:len(data) - len(data) % a.itemsize])
                     fds.extend(a)
             fields = dict(l.split("=", 1) for l in msg.decode(errors="replace").split("\n") if "=" in l)
+            if "HARNESS_SYNC" in fields:
+                with self.synced:
+                    self.sync_seen = int(fields["HARNESS_SYNC"])
+                    self.synced.notify_all()
+                continue
             with self.lock:
                 if fields.get("FDSTORE") == "1":
-                    for fd in fds:
-                        self.fds.append((fields.get("FDNAME", "stored"), fd))
-                    fds = []
+                    fds = [fd for fd in fds if not self.add(fields.get("FDNAME", "stored"), fd)]
                 elif fields.get("FDSTOREREMOVE") == "1":
+                    if self.kill_at_remove is not None:
+                        # Killed before the removal: what the daemon did before this point is all
+                        # the next instance finds (the removal itself came after the kill, and goes).
+                        self.kill_at_remove.kill()
+                        self.kill_at_remove = None
                     keep = []
                     for name, fd in self.fds:
                         if name == fields.get("FDNAME"):
-                            os.close(fd)
+                            self.forget(fd)
                         else:
                             keep.append((name, fd))
                     self.fds = keep
@@ -107,9 +176,67 @@ class FdStore:
             for fd in fds:
                 os.close(fd)
 
+    def sync(self):
+        """Waits until every message sent so far is handled. systemd handles what is queued on the notify
+        socket before it acts on the death of the service (the notify source has the higher priority),
+        so a new instance never sees fds the old one removed."""
+        n = self.sync_seen + 1
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(b"HARNESS_SYNC=%d" % n, self.path)
+        with self.synced:
+            if not self.synced.wait_for(lambda: self.sync_seen >= n, timeout=30):
+                raise RuntimeError("the fd store did not catch up")
+
     def names(self):
         with self.lock:
             return [n for n, _ in self.fds]
+
+
+# The daemon's state log (daemon/state-log.h): a 4096-byte header (magic, version, record size,
+# generation, capacity, committed count at offset 32), then 64-byte records {u32 type, u32 crc32 of the
+# record with crc 0, u64 container, 48 bytes}. The tests damage it, or append valid records that name
+# what does not exist, as a stand-in for a broken or mismatched state.
+LOG_HEADER, LOG_RECORD, LOG_COMMITTED = 4096, 64, 32
+
+
+def log_record(kind, container, payload):
+    rec = struct.pack("<IIQ", kind, 0, container) + payload.ljust(48, b"\0")
+    return rec[:4] + struct.pack("<I", zlib.crc32(rec)) + rec[8:]
+
+
+def edit_log(store, cmd):
+    store.sync()
+    with store.lock:
+        logs = [(n, fd) for n, fd in store.fds if n.startswith("state-")]
+        if not logs:
+            return "no state log"
+        name, fd = max(logs, key=lambda x: int(x[0][6:]))
+        if cmd == "log-drop":
+            store.fds = [(n, f) for n, f in store.fds if n != name]
+            store.forget(fd)
+            return "dropped " + name
+        committed = struct.unpack("<Q", os.pread(fd, 8, LOG_COMMITTED))[0]
+        if cmd == "log-corrupt":
+            off = LOG_HEADER + (committed - 1) * LOG_RECORD + 20
+            os.pwrite(fd, bytes([os.pread(fd, 1, off)[0] ^ 0x40]), off)
+            return "corrupted"
+        args = cmd.split(":")
+        records = []
+        if args[0] == "log-head":
+            cid = int(args[1])
+            text = json.dumps({"version": 1, "backend": args[2], "id": cid, "owner": ":1.1", "uid": 0,
+                               "label": "x", "groups": []}, separators=(",", ":")).encode()
+            records.append(log_record(1, cid, struct.pack("<Q", len(text)) + text[:40]))
+            for off in range(40, len(text), 48):
+                records.append(log_record(2, cid, text[off:off + 48]))
+        elif args[0] == "log-map":
+            cid, iova, size, region, offset, flags = (int(x, 0) for x in args[1:7])
+            records.append(log_record(5, cid, struct.pack("<QQQII", iova, size, offset, region, flags)))
+        else:
+            return "unknown"
+        os.pwrite(fd, b"".join(records), LOG_HEADER + committed * LOG_RECORD)
+        os.pwrite(fd, struct.pack("<Q", committed + len(records)), LOG_COMMITTED)
+        return "appended %d" % len(records)
 
 
 def state_dir(tmp):
@@ -123,11 +250,15 @@ def state_dir(tmp):
     return shm if os.path.isdir(shm) else os.path.join(tmp, "state")
 
 
-def start_daemon(tmp, daemon, backend, config, env, store):
+def start_daemon(tmp, daemon, backend, config, env, store, fdstore=True):
     env = dict(env, NOTIFY_SOCKET=store.path)
-    args = [daemon, "--backend=" + backend, "--state-dir=" + state_dir(tmp)]
+    args = [daemon, "--backend=" + backend, "--state-dir=" + state_dir(tmp), "--fdstore-max=%d" % store.max]
+    if not fdstore:
+        # No persistence: the daemon stores nothing when it has no state directory.
+        args = [daemon, "--backend=" + backend, "--state-dir="]
     if config:
         args.append("--config=" + config)
+    store.sync()
     with store.lock:
         stored = list(store.fds)
     if stored:
@@ -162,7 +293,14 @@ class Control:
       kill9   SIGKILL the daemon (its fds stay in the store)
       term    SIGTERM, and wait for its exit status (0 expected)
       start   start a new instance with the stored fds
-      fds     list the names in the store"""
+      fds     list the names in the store
+      trap-remove  SIGKILL the daemon when its next FDSTOREREMOVE arrives (answers at once)
+      store   "fds=N suppressed=S refused=R": what the store holds, and what it dropped
+      log-corrupt                 damage the last committed record of the stored state log
+      log-head:<id>:<backend>     append (and commit) a valid head for container id on another backend
+      log-map:<id>:<iova>:<size>:<region>:<offset>:<flags>
+                                  append (and commit) a valid mapping record
+      log-drop                    remove the state log from the store"""
 
     def __init__(self, tmp, run):
         self.dir = os.path.join(tmp, "control")
@@ -258,6 +396,10 @@ def main():
     ap.add_argument("--polkit-policy", action="append", default=[])
     ap.add_argument("--polkit-rules", action="append", default=[])
     ap.add_argument("--polkit-mock", action="store_true", help="run python3-dbusmock's polkitd template")
+    ap.add_argument("--fdstore-max", type=int, default=16384,
+                    help="the stand-in fd store's FileDescriptorStoreMax= (also passed to the daemon)")
+    ap.add_argument("--no-fdstore", action="store_true",
+                    help="run the daemon without persistence (no state directory): for benchmarks")
     ap.add_argument("--tap", action="store_true", help="the test speaks TAP: skip with a TAP plan, not exit 77")
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     a = ap.parse_args()
@@ -294,10 +436,12 @@ def main():
             polkit = start_polkit_mock(env)
         if polkit:
             env["VFIO_BROKER_POLKIT_PID"] = str(polkit.pid)
-        store = FdStore(tmp)
-        daemon = start_daemon(tmp, a.daemon, a.backend, config, env, store)
+        store = FdStore(tmp, a.fdstore_max)
+        persist = not a.no_fdstore
+        daemon = start_daemon(tmp, a.daemon, a.backend, config, env, store, persist)
         env["VFIO_BROKER_DAEMON_PID"] = str(daemon.pid)
         env["VFIO_BROKER_STATE_DIR"] = state_dir(tmp)
+        env["VFIO_BROKER_PERSISTENCE"] = "on" if persist else "off"
         current = {"daemon": daemon}
 
         def control(cmd):
@@ -310,10 +454,21 @@ def main():
                 d.send_signal(signal.SIGTERM)
                 return "exited %d" % d.wait(timeout=30)
             if cmd == "start":
-                current["daemon"] = start_daemon(tmp, a.daemon, a.backend, config, env, store)
+                current["daemon"] = start_daemon(tmp, a.daemon, a.backend, config, env, store, persist)
                 return "started %d" % current["daemon"].pid
             if cmd == "fds":
+                store.sync()
                 return " ".join(store.names()) or "-"
+            if cmd == "trap-remove":
+                with store.lock:
+                    store.kill_at_remove = d
+                return "armed"
+            if cmd.startswith("log-"):
+                return edit_log(store, cmd)
+            if cmd == "store":
+                store.sync()
+                with store.lock:
+                    return "fds=%d suppressed=%d refused=%d" % (len(store.fds), store.suppressed, store.refused)
             return "unknown"
 
         env["VFIO_BROKER_HARNESS"] = Control(tmp, control).dir

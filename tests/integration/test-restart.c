@@ -47,6 +47,32 @@ static const char *harness(const char *cmd) {
         return answer;
 }
 
+/* The names in the store other than the state log (state-<generation>), space-separated. */
+static const char *stored_besides_log(void) {
+        static char out[4096];
+        char buf[4096], *p, *save = NULL;
+
+        snprintf(buf, sizeof(buf), "%s", harness("fds"));
+        out[0] = 0;
+        for (p = strtok_r(buf, " ", &save); p; p = strtok_r(NULL, " ", &save))
+                if (strncmp(p, "state-", 6) != 0 && strcmp(p, "-") != 0)
+                        snprintf(out + strlen(out), sizeof(out) - strlen(out), "%s%s", out[0] ? " " : "", p);
+        return out;
+}
+
+/* The store hears of removals by datagram, after the reply: wait until only the log is left. */
+static void assert_store_empties(void) {
+        const char *fds = NULL;
+
+        for (int i = 0; i < 200; i++) {
+                fds = stored_besides_log();
+                if (fds[0] == 0)
+                        return;
+                usleep(10 * 1000);
+        }
+        fail_msg("the fd store still holds %s", fds);
+}
+
 typedef struct Snapshot {
         uint32_t groups[8];
         size_t n_groups;
@@ -220,56 +246,43 @@ static void test_owner_left_meanwhile(void **state) {
         assert_false(test_object_exists(bus, path));
         assert_int_equal(test_get_u32(bus, ROOT_PATH, MANAGER_IFACE, "BalloonInhibitors"), 0);
         /* Its fds left the store. */
-        assert_null(strstr(harness("fds"), "c"));
+        assert_string_equal(stored_besides_log(), "");
         _cleanup_free_ char *again = test_create_container(bus, "after");
         test_call_ok(bus, again, CONTAINER_IFACE, "AttachGroup", NULL, "u", 2);
         test_call_ok(bus, again, CONTAINER_IFACE, "Close", NULL, "");
 }
 
-/* Corrupt, mismatched or missing state: a clear log line, a safe teardown, a living daemon. */
+/* Corrupt, mismatched or missing state: a clear log line, a safe teardown, a living daemon. The state
+ * is the log in the fd store (daemon/state-log.h); the harness damages it, or appends well-formed
+ * records that do not fit. */
 static void broken_state(const char *what) {
         _cleanup_free_ char *path = test_create_container(bus, "broken");
         _cleanup_close_ int ram = test_memfd(4 * MiB);
-        char file[512];
-        const char *dir = getenv("VFIO_BROKER_STATE_DIR");
+        const char *id = strrchr(path, '/') + 1;
+        char cmd[256];
 
-        assert_non_null(dir);
         test_call_ok(bus, path, CONTAINER_IFACE, "AttachGroup", NULL, "u", 3);
         test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram, UINT64_C(0), 4 * MiB, UINT64_C(0), UINT32_C(3));
         assert_string_equal(harness("kill9"), "killed");
 
-        snprintf(file, sizeof(file), "%s/container-%s.json", dir, strrchr(path, '/') + 1);
-        if (strcmp(what, "corrupt") == 0) {
-                FILE *f = fopen(file, "we");
-                assert_non_null(f);
-                fputs("{ \"version\": 1, \"backend\": \"sim\", \"id\": ", f);
-                fclose(f);
-        } else if (strcmp(what, "mismatched") == 0) {
-                FILE *f = fopen(file, "we");
-                assert_non_null(f);
-                fputs("{\"version\":1,\"backend\":\"vfio-type1\",\"id\":1,\"owner\":\":1.1\",\"uid\":0,\"label\":\"x\","
-                      "\"groups\":[],\"regions\":[],\"mappings\":[]}", f);
-                fclose(f);
+        if (strcmp(what, "corrupt") == 0)
+                assert_string_equal(harness("log-corrupt"), "corrupted");
+        else if (strcmp(what, "mismatched") == 0) {
+                snprintf(cmd, sizeof(cmd), "log-head:%s:vfio-type1", id);
+                assert_true(strncmp(harness(cmd), "appended", 8) == 0);
         } else if (strcmp(what, "bad-mapping") == 0) {
-                /* Well-formed JSON naming memory that was never stored. */
-                FILE *f = fopen(file, "re+");
-                char buf[8192] = {};
-                assert_non_null(f);
-                assert_true(fread(buf, 1, sizeof(buf) - 1, f) > 0);
-                char *m = strstr(buf, "\"mappings\"");
-                assert_non_null(m);
-                strcpy(m, "\"mappings\":[[0,4096,77,0,3]]}");
-                assert_int_equal(fseek(f, 0, SEEK_SET), 0);
-                assert_int_equal(ftruncate(fileno(f), 0), 0);
-                fputs(buf, f);
-                fclose(f);
+                /* Well-formed, naming memory that was never stored. */
+                snprintf(cmd, sizeof(cmd), "log-map:%s:0x10000000:4096:77:0:3", id);
+                assert_string_equal(harness(cmd), "appended 1");
         } else
-                assert_int_equal(unlink(file), 0); /* fds without state */
+                assert_true(strncmp(harness("log-drop"), "dropped", 7) == 0); /* fds without state */
 
         assert_true(strncmp(harness("start"), "started", 7) == 0);
         assert_false(test_object_exists(bus, path));
         assert_int_equal(test_get_u32(bus, ROOT_PATH, MANAGER_IFACE, "BalloonInhibitors"), 0);
-        assert_null(strstr(harness("fds"), "c"));
+        /* Nothing but the new instance's log is left in the store. */
+        const char *fds = harness("fds");
+        assert_true(strncmp(fds, "state-", 6) == 0 && !strchr(fds, ' '));
         /* The group is free and the daemon serves. */
         _cleanup_free_ char *again = test_create_container(bus, "after-broken");
         test_call_ok(bus, again, CONTAINER_IFACE, "AttachGroup", NULL, "u", 3);
@@ -292,6 +305,102 @@ static void test_fds_without_state(void **state) {
         broken_state("missing");
 }
 
+/* One memfd mapped as several regions (read-only, then writable; then again after it grew) is one open
+ * file: systemd keeps one fd per open file and drops a second push of it ("Suppressing duplicate fd"),
+ * so storing memory per region lost the container at every restart. */
+static void test_one_memfd_several_regions(void **state) {
+        _cleanup_free_ char *path = test_create_container(bus, "one-file");
+        _cleanup_close_ int ram = test_memfd(8 * MiB);
+
+        test_call_ok(bus, path, CONTAINER_IFACE, "AttachGroup", NULL, "u", 2);
+        test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram, UINT64_C(0), 2 * MiB, 0 * MiB, UINT32_C(1));
+        test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram, 2 * MiB, 2 * MiB, 2 * MiB, UINT32_C(3));
+        assert_int_equal(ftruncate(ram, 16 * MiB), 0);
+        test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram, 12 * MiB, 4 * MiB, 8 * MiB, UINT32_C(3));
+        /* The memfd, once (the sim keeps no container fds). */
+        _cleanup_free_ char *memory = strdup(stored_besides_log());
+        assert_true(memory[0] == 'm' && !strchr(memory, ' '));
+        assert_non_null(strstr(harness("store"), "suppressed=0 refused=0"));
+
+        assert_string_equal(harness("kill9"), "killed");
+        assert_true(strncmp(harness("start"), "started", 7) == 0);
+        assert_true(test_object_exists(bus, path));
+        assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "Mappings"), 3);
+        assert_int_equal(test_get_u64(bus, path, CONTAINER_IFACE, "MappedBytes"), 8 * MiB);
+        /* And again: the restored daemon stores nothing twice either. */
+        assert_string_equal(harness("kill9"), "killed");
+        assert_true(strncmp(harness("start"), "started", 7) == 0);
+        assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "Mappings"), 3);
+        assert_non_null(strstr(harness("store"), "suppressed=0 refused=0"));
+        assert_string_equal(stored_besides_log(), memory);
+        test_call_ok(bus, path, CONTAINER_IFACE, "Close", NULL, "");
+        assert_store_empties();
+}
+
+/* Killed in the middle of a save, at the moment an fd leaves the store: the state that named it must
+ * be gone already, so the next instance restores the container as the last acknowledged (or the
+ * interrupted) request left it, never with memory missing. */
+static void test_killed_while_saving(void **state) {
+        _cleanup_free_ char *path = test_create_container(bus, "killed-saving");
+        _cleanup_close_ int ram = test_memfd(4 * MiB), ram2 = test_memfd(4 * MiB);
+
+        test_call_ok(bus, path, CONTAINER_IFACE, "AttachGroup", NULL, "u", 4);
+        test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram, UINT64_C(0), 4 * MiB, UINT64_C(0), UINT32_C(3));
+        test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram2, UINT64_C(0), 4 * MiB, 32 * MiB, UINT32_C(3));
+        assert_string_equal(harness("trap-remove"), "armed");
+        /* ram2's last mapping goes, and with it ram2's fd: the daemon dies at that removal. */
+        (void) test_call(bus, path, CONTAINER_IFACE, "Unmap", NULL, "tt", 32 * MiB, 4 * MiB);
+        assert_string_equal(harness("kill9"), "killed");
+        assert_true(strncmp(harness("start"), "started", 7) == 0);
+
+        assert_true(test_object_exists(bus, path));
+        assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "Mappings"), 1);
+        assert_int_equal(test_get_u64(bus, path, CONTAINER_IFACE, "MappedBytes"), 4 * MiB);
+        test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram2, UINT64_C(0), 4 * MiB, 32 * MiB, UINT32_C(3));
+        test_call_ok(bus, path, CONTAINER_IFACE, "Close", NULL, "");
+        assert_store_empties();
+}
+
+/* FileDescriptorStoreMax=6 (harness --fdstore-max=6): the state log, the next generation of it, and 4
+ * memory files. systemd would refuse a fd more without telling the daemon, and the container would be
+ * torn down at the next restart. The daemon counts what it has in the store and refuses the Map that
+ * needs a fd more, before anything changes. */
+static void test_fdstore_full(void **state) {
+        _cleanup_free_ char *path = test_create_container(bus, "full");
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        int ram[5];
+
+        test_call_ok(bus, path, CONTAINER_IFACE, "AttachGroup", NULL, "u", 1);
+        for (int i = 0; i < 5; i++)
+                ram[i] = test_memfd(4 * MiB);
+        for (int i = 0; i < 4; i++)
+                test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram[i], UINT64_C(0), 2 * MiB,
+                             (uint64_t) i * 16 * MiB, UINT32_C(3));
+        assert_true(sd_bus_call_method(bus, BUS_NAME, path, CONTAINER_IFACE, "Map", &error, NULL, "htttu", ram[4],
+                                       UINT64_C(0), 2 * MiB, 64 * MiB, UINT32_C(3)) < 0);
+        assert_string_equal(error.name, "org.vfiobroker.Broker1.Error.QuotaExceeded");
+        assert_non_null(strstr(error.message, "FileDescriptorStoreMax=6"));
+        /* Nothing changed, and memory the store holds already still maps. */
+        assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "Mappings"), 4);
+        test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram[0], 2 * MiB, 2 * MiB, 2 * MiB, UINT32_C(3));
+        /* A file that leaves the store makes room. */
+        test_call_ok(bus, path, CONTAINER_IFACE, "Unmap", NULL, "tt", 48 * MiB, 2 * MiB);
+        test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram[4], UINT64_C(0), 2 * MiB, 64 * MiB, UINT32_C(3));
+        assert_non_null(strstr(harness("store"), "fds=5 suppressed=0 refused=0"));
+
+        assert_string_equal(harness("kill9"), "killed");
+        assert_true(strncmp(harness("start"), "started", 7) == 0);
+        assert_true(test_object_exists(bus, path));
+        assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "Mappings"), 5);
+        /* The restored daemon counts what it found. */
+        assert_true(test_call(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram[3], UINT64_C(0), 2 * MiB,
+                              48 * MiB, UINT32_C(3)) != NULL);
+        test_call_ok(bus, path, CONTAINER_IFACE, "Close", NULL, "");
+        assert_store_empties();
+        for (int i = 0; i < 5; i++)
+                close(ram[i]);
+}
+
 static int setup(void **state) {
         bus = test_bus_open();
         return 0;
@@ -302,7 +411,13 @@ static int teardown(void **state) {
         return 0;
 }
 
-int main(void) {
+int main(int argc, char *argv[]) {
+        const struct CMUnitTest full[] = {
+                cmocka_unit_test(test_fdstore_full),
+        };
+        if (argc > 1 && strcmp(argv[1], "fdstore-full") == 0)
+                return cmocka_run_group_tests_name("restart-fdstore-full", full, setup, teardown);
+
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_kill9_restart),
                 cmocka_unit_test(test_orderly_restart),
@@ -312,6 +427,8 @@ int main(void) {
                 cmocka_unit_test(test_mismatched_state),
                 cmocka_unit_test(test_state_naming_unknown_memory),
                 cmocka_unit_test(test_fds_without_state),
+                cmocka_unit_test(test_one_memfd_several_regions),
+                cmocka_unit_test(test_killed_while_saving),
         };
         return cmocka_run_group_tests_name("restart", tests, setup, teardown);
 }

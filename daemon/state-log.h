@@ -1,0 +1,106 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/* The state log: every container's state as an append-only log of fixed 64-byte records in a memfd
+ * that lives in the service manager's fd store (FDNAME state-<generation>) and that the daemon keeps
+ * mapped MAP_SHARED. A change costs a few records, never a rewrite; the pages belong to the memfd, so
+ * a daemon that dies loses nothing it wrote.
+ *
+ * Crash consistency without fsync or locks: a record is written whole, with a CRC-32 of its 64
+ * bytes, *after* the header's commit count; only then is the count raised past it (one aligned 64-bit
+ * store with release order, which a dying process cannot tear). A request appends its records and
+ * commits once at its end, before the reply, so the next instance sees every acknowledged request and
+ * each unacknowledged one wholly or not at all. A committed record with a bad CRC or of an unknown
+ * type is corruption: the whole log is refused.
+ *
+ * Records: HEAD (followed by BLOB continuations) carries a container's small state as JSON without
+ * regions and mappings (owner, uid, label, backend, groups, discardable regions, dirty tracking) and
+ * replaces the previous one; REGION_ADD/REGION_DEL a memory region (id, flags, the FDNAME of its
+ * memory file); MAP_ADD/MAP_DEL a mapping (by IOVA); GONE a container closed for good.
+ *
+ * Compaction: when the log holds more than twice what is live, a snapshot of the live state goes into
+ * a fresh memfd of the next generation, which enters the store complete before the old one leaves it;
+ * a new instance takes the highest complete generation. */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "state-encode.h"
+
+#define STATE_LOG_MAGIC "vfbrlog1"
+#define STATE_LOG_HEADER_SIZE 4096
+#define STATE_LOG_RECORD_SIZE 64
+
+enum {
+        STATE_RECORD_HEAD = 1,
+        STATE_RECORD_BLOB,
+        STATE_RECORD_REGION_ADD,
+        STATE_RECORD_REGION_DEL,
+        STATE_RECORD_MAP_ADD,
+        STATE_RECORD_MAP_DEL,
+        STATE_RECORD_GONE,
+};
+
+typedef struct StateLogHeader {
+        char magic[8];
+        uint32_t version;
+        uint32_t record_size;
+        uint64_t generation;
+        uint64_t capacity;  /* records */
+        uint64_t committed; /* records that count; raised last */
+} StateLogHeader;
+
+typedef struct StateRecord {
+        uint32_t type;
+        uint32_t crc;       /* CRC-32 (IEEE) of the 64 bytes with this field 0 */
+        uint64_t container;
+        union {
+                struct {
+                        uint64_t length; /* of the JSON text, which starts here and goes on in BLOBs */
+                        uint8_t data[40];
+                } head;
+                uint8_t blob[48];
+                struct {
+                        uint32_t id, flags;
+                        char file[40]; /* NUL-terminated */
+                } region;
+                struct {
+                        uint64_t iova, size, offset;
+                        uint32_t region, flags;
+                } map;
+        };
+} StateRecord;
+
+_Static_assert(sizeof(StateRecord) == STATE_LOG_RECORD_SIZE, "records are 64 bytes");
+_Static_assert(sizeof(StateLogHeader) <= STATE_LOG_HEADER_SIZE, "the header fits its page");
+
+typedef struct StateLog StateLog;
+
+/* A new, empty log in a new memfd, room for capacity records (the memfd is sparse: only what is
+ * written takes memory). */
+int state_log_new(uint64_t generation, uint64_t capacity, StateLog **ret);
+StateLog *state_log_free(StateLog *l);
+DEFINE_TRIVIAL_CLEANUP_FUNC(StateLog *, state_log_free);
+int state_log_fd(const StateLog *l);
+uint64_t state_log_generation(const StateLog *l);
+uint64_t state_log_used(const StateLog *l);
+uint64_t state_log_capacity(const StateLog *l);
+
+/* Appends r (its crc is computed here) after the commit point; -ENOSPC when full. */
+int state_log_append(StateLog *l, StateRecord *r);
+/* A HEAD with its BLOBs. */
+int state_log_append_head(StateLog *l, uint64_t container, const char *json, size_t length);
+/* Everything appended so far counts. */
+void state_log_commit(StateLog *l);
+/* Whether records wait for a commit. */
+bool state_log_dirty(const StateLog *l);
+
+uint32_t state_crc32(const void *data, size_t size);
+
+/* Reads a log (the bytes of a stored memfd): checks the header, returns its generation and, for each
+ * container the committed records leave, its state (regions' file names, mappings and all). */
+int state_log_read_generation(const void *data, size_t size, uint64_t *ret_generation);
+int state_log_replay(const void *data, size_t size, ContainerState **ret, size_t *ret_n, BrokerError *e);
+void container_states_free(ContainerState *l, size_t n);
