@@ -210,3 +210,24 @@ bool test_wait_change(sd_bus *bus, ChangeLog *log, const char *path, const char 
                         (void) sd_bus_wait(bus, 100000);
         }
 }
+
+const char *test_harness(const char *cmd) {
+        static char answer[4096];
+        char path[512];
+        const char *dir = getenv("VFIO_BROKER_HARNESS");
+        FILE *f;
+
+        assert_non_null(dir);
+        snprintf(path, sizeof(path), "%s/cmd", dir);
+        f = fopen(path, "we");
+        assert_non_null(f);
+        fprintf(f, "%s\n", cmd);
+        fclose(f);
+        snprintf(path, sizeof(path), "%s/ack", dir);
+        f = fopen(path, "re");
+        assert_non_null(f);
+        assert_non_null(fgets(answer, sizeof(answer), f));
+        fclose(f);
+        answer[strcspn(answer, "\n")] = 0;
+        return answer;
+}

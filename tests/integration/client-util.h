@@ -63,3 +63,7 @@ typedef struct ChangeLog {
 int test_watch_changes(sd_bus *bus, ChangeLog *log, sd_bus_slot **slot);
 /* Processes the bus until "path iface.prop" was seen, or 5 s passed. */
 bool test_wait_change(sd_bus *bus, ChangeLog *log, const char *path, const char *iface, const char *prop);
+
+/* Asks the test harness (harness.py: restart the daemon, inspect the stand-in fd store, ...) and
+ * returns its one-line answer (static). */
+const char *test_harness(const char *cmd);

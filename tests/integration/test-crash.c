@@ -30,27 +30,6 @@
 
 static sd_bus *bus;
 
-static const char *harness(const char *cmd) {
-        static char answer[4096];
-        char path[512];
-        const char *dir = getenv("VFIO_BROKER_HARNESS");
-        FILE *f;
-
-        assert_non_null(dir);
-        snprintf(path, sizeof(path), "%s/cmd", dir);
-        f = fopen(path, "we");
-        assert_non_null(f);
-        fprintf(f, "%s\n", cmd);
-        fclose(f);
-        snprintf(path, sizeof(path), "%s/ack", dir);
-        f = fopen(path, "re");
-        assert_non_null(f);
-        assert_non_null(fgets(answer, sizeof(answer), f));
-        fclose(f);
-        answer[strcspn(answer, "\n")] = 0;
-        return answer;
-}
-
 /* What the client believes the container holds: a mapping per IOVA slot. */
 typedef struct Slot {
         bool used;
@@ -187,7 +166,7 @@ static unsigned stored_memory(void) {
         char buf[4096], *p, *save = NULL;
         unsigned n = 0;
 
-        snprintf(buf, sizeof(buf), "%s", harness("fds"));
+        snprintf(buf, sizeof(buf), "%s", test_harness("fds"));
         for (p = strtok_r(buf, " ", &save); p; p = strtok_r(NULL, " ", &save))
                 if (p[0] == 'm')
                         n++;
@@ -260,8 +239,8 @@ static void test_crash_consistency(void **state) {
                         break;
                 }
                 assert_int_equal(pthread_join(thread, NULL), 0);
-                assert_string_equal(harness("kill9"), "killed");
-                const char *started = harness("start");
+                assert_string_equal(test_harness("kill9"), "killed");
+                const char *started = test_harness("start");
                 assert_true(strncmp(started, "started ", 8) == 0);
                 pid = (pid_t) atoi(started + 8);
 

@@ -25,34 +25,12 @@
 
 static sd_bus *bus;
 
-/* Asks the harness; returns its answer (static). */
-static const char *harness(const char *cmd) {
-        static char answer[4096];
-        char path[512];
-        const char *dir = getenv("VFIO_BROKER_HARNESS");
-        FILE *f;
-
-        assert_non_null(dir);
-        snprintf(path, sizeof(path), "%s/cmd", dir);
-        f = fopen(path, "we");
-        assert_non_null(f);
-        fprintf(f, "%s\n", cmd);
-        fclose(f);
-        snprintf(path, sizeof(path), "%s/ack", dir);
-        f = fopen(path, "re");
-        assert_non_null(f);
-        assert_non_null(fgets(answer, sizeof(answer), f));
-        fclose(f);
-        answer[strcspn(answer, "\n")] = 0;
-        return answer;
-}
-
 /* The names in the store other than the state log (state-<generation>), space-separated. */
 static const char *stored_besides_log(void) {
         static char out[4096];
         char buf[4096], *p, *save = NULL;
 
-        snprintf(buf, sizeof(buf), "%s", harness("fds"));
+        snprintf(buf, sizeof(buf), "%s", test_harness("fds"));
         out[0] = 0;
         for (p = strtok_r(buf, " ", &save); p; p = strtok_r(NULL, " ", &save))
                 if (strncmp(p, "state-", 6) != 0 && strcmp(p, "-") != 0)
@@ -125,10 +103,10 @@ static void restart_and_check(const char *how) {
         snapshot(path, &before);
 
         if (strcmp(how, "term") == 0)
-                assert_string_equal(harness("term"), "exited 0");
+                assert_string_equal(test_harness("term"), "exited 0");
         else
-                assert_string_equal(harness("kill9"), "killed");
-        assert_true(strncmp(harness("start"), "started", 7) == 0);
+                assert_string_equal(test_harness("kill9"), "killed");
+        assert_true(strncmp(test_harness("start"), "started", 7) == 0);
 
         /* Same object, same state, same connection. */
         assert_true(test_object_exists(bus, path));
@@ -191,8 +169,8 @@ static void test_discard_and_dirty_survive(void **state) {
         test_call_ok(bus, path, CONTAINER_IFACE, "StartDirtyTracking", NULL, "");
         read_discardable(path, before);
 
-        assert_string_equal(harness("kill9"), "killed");
-        assert_true(strncmp(harness("start"), "started", 7) == 0);
+        assert_string_equal(test_harness("kill9"), "killed");
+        assert_true(strncmp(test_harness("start"), "started", 7) == 0);
 
         read_discardable(path, after);
         assert_memory_equal(before, after, sizeof(before));
@@ -238,10 +216,10 @@ static void test_owner_left_meanwhile(void **state) {
         }
         close(to_parent[1]);
         assert_true(read(to_parent[0], path, sizeof(path) - 1) > 0);
-        assert_string_equal(harness("kill9"), "killed");
+        assert_string_equal(test_harness("kill9"), "killed");
         (void) !write(to_child[1], "x", 1);
         assert_int_equal(waitpid(pid, &status, 0), pid);
-        assert_true(strncmp(harness("start"), "started", 7) == 0);
+        assert_true(strncmp(test_harness("start"), "started", 7) == 0);
 
         assert_false(test_object_exists(bus, path));
         assert_int_equal(test_get_u32(bus, ROOT_PATH, MANAGER_IFACE, "BalloonInhibitors"), 0);
@@ -263,25 +241,25 @@ static void broken_state(const char *what) {
 
         test_call_ok(bus, path, CONTAINER_IFACE, "AttachGroup", NULL, "u", 3);
         test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram, UINT64_C(0), 4 * MiB, UINT64_C(0), UINT32_C(3));
-        assert_string_equal(harness("kill9"), "killed");
+        assert_string_equal(test_harness("kill9"), "killed");
 
         if (strcmp(what, "corrupt") == 0)
-                assert_string_equal(harness("log-corrupt"), "corrupted");
+                assert_string_equal(test_harness("log-corrupt"), "corrupted");
         else if (strcmp(what, "mismatched") == 0) {
                 snprintf(cmd, sizeof(cmd), "log-head:%s:vfio-type1", id);
-                assert_true(strncmp(harness(cmd), "appended", 8) == 0);
+                assert_true(strncmp(test_harness(cmd), "appended", 8) == 0);
         } else if (strcmp(what, "bad-mapping") == 0) {
                 /* Well-formed, naming memory that was never stored. */
                 snprintf(cmd, sizeof(cmd), "log-map:%s:0x10000000:4096:77:0:3", id);
-                assert_string_equal(harness(cmd), "appended 1");
+                assert_string_equal(test_harness(cmd), "appended 1");
         } else
-                assert_true(strncmp(harness("log-drop"), "dropped", 7) == 0); /* fds without state */
+                assert_true(strncmp(test_harness("log-drop"), "dropped", 7) == 0); /* fds without state */
 
-        assert_true(strncmp(harness("start"), "started", 7) == 0);
+        assert_true(strncmp(test_harness("start"), "started", 7) == 0);
         assert_false(test_object_exists(bus, path));
         assert_int_equal(test_get_u32(bus, ROOT_PATH, MANAGER_IFACE, "BalloonInhibitors"), 0);
         /* Nothing but the new instance's log is left in the store. */
-        const char *fds = harness("fds");
+        const char *fds = test_harness("fds");
         assert_true(strncmp(fds, "state-", 6) == 0 && !strchr(fds, ' '));
         /* The group is free and the daemon serves. */
         _cleanup_free_ char *again = test_create_container(bus, "after-broken");
@@ -320,18 +298,18 @@ static void test_one_memfd_several_regions(void **state) {
         /* The memfd, once (the sim keeps no container fds). */
         _cleanup_free_ char *memory = strdup(stored_besides_log());
         assert_true(memory[0] == 'm' && !strchr(memory, ' '));
-        assert_non_null(strstr(harness("store"), "suppressed=0 refused=0"));
+        assert_non_null(strstr(test_harness("store"), "suppressed=0 refused=0"));
 
-        assert_string_equal(harness("kill9"), "killed");
-        assert_true(strncmp(harness("start"), "started", 7) == 0);
+        assert_string_equal(test_harness("kill9"), "killed");
+        assert_true(strncmp(test_harness("start"), "started", 7) == 0);
         assert_true(test_object_exists(bus, path));
         assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "Mappings"), 3);
         assert_int_equal(test_get_u64(bus, path, CONTAINER_IFACE, "MappedBytes"), 8 * MiB);
         /* And again: the restored daemon stores nothing twice either. */
-        assert_string_equal(harness("kill9"), "killed");
-        assert_true(strncmp(harness("start"), "started", 7) == 0);
+        assert_string_equal(test_harness("kill9"), "killed");
+        assert_true(strncmp(test_harness("start"), "started", 7) == 0);
         assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "Mappings"), 3);
-        assert_non_null(strstr(harness("store"), "suppressed=0 refused=0"));
+        assert_non_null(strstr(test_harness("store"), "suppressed=0 refused=0"));
         assert_string_equal(stored_besides_log(), memory);
         test_call_ok(bus, path, CONTAINER_IFACE, "Close", NULL, "");
         assert_store_empties();
@@ -347,11 +325,11 @@ static void test_killed_while_saving(void **state) {
         test_call_ok(bus, path, CONTAINER_IFACE, "AttachGroup", NULL, "u", 4);
         test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram, UINT64_C(0), 4 * MiB, UINT64_C(0), UINT32_C(3));
         test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram2, UINT64_C(0), 4 * MiB, 32 * MiB, UINT32_C(3));
-        assert_string_equal(harness("trap-remove"), "armed");
+        assert_string_equal(test_harness("trap-remove"), "armed");
         /* ram2's last mapping goes, and with it ram2's fd: the daemon dies at that removal. */
         (void) test_call(bus, path, CONTAINER_IFACE, "Unmap", NULL, "tt", 32 * MiB, 4 * MiB);
-        assert_string_equal(harness("kill9"), "killed");
-        assert_true(strncmp(harness("start"), "started", 7) == 0);
+        assert_string_equal(test_harness("kill9"), "killed");
+        assert_true(strncmp(test_harness("start"), "started", 7) == 0);
 
         assert_true(test_object_exists(bus, path));
         assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "Mappings"), 1);
@@ -386,10 +364,10 @@ static void test_fdstore_full(void **state) {
         /* A file that leaves the store makes room. */
         test_call_ok(bus, path, CONTAINER_IFACE, "Unmap", NULL, "tt", 48 * MiB, 2 * MiB);
         test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram[4], UINT64_C(0), 2 * MiB, 64 * MiB, UINT32_C(3));
-        assert_non_null(strstr(harness("store"), "fds=5 suppressed=0 refused=0"));
+        assert_non_null(strstr(test_harness("store"), "fds=5 suppressed=0 refused=0"));
 
-        assert_string_equal(harness("kill9"), "killed");
-        assert_true(strncmp(harness("start"), "started", 7) == 0);
+        assert_string_equal(test_harness("kill9"), "killed");
+        assert_true(strncmp(test_harness("start"), "started", 7) == 0);
         assert_true(test_object_exists(bus, path));
         assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "Mappings"), 5);
         /* The restored daemon counts what it found. */
