@@ -242,7 +242,8 @@ static int method_update(sd_bus_message *m, void *userdata, sd_bus_error *error)
                         break;
                 if (n_fds >= BROKER_UPDATE_FDS_MAX)
                         return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                                                 "At most %d memory fds per Update: no transport passes more in one message (dbus-daemon only %d unless configured otherwise).",
+                                                 "At most %d memory fds per Update: no transport passes more in "
+                                                 "one message (dbus-daemon only %d unless configured otherwise).",
                                                  BROKER_UPDATE_FDS_MAX, BROKER_BUS_MESSAGE_FDS_MAX);
                 int *a = realloc(fds, (n_fds + 1) * sizeof(int));
                 if (!a)

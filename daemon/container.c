@@ -94,7 +94,9 @@ int container_new(Broker *b, const char *owner, uid_t uid, const char *label, Co
         c->backend = TAKE_PTR(bc);
         container_link(c);
         broker_container_added(b, c);
-        log_event(&(LogEvent) { LOG_MESSAGE_CONTAINER_CREATED, .container = c->id, .label = c->label, .owner = c->owner, .uid = &c->uid }, "Container %" PRIu64 " (%s) created for %s, uid %u.", c->id, c->label, c->owner, c->uid);
+        log_event(&(LogEvent) { LOG_MESSAGE_CONTAINER_CREATED, .container = c->id, .label = c->label,
+                                .owner = c->owner, .uid = &c->uid },
+                  "Container %" PRIu64 " (%s) created for %s, uid %u.", c->id, c->label, c->owner, c->uid);
 
         *ret = c;
         return 0;
@@ -122,7 +124,11 @@ static Container *container_free(Container *c) {
         if (c->next)
                 c->next->prev = c->prev;
         b->n_containers--;
-        if (!b->handing_over) log_event(&(LogEvent) { LOG_MESSAGE_CONTAINER_CLOSED, .container = c->id, .label = c->label, .owner = c->owner, .uid = &c->uid }, "Container %" PRIu64 " (%s, uid %u) closed: %zu groups, %zu mappings released.", c->id, c->label, c->uid, c->n_groups, container_n_mappings(c));
+        if (!b->handing_over)
+                log_event(&(LogEvent) { LOG_MESSAGE_CONTAINER_CLOSED, .container = c->id, .label = c->label,
+                                        .owner = c->owner, .uid = &c->uid },
+                          "Container %" PRIu64 " (%s, uid %u) closed: %zu groups, %zu mappings released.", c->id,
+                          c->label, c->uid, c->n_groups, container_n_mappings(c));
 
         if (b->handing_over)
                 /* The next instance takes over: leave every kernel object as it is. */
@@ -255,7 +261,9 @@ int container_attach_group(Container *c, unsigned id, BrokerError *e) {
         }
 
         g->container = c;
-        log_event(&(LogEvent) { LOG_MESSAGE_GROUP_ATTACHED, .container = c->id, .label = c->label, .uid = &c->uid, .group = &id }, "Container %" PRIu64 " (%s, uid %u): attached VFIO group %u.", c->id, c->label, c->uid, id);
+        log_event(&(LogEvent) { LOG_MESSAGE_GROUP_ATTACHED, .container = c->id, .label = c->label, .uid = &c->uid,
+                                .group = &id },
+                  "Container %" PRIu64 " (%s, uid %u): attached VFIO group %u.", c->id, c->label, c->uid, id);
 
         broker_container_changed(c->broker, c, CONTAINER_PROPERTY_GROUPS | CONTAINER_PROPERTY_DMA_AVAILABLE |
                                               CONTAINER_PROPERTY_IOVA_RANGES |
@@ -306,7 +314,9 @@ int container_detach_group(Container *c, unsigned id, BrokerError *e) {
                 g->container = NULL;
                 broker_group_changed(b, g);
         }
-        log_event(&(LogEvent) { LOG_MESSAGE_GROUP_DETACHED, .container = c->id, .label = c->label, .uid = &c->uid, .group = &id }, "Container %" PRIu64 " (%s, uid %u): detached VFIO group %u.", c->id, c->label, c->uid, id);
+        log_event(&(LogEvent) { LOG_MESSAGE_GROUP_DETACHED, .container = c->id, .label = c->label, .uid = &c->uid,
+                                .group = &id },
+                  "Container %" PRIu64 " (%s, uid %u): detached VFIO group %u.", c->id, c->label, c->uid, id);
 
         broker_container_changed(c->broker, c, CONTAINER_PROPERTY_GROUPS | CONTAINER_PROPERTY_DMA_AVAILABLE |
                                               CONTAINER_PROPERTY_IOVA_RANGES |
