@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -432,6 +433,19 @@ static int vfio_map_dma(BackendContainer *bc, uint64_t vaddr, uint64_t iova, uin
                 .iova = iova,
                 .size = size,
         };
+
+        /* The daemon's view of guest RAM is its own fresh MAP_SHARED mapping of the VMM's memfd, with
+         * no page tables yet: the pin (vfio_pin_pages_remote()) would fault in every page one at a
+         * time, 5x the direct ioctl for a 256 MiB memfd the VMM has touched (bench/vm-map).
+         * Populating the range first fills the page tables in bulk (with huge pages where the memfd
+         * has them). MADV_POPULATE_READ even for a writable mapping: read faults on a file map
+         * whole fault-around blocks (16 pages) at once, and a shared tmpfs/hugetlbfs mapping has no
+         * write notification, so the PTEs come out writable and the pin's FOLL_WRITE takes them as
+         * they are; MADV_POPULATE_WRITE faults page by page and saved almost nothing (bench/vm-map:
+         * fresh view 263 ms, POPULATE_WRITE 231 ms, POPULATE_READ 104 ms; pre-touched direct 53 ms).
+         * Only a hint: Linux < 5.14 has no MADV_POPULATE_* (EINVAL), and whatever the populate
+         * cannot fault in, the pin faults in or reports itself. */
+        (void) madvise((void *) (uintptr_t) vaddr, size, MADV_POPULATE_READ);
 
         if (ioctl(c->fd, VFIO_IOMMU_MAP_DMA, &map) < 0)
                 return -errno;

@@ -20,8 +20,18 @@ bool container_iova_usable(const Container *c, uint64_t first, uint64_t last) {
         return false;
 }
 
-int container_check_map(Container *c, int fd, uint64_t offset, uint64_t size, uint64_t iova, uint32_t flags,
-                        uint64_t granule, MemoryFileInfo *ret_info, BrokerError *e) {
+/* A request's fds, each validated once however many maps name it (Update): fstat, fstatfs and fcntl
+ * per map were most of an Update's cost, and all of a request's maps usually share one fd. */
+typedef struct FdCheck {
+        bool checked;
+        MemoryFileInfo info;
+} FdCheck;
+
+/* container_check_map() with the fd's validation cached in *check (NULL: none); on success *ret_info
+ * is the file's info. */
+static int container_check_map_cached(Container *c, int fd, FdCheck *check, uint64_t offset, uint64_t size,
+                                      uint64_t iova, uint32_t flags, uint64_t granule, MemoryFileInfo *ret_info,
+                                      BrokerError *e) {
         MappingTableNode *conflict;
         uint64_t align;
         int r;
@@ -38,7 +48,19 @@ int container_check_map(Container *c, int fd, uint64_t offset, uint64_t size, ui
                                         "The container has no VFIO group attached, so there is no IOMMU "
                                         "to map into yet; AttachGroup() first.");
 
-        r = memory_check_fd(fd, flags, ret_info, e);
+        if (!check)
+                r = memory_check_fd(fd, flags, ret_info, e);
+        else {
+                /* Everything but the access the flags need is the same for every map of the fd. */
+                if (!check->checked) {
+                        r = memory_check_fd(fd, BROKER_MAP_READ, &check->info, e);
+                        if (r < 0)
+                                return r;
+                        check->checked = true;
+                }
+                *ret_info = check->info;
+                r = memory_check_access(ret_info, flags, e);
+        }
         if (r < 0)
                 return r;
 
@@ -95,6 +117,11 @@ int container_check_map(Container *c, int fd, uint64_t offset, uint64_t size, ui
                                         "[0x%" PRIx64 ", 0x%" PRIx64 "].", iova, iova + (size - 1),
                                         conflict->first, conflict->last);
         return 0;
+}
+
+int container_check_map(Container *c, int fd, uint64_t offset, uint64_t size, uint64_t iova, uint32_t flags,
+                        uint64_t granule, MemoryFileInfo *ret_info, BrokerError *e) {
+        return container_check_map_cached(c, fd, NULL, offset, size, iova, flags, granule, ret_info, e);
 }
 
 Mapping *mapping_new(uint64_t iova, uint64_t size, uint64_t offset, uint32_t flags) {
@@ -178,13 +205,13 @@ fail:
         return r;
 }
 
-static int container_map_internal(Container *c, int fd, uint64_t offset, uint64_t size, uint64_t iova,
-                                  uint32_t flags, BrokerError *e) {
+static int container_map_internal(Container *c, int fd, FdCheck *check, uint64_t offset, uint64_t size,
+                                  uint64_t iova, uint32_t flags, BrokerError *e) {
         MemoryFileInfo info;
         _cleanup_free_ Mapping *m = NULL;
         int r;
 
-        r = container_check_map(c, fd, offset, size, iova, flags, 0, &info, e);
+        r = container_check_map_cached(c, fd, check, offset, size, iova, flags, 0, &info, e);
         if (r < 0)
                 return r;
 
@@ -200,7 +227,7 @@ static int container_map_internal(Container *c, int fd, uint64_t offset, uint64_
 
 int container_map(Container *c, int fd, uint64_t offset, uint64_t size, uint64_t iova, uint32_t flags,
                   BrokerError *e) {
-        int r = container_map_internal(c, fd, offset, size, iova, flags, e);
+        int r = container_map_internal(c, fd, NULL, offset, size, iova, flags, e);
         if (r < 0)
                 return r;
         broker_container_changed(c->broker, c, CONTAINER_CHANGE_MAPPINGS);
@@ -349,6 +376,7 @@ int container_update(Container *c, const UpdateUnmap *unmaps, size_t n_unmaps, c
         Mapping **removed = NULL;
         size_t n_removed = 0, n_done = 0;
         BrokerError inner = BROKER_ERROR_INIT;
+        _cleanup_free_ FdCheck *checks = NULL;
         int r = 0;
 
         /* Malformed requests are refused before anything moves. */
@@ -357,6 +385,12 @@ int container_update(Container *c, const UpdateUnmap *unmaps, size_t n_unmaps, c
                         return broker_error_set(e, BROKER_ERROR_INVALID_ARGS,
                                                 "Map #%zu names memory fd #%" PRIu32 ", but %zu fds were passed.",
                                                 i, maps[i].memory, n_fds);
+
+        if (n_maps > 0) {
+                checks = calloc(n_fds, sizeof(FdCheck));
+                if (!checks)
+                        return -ENOMEM;
+        }
 
         for (size_t i = 0; i < n_unmaps; i++) {
                 r = container_unmap_internal(c, unmaps[i].iova, unmaps[i].size, false, NULL, &removed, &n_removed, &inner);
@@ -368,7 +402,7 @@ int container_update(Container *c, const UpdateUnmap *unmaps, size_t n_unmaps, c
         }
         for (; n_done < n_maps; n_done++) {
                 const UpdateMap *m = &maps[n_done];
-                r = container_map_internal(c, fds[m->memory], m->offset, m->size, m->iova, m->flags, &inner);
+                r = container_map_internal(c, fds[m->memory], &checks[m->memory], m->offset, m->size, m->iova, m->flags, &inner);
                 if (r < 0) {
                         if (inner.code == BROKER_ERROR_KERNEL)
                                 broker_error_set_errno(e, r, "Map #%zu: %s; nothing was changed", n_done, inner.message);

@@ -75,12 +75,8 @@ int memory_check_fd(int fd, uint32_t flags, MemoryFileInfo *ret, BrokerError *e)
         if ((fl & O_ACCMODE) == O_WRONLY)
                 return broker_error_set(e, BROKER_ERROR_BAD_MEMORY,
                                         "The memory fd is open write-only; it must be readable.");
-        /* The broker maps the file with the protection the device needs, and never more than the
-         * caller's own fd allows: a read-only fd cannot become writable guest memory. */
         if ((flags & BROKER_MAP_WRITE) && (fl & O_ACCMODE) != O_RDWR)
-                return broker_error_set(e, BROKER_ERROR_BAD_MEMORY,
-                                        "The memory fd is open read-only, but flag 2 lets the device write: "
-                                        "pass an O_RDWR fd, or map with flags 1.");
+                return memory_check_access(&(MemoryFileInfo) { .writable = false }, flags, e);
         if (fstatfs(fd, &sfs) < 0)
                 return broker_error_set_errno(e, -errno, "Cannot fstatfs the memory fd");
 
@@ -92,6 +88,18 @@ int memory_check_fd(int fd, uint32_t flags, MemoryFileInfo *ret, BrokerError *e)
                 .page_size = sfs.f_type == HUGETLBFS_MAGIC ? (uint64_t) sfs.f_bsize : (uint64_t) sysconf(_SC_PAGESIZE),
                 .writable = (fl & O_ACCMODE) == O_RDWR,
         };
+        return 0;
+}
+
+int memory_check_access(const MemoryFileInfo *info, uint32_t flags, BrokerError *e) {
+        assert(info);
+
+        /* The broker maps the file with the protection the device needs, and never more than the
+         * caller's own fd allows: a read-only fd cannot become writable guest memory. */
+        if ((flags & BROKER_MAP_WRITE) && !info->writable)
+                return broker_error_set(e, BROKER_ERROR_BAD_MEMORY,
+                                        "The memory fd is open read-only, but flag 2 lets the device write: "
+                                        "pass an O_RDWR fd, or map with flags 1.");
         return 0;
 }
 

@@ -34,6 +34,11 @@ typedef struct MemoryFileInfo {
  * Does not check offset/size: see memory_check_range(). */
 int memory_check_fd(int fd, uint32_t flags, MemoryFileInfo *ret, BrokerError *e);
 
+/* Checks that a file memory_check_fd() accepted (for any flags) allows a mapping with these flags: a
+ * read-only fd cannot back a mapping the device may write (else BadMemory). For requests that validate
+ * one fd once and map it several times. */
+int memory_check_access(const MemoryFileInfo *info, uint32_t flags, BrokerError *e);
+
 /* Checks [offset, offset+size) against the file: size > 0 (else InvalidArgs), offset and size aligned
  * to info->page_size (else Unaligned), no overflow and offset+size <= file_size (else OutOfRange). */
 int memory_check_range(const MemoryFileInfo *info, uint64_t offset, uint64_t size, BrokerError *e);

@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -220,6 +221,50 @@ static void test_update_rollback(void **state) {
         assert_int_equal(f->n_changed_calls, 1);
 }
 
+/* Update validates each passed fd once, however many maps name it; the access each map needs is still
+ * checked per map, and an fd that only a later map names is still checked. */
+static void test_update_fd_checked_per_map(void **state) {
+        Fixture *f = *state;
+        BrokerError e = BROKER_ERROR_INIT;
+        char proc[64];
+        int ro;
+
+        snprintf(proc, sizeof(proc), "/proc/self/fd/%d", f->memfd);
+        ro = open(proc, O_RDONLY | O_CLOEXEC);
+        assert_true(ro >= 0);
+        Snapshot s = snapshot(f);
+
+        /* A read-only fd: the first map (read) passes, the second (write) of the same fd is refused. */
+        UpdateMap maps[] = {
+                { .memory = 0, .offset = 0, .size = 1 * MiB, .iova = 0x100000, .flags = BROKER_MAP_READ },
+                { .memory = 0, .offset = 1 * MiB, .size = 1 * MiB, .iova = 0x200000,
+                  .flags = BROKER_MAP_READ | BROKER_MAP_WRITE },
+        };
+        int fds[] = { ro, -1 };
+        assert_int_equal(container_update(f->container, NULL, 0, fds, 2, maps, 2, &e), -EBADF);
+        assert_int_equal(e.code, BROKER_ERROR_BAD_MEMORY);
+        assert_non_null(strstr(e.message, "Map #1"));
+        assert_non_null(strstr(e.message, "read-only"));
+        assert_unchanged(f, s);
+
+        /* The second map names the second fd, which is not valid. */
+        e = BROKER_ERROR_INIT;
+        maps[1].memory = 1;
+        maps[1].flags = BROKER_MAP_READ;
+        assert_int_equal(container_update(f->container, NULL, 0, fds, 2, maps, 2, &e), -EBADF);
+        assert_int_equal(e.code, BROKER_ERROR_BAD_MEMORY);
+        assert_non_null(strstr(e.message, "Map #1"));
+        assert_unchanged(f, s);
+
+        /* Both maps reading through the read-only fd pass. */
+        e = BROKER_ERROR_INIT;
+        maps[1].memory = 0;
+        assert_int_equal(container_update(f->container, NULL, 0, fds, 2, maps, 2, &e), 0);
+        assert_int_equal(container_n_mappings(f->container), 2);
+        assert_int_equal(pinned(f), 2 * MiB);
+        close(ro);
+}
+
 static void test_quota(void **state) {
         Fixture *f = *state;
         BrokerError e = BROKER_ERROR_INIT;
@@ -267,6 +312,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_map_unmap, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_refused_requests_change_nothing, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_update_rollback, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_update_fd_checked_per_map, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_quota, setup_small_quota, teardown),
                 cmocka_unit_test_setup_teardown(test_balloon, setup, teardown),
         };
