@@ -213,6 +213,9 @@ else
         # /proc by a recursive bind (a fresh proc would need a PID namespace): the driver names QEMU's
         # fds through /proc/self/fd.
         inner='mount --bind "$1" "$2/tmp" && mount --rbind /proc "$2/proc" && exec chroot "$2" python3 /tmp/qemu/test-qemu-edu.py --inside --user 0:0 --device "$3"'
+        # The test's DMAs to and from 0xc000000 (outside guest RAM) must be stopped by the real IOMMU.
+        faults() { dmesg | grep -c "DMAR: \[DMA $1 .*Request device \[${d2#0000:}\] fault addr 0xc000000"; }
+        wfaults0=$(faults Write) rfaults0=$(faults Read)
         pin0=$(pinned)
         t0=$SECONDS
         setpriv --reuid=alice --regid=alice --init-groups env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/home/alice \
@@ -256,13 +259,15 @@ else
         tap $? "alice's QEMU: the kernel pinned its guest RAM for the real IOMMU ($maxpin pages at most)"
         [ $status = 0 ]
         tap $? "alice's QEMU: the qtest edu round trip passes and vfio-brokerctl run exits with QEMU's driver's status ($status)"
+        wfaults=$(( $(faults Write) - wfaults0 )) rfaults=$(( $(faults Read) - rfaults0 ))
+        [ $wfaults -gt 0 ] && [ $rfaults -gt 0 ]
+        tap $? "alice's QEMU: the IOMMU faulted the edu's DMA write and read at 0xc000000, outside guest RAM ($wfaults and $rfaults DMAR faults)"
         wait_for 20 journal_has $ID_CREATED USER_ID=$alice_uid CONTAINER_LABEL=alice-qemu
         tap $? "alice's QEMU: journal: container created, USER_ID=$alice_uid CONTAINER_LABEL=alice-qemu"
         wait_for 20 bash -c "! busctl get-property $B ${cpath:-$P/container/none} $B.Container UID"
         tap $? "alice's QEMU: no container is left after the run"
         wait_for 20 bash -c "[ \$(( \$(awk '/^nr_foll_pin_acquired/ { a = \$2 } /^nr_foll_pin_released/ { r = \$2 } END { print a - r }' /proc/vmstat) - $pin0 )) -le 0 ]"
         tap $? "alice's QEMU: its exit leaves nothing pinned ($(( $(pinned) - pin0 )) pages over before the run)"
-        dmesg | grep -i DMAR | tail -n 3 | sed 's/^/dmesg: /'
         umount $q
         rm -rf $qdir
 fi
