@@ -113,7 +113,10 @@ def popen(argv, root=None, tmpdir=None, user=None, **kw):
     """Starts `argv` from the tree (see wrap_argv) as `user`, chrooted or not."""
     if root is None and user:
         uid, gid = (int(x) for x in user.split(":"))
-        kw.update(user=uid, group=gid, extra_groups=[])
+        # Already that user (e.g. root of an unprivileged user namespace, where setgroups() is
+        # denied): nothing to drop.
+        if (uid, gid) != (os.getuid(), os.getgid()):
+            kw.update(user=uid, group=gid, extra_groups=[])
     return subprocess.Popen(wrap_argv(argv, root, tmpdir, user), **kw)
 
 

@@ -191,6 +191,87 @@ wait_for 10 journal_has $ID_DENIED USER_ID=$(id -u bob) POLKIT_ACTION=org.vfiobr
 tap $? "journal: authorization denied, MESSAGE_ID=$ID_DENIED with USER_ID, POLKIT_ACTION, VFIO_GROUP and DEVICE"
 journalctl -q -o verbose _SYSTEMD_UNIT=$svc MESSAGE_ID=$ID_DENIED | grep -v '^ *_' | sed 's/^/journal: /'
 
+# --- alice runs an unmodified QEMU with the real edu, unprivileged -------------------------------------
+# Debian testing's QEMU (the vfio-user client) from the tree on the read-only second virtio disk, driven
+# by tests/qemu's qtest driver: alice (allowed to attach by the polkit rule above) runs
+# `vfio-brokerctl run -- unshare --user --map-root-user --mount ... chroot TREE python3 test-qemu-edu.py`,
+# so QEMU runs as alice (root of her own user namespace only): no root, no /dev/vfio, no memlock.
+q=/mnt/qemu-root
+alice_uid=$(id -u alice)
+if [ -f $T/qemu/unavailable ]; then
+        tap 1 "alice's QEMU: no Debian testing QEMU tree to run: $(cat $T/qemu/unavailable)"
+else
+        wait_for 30 findfs LABEL=qemu-root
+        mkdir -p $q && mount -t ext4 -o ro "$(findfs LABEL=qemu-root)" $q
+        tap $? "alice's QEMU: the Debian testing tree ($(cat $q/.vfio-broker-complete 2>/dev/null)) mounts read-only"
+        # alice's writable directory, bound on the tree's /tmp inside her mount namespace: the scripts,
+        # QEMU's scratch files and the vfio-user socket (bound by vfio-brokerctl run as alice).
+        qdir=$(mktemp -d /var/tmp/alice-qemu.XXXXXX)
+        cp -r $T/qemu $qdir/qemu
+        chown -R alice:alice $qdir
+        device='{"driver":"vfio-user-pci","id":"vfu0","socket":{"type":"unix","path":"/tmp/edu.sock"}}'
+        # /proc by a recursive bind (a fresh proc would need a PID namespace): the driver names QEMU's
+        # fds through /proc/self/fd.
+        inner='mount --bind "$1" "$2/tmp" && mount --rbind /proc "$2/proc" && exec chroot "$2" python3 /tmp/qemu/test-qemu-edu.py --inside --user 0:0 --device "$3"'
+        # The test's DMAs to and from 0xc000000 (outside guest RAM) must be stopped by the real IOMMU.
+        faults() { dmesg | grep -c "DMAR: \[DMA $1 .*Request device \[${d2#0000:}\] fault addr 0xc000000"; }
+        wfaults0=$(faults Write) rfaults0=$(faults Read)
+        pin0=$(pinned)
+        t0=$SECONDS
+        setpriv --reuid=alice --regid=alice --init-groups env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/home/alice \
+                timeout 600 vfio-brokerctl run --device $d2 --socket $qdir/edu.sock --label alice-qemu -- \
+                unshare --user --map-root-user --mount sh -c "$inner" sh $qdir $q "$device" > /tmp/alice-qemu.tap 2>&1 &
+        run=$!
+        # What the broker and the kernel show while QEMU runs.
+        cpath= cuid= maxmapped=0 inhibited= maxpin=0
+        while kill -0 $run 2>/dev/null; do
+                if [ -z "$cpath" ]; then
+                        for p in $(busctl --list tree $B 2>/dev/null | grep "^$P/container/"); do
+                                [ "$(busctl get-property $B $p $B.Container Label 2>/dev/null)" = 's "alice-qemu"' ] && cpath=$p
+                        done
+                fi
+                if [ -n "$cpath" ]; then
+                        v=$(busctl get-property $B $cpath $B.Container UID 2>/dev/null) && cuid=${v#u }
+                        v=$(busctl get-property $B $cpath $B.Container MappedBytes 2>/dev/null) && v=${v#t } &&
+                                [ "$v" -gt $maxmapped ] && maxmapped=$v && inhibited=$(busctl get-property $B $cpath $B.Container BalloonInhibited 2>/dev/null)
+                fi
+                d=$(( $(pinned) - pin0 ))
+                [ $d -gt $maxpin ] && maxpin=$d
+                sleep 0.3
+        done
+        wait $run
+        status=$?
+        note "alice's QEMU: the run took $((SECONDS - t0)) s"
+        awk '/^ok [0-9]+ - / { sub(/^ok [0-9]+ - /, ""); print "ok " $0; next }
+             /^not ok [0-9]+ - / { sub(/^not ok [0-9]+ - /, ""); print "not ok " $0; next }
+             { print "log " $0 }' /tmp/alice-qemu.tap | while read -r kind line; do
+                case "$kind" in
+                ok)  tap 0 "alice's QEMU: $line" ;;
+                not) tap 1 "alice's QEMU: ${line#ok }" ;;
+                *)   echo "alice-qemu: $line" ;;
+                esac
+        done
+        [ "$cuid" = "$alice_uid" ]
+        tap $? "alice's QEMU: vfio-brokerctl run made a container of alice's uid $alice_uid (UID ${cuid:-none}, $cpath)"
+        [ $maxmapped -ge $((128 << 20)) ] && [ "$inhibited" = "b true" ]
+        tap $? "alice's QEMU: its 128 MiB of guest RAM is the container's mapping while it runs (MappedBytes up to $maxmapped, BalloonInhibited ${inhibited:-unknown})"
+        [ $maxpin -ge 32768 ]
+        tap $? "alice's QEMU: the kernel pinned its guest RAM for the real IOMMU ($maxpin pages at most)"
+        [ $status = 0 ]
+        tap $? "alice's QEMU: the qtest edu round trip passes and vfio-brokerctl run exits with QEMU's driver's status ($status)"
+        wfaults=$(( $(faults Write) - wfaults0 )) rfaults=$(( $(faults Read) - rfaults0 ))
+        [ $wfaults -gt 0 ] && [ $rfaults -gt 0 ]
+        tap $? "alice's QEMU: the IOMMU faulted the edu's DMA write and read at 0xc000000, outside guest RAM ($wfaults and $rfaults DMAR faults)"
+        wait_for 20 journal_has $ID_CREATED USER_ID=$alice_uid CONTAINER_LABEL=alice-qemu
+        tap $? "alice's QEMU: journal: container created, USER_ID=$alice_uid CONTAINER_LABEL=alice-qemu"
+        wait_for 20 bash -c "! busctl get-property $B ${cpath:-$P/container/none} $B.Container UID"
+        tap $? "alice's QEMU: no container is left after the run"
+        wait_for 20 bash -c "[ \$(( \$(awk '/^nr_foll_pin_acquired/ { a = \$2 } /^nr_foll_pin_released/ { r = \$2 } END { print a - r }' /proc/vmstat) - $pin0 )) -le 0 ]"
+        tap $? "alice's QEMU: its exit leaves nothing pinned ($(( $(pinned) - pin0 )) pages over before the run)"
+        umount $q
+        rm -rf $qdir
+fi
+
 # --- discardable regions and dirty tracking across restarts, under systemd ---------------------------------
 # tests/vm/test-restart-dma, which tests/vm runs under a supervisor of its own, here with systemd's fd
 # store: its harness commands become systemctl kill (Restart=always starts the next instance).

@@ -23,7 +23,9 @@ done
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 mkdir -p /root
-mount -t ext4 -o rw /dev/vda /root || { echo "initramfs: cannot mount /dev/vda"; poweroff -f; }
+# By its label: the read-only QEMU tree is a second virtio disk.
+rootdev=$(findfs LABEL=sysvm 2>/dev/null) || rootdev=/dev/vda
+mount -t ext4 -o rw $rootdev /root || { echo "initramfs: cannot mount $rootdev"; poweroff -f; }
 umount /proc /sys
 mount --move /dev /root/dev
 exec switch_root /root /sbin/init

@@ -120,6 +120,20 @@ for t in tests/system-vm/sysvm-vmm tests/system-vm/fdstore-probe tests/vm/test-r
 done
 install -m 0755 "$here/in-vm.sh" "$tools/in-vm.sh"
 
+# --- Debian testing's QEMU (the vfio-user client) for alice's unprivileged run: the cached tree of
+# tests/qemu as an ext4 image, attached read-only to both VMs. Missing, the VM's test fails with the reason.
+mkdir -p "$tools/qemu"
+cp "$src/tests/qemu/qtest.py" "$src/tests/qemu/test-qemu-edu.py" "$tools/qemu/"
+qemu_drive=()
+if qemu_image=$("$src/tests/qemu/make-qemu-root.sh" --image 2>"$work/qemu-root.log"); then
+        qemu_drive=(-drive "file=$qemu_image,if=none,id=qemuroot,format=raw,readonly=on"
+                    -device virtio-blk-pci,drive=qemuroot)
+        echo "# QEMU tree image $qemu_image ($(elapsed) s)"
+else
+        tail -n 1 "$work/qemu-root.log" > "$tools/qemu/unavailable"
+        sed 's/^/# /' "$work/qemu-root.log"
+fi
+
 run_vm() { # bus
         local bus=$1 shell=${2:-} root=$work/root-$bus image=$work/root-$bus.img results=$work/results-$bus.txt
         local t0=$(date +%s)
@@ -161,7 +175,9 @@ run_vm() { # bus
         local qemu=(qemu-system-x86_64 -M q35,accel=tcg,kernel-irqchip=split -cpu max -m 2048 -smp 2
                     -device intel-iommu,intremap=on
                     -device edu -device edu
-                    -drive file="$image",format=raw,if=virtio,cache=unsafe
+                    # The root file system first, so it is /dev/vda (initramfs-init.sh mounts that).
+                    -drive file="$image",format=raw,if=none,id=root,cache=unsafe -device virtio-blk-pci,drive=root
+                    "${qemu_drive[@]}"
                     -device virtio-rng-pci
                     -kernel "$vmlinuz" -initrd "$initrd"
                     -nic none -display none -no-reboot)
