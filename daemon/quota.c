@@ -162,9 +162,9 @@ int quota_charge_memory(Broker *b, uid_t uid, uint64_t fds, uint64_t address_spa
 
         if (!force && exceeds(u->fds, fds, u->limits.fds))
                 return broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED,
-                                        "uid %u already has the broker keep %" PRIu64 " distinct memory fds open; "
-                                        "the limit \"fds\" is %" PRIu64 " (map more of the same memory fds "
-                                        "instead).", uid, u->fds, u->limits.fds);
+                                        "uid %u already has the broker keep %" PRIu64 " fds open (distinct memory "
+                                        "fds and peer connections); the limit \"fds\" is %" PRIu64 ".", uid,
+                                        u->fds, u->limits.fds);
         if (!force && exceeds(u->address_space, address_space, u->limits.address_space))
                 return broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED,
                                         "Mapping the memory file (0x%" PRIx64 " bytes) would reserve 0x%" PRIx64

@@ -33,8 +33,9 @@ int quota_charge(Broker *b, uid_t uid, uint64_t containers, uint64_t mappings, u
 int quota_charge_force(Broker *b, uid_t uid, uint64_t containers, uint64_t mappings, uint64_t bytes);
 void quota_release(Broker *b, uid_t uid, uint64_t containers, uint64_t mappings, uint64_t bytes);
 
-/* Memory fds the daemon keeps and the address space their mappings reserve (limits "fds" and
- * "address_space"); both or nothing. Forced when a restarted daemon adopts what it held. */
+/* Fds the daemon keeps for the user (memory fds, peer connections) and the address space the memory
+ * fds' mappings reserve (limits "fds" and "address_space"); both or nothing. Forced when a restarted
+ * daemon adopts what it held. */
 int quota_charge_memory(Broker *b, uid_t uid, uint64_t fds, uint64_t address_space, bool force, BrokerError *e);
 void quota_release_memory(Broker *b, uid_t uid, uint64_t fds, uint64_t address_space);
 

@@ -213,8 +213,81 @@ static void test_sparse_reserve_bounded_while_held(void **state) {
                 fail_msg("VmSize grew by %" PRIu64 " bytes", held - before);
 }
 
+static int open_connection(sd_bus *b, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        int fd;
+
+        if (sd_bus_call_method(b, BUS_NAME, ROOT_PATH, MANAGER_IFACE, "OpenConnection", error, &reply, "") < 0 ||
+            sd_bus_message_read(reply, "h", &fd) < 0)
+                return -1;
+        return fcntl(fd, F_DUPFD_CLOEXEC, 3);
+}
+
+/* Peer connections are fds of the daemon too: they share "fds" with the memory fds. nobody opens 5
+ * (each refused one beyond the limit changes nothing), then may map 3 distinct memfds, not 4. */
+static int peers_as_nobody(int msg_fd) {
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        sd_bus *b = NULL;
+        char *path;
+
+        if (setresgid(65534, 65534, 65534) < 0 || setresuid(65534, 65534, 65534) < 0 || sd_bus_open_system(&b) < 0)
+                return CHILD_SETUP;
+        path = test_create_container(b, "peers");
+        if (!path || test_call(b, path, CONTAINER_IFACE, "AttachGroup", NULL, "u", 1))
+                return CHILD_SETUP;
+        for (unsigned i = 0; i < 5; i++)
+                if (open_connection(b, &error) < 0) {
+                        (void) !write(msg_fd, error.message, strlen(error.message));
+                        return CHILD_EARLY_REFUSAL;
+                }
+        for (unsigned i = 0; i < 4; i++) {
+                _cleanup_close_ int fd = sparse_memfd(4 * KiB);
+                const char *e = test_call(b, path, CONTAINER_IFACE, "Map", NULL, "htttu", fd, UINT64_C(0), 4 * KiB,
+                                          (uint64_t) i * 4 * KiB, UINT32_C(3));
+                if (i < 3 && e)
+                        return CHILD_EARLY_REFUSAL;
+                if (i == 3 && !e)
+                        return CHILD_NOT_REFUSED;
+                if (i == 3 && strcmp(e, QUOTA) != 0)
+                        return CHILD_WRONG_ERROR;
+        }
+        /* At the limit, a peer connection is refused the same way, naming it. */
+        if (open_connection(b, &error) >= 0)
+                return CHILD_NOT_REFUSED;
+        (void) !write(msg_fd, error.message, strlen(error.message));
+        if (strcmp(error.name, QUOTA) != 0 || !strstr(error.message, "\"fds\""))
+                return CHILD_WRONG_ERROR;
+        return 0;
+}
+
+static void test_peer_connections_share_fds(void **state) {
+        char msg[1024];
+        int p[2], status;
+        ssize_t n;
+        pid_t pid;
+
+        assert_true(pipe2(p, O_CLOEXEC) == 0);
+        pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0)
+                _exit(peers_as_nobody(p[1]));
+        close(p[1]);
+        n = read(p[0], msg, sizeof(msg) - 1);
+        msg[n > 0 ? n : 0] = 0;
+        close(p[0]);
+        assert_true(waitpid(pid, &status, 0) == pid);
+        assert_true(WIFEXITED(status));
+        if (WEXITSTATUS(status) != 0)
+                fail_msg("the peers as nobody ended with %d: %s", WEXITSTATUS(status), msg);
+        assert_non_null(strstr(msg, "is 8"));
+        /* nobody's connection closed with its exit: everything it held goes, and so does the charge,
+         * which the flood test after this one would otherwise hit early. Root is served meanwhile. */
+        root_still_maps(2);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_peer_connections_share_fds),
                 cmocka_unit_test(test_memfd_flood),
                 cmocka_unit_test(test_sparse_address_space),
                 cmocka_unit_test(test_sparse_reserve_bounded_while_held),
