@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -60,6 +61,16 @@ static int sim_add_group(SimConfig *s, unsigned id, bool viable, const char *d1,
         return 0;
 }
 
+/* Every memory fd costs the daemon one of its RLIMIT_NOFILE fds: a quarter of them per user, so that
+ * one user's flood of distinct memfds leaves the rest (and root, which is not limited) served. */
+static uint64_t default_fds_limit(void) {
+        struct rlimit rl;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+                return 65536 / 4;
+        return rl.rlim_cur / 4 > 16 ? (uint64_t) rl.rlim_cur / 4 : 16;
+}
+
 int broker_config_new_default(BrokerConfig **ret) {
         _cleanup_(broker_config_freep) BrokerConfig *c = NULL;
         int r;
@@ -101,6 +112,10 @@ int broker_config_new_default(BrokerConfig **ret) {
                 .containers = 16,
                 .mappings = 65535,
                 .pinned_bytes = pages > 0 && page_size > 0 ? (uint64_t) pages * (uint64_t) page_size / 2 : UINT64_MAX,
+                .fds = default_fds_limit(),
+                /* Each memory fd's mapping reserves the file's size in the daemon's 128 TiB (47-bit) of
+                 * address space, whatever is pinned of it: a sixteenth per user. */
+                .address_space = UINT64_C(1) << 43,
         };
 
         *ret = TAKE_PTR(c);
@@ -355,8 +370,9 @@ static int parse_sim(Parser *p, json_object *o, SimConfig *s) {
 }
 
 static int parse_limit(Parser *p, const char *path, json_object *o, LimitConfig *l) {
-        static const char * const keys[] = { "containers", "mappings", "pinned_bytes", NULL };
-        uint64_t *fields[] = { &l->containers, &l->mappings, &l->pinned_bytes };
+        static const char * const keys[] = { "containers", "mappings", "pinned_bytes", "fds", "address_space",
+                                             NULL };
+        uint64_t *fields[] = { &l->containers, &l->mappings, &l->pinned_bytes, &l->fds, &l->address_space };
         int r;
 
         r = expect_type(p, path, o, json_type_object, "an object");

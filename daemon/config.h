@@ -32,6 +32,8 @@ typedef struct LimitConfig {
         uint64_t containers;
         uint64_t mappings;
         uint64_t pinned_bytes;
+        uint64_t fds;           /* memory fds the daemon keeps open for the user's containers */
+        uint64_t address_space; /* bytes of the daemon's address space mapped for them */
 } LimitConfig;
 
 typedef struct LimitEntry {

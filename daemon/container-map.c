@@ -145,6 +145,26 @@ int container_check_range(uint64_t iova, uint64_t size, const char *what, Broker
         return 0;
 }
 
+static int container_memory_charge(void *userdata, uint64_t fds, uint64_t address_space, bool force,
+                                   BrokerError *e) {
+        Container *c = userdata;
+
+        return quota_charge_memory(c->broker, c->uid, fds, address_space, force, e);
+}
+
+static void container_memory_release(void *userdata, uint64_t fds, uint64_t address_space) {
+        Container *c = userdata;
+
+        quota_release_memory(c->broker, c->uid, fds, address_space);
+}
+
+/* A new memory region is charged inside container_pin()'s memory_pool_acquire(), so a refused fd or
+ * address space undoes the mapping's own charge like any other failure there. */
+const MemoryPoolAccount container_memory_account = {
+        .charge = container_memory_charge,
+        .release = container_memory_release,
+};
+
 int container_pin(Container *c, Mapping *m, const PinSource *src, BrokerError *e) {
         uint64_t size = mapping_table_node_size(&m->node), vaddr = 0;
         int r;

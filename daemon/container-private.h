@@ -15,6 +15,9 @@ Mapping *mapping_new(uint64_t iova, uint64_t size, uint64_t offset, uint32_t fla
 /* InvalidArgs for an empty range, OutOfRange for one that wraps around the address space. */
 int container_check_range(uint64_t iova, uint64_t size, const char *what, BrokerError *e);
 
+/* container-map.c: what a container's memory regions cost its owner (fds, address space). */
+extern const MemoryPoolAccount container_memory_account;
+
 /* container.c: allocation and the broker's list. */
 int container_alloc(Broker *b, uint64_t id, const char *owner, uid_t uid, const char *label, Container **ret);
 void container_unalloc(Container *c);

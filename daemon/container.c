@@ -38,6 +38,7 @@ int container_alloc(Broker *b, uint64_t id, const char *owner, uid_t uid, const 
         c->label = TAKE_PTR(label_copy);
         c->uid = uid;
         c->memory = TAKE_PTR(pool);
+        memory_pool_set_account(c->memory, &container_memory_account, c);
         c->mappings = MAPPING_TABLE_INIT;
         c->discardable = MAPPING_TABLE_INIT;
         *ret = TAKE_PTR(c);

@@ -95,6 +95,7 @@ static int method_create_container(sd_bus_message *m, void *userdata, sd_bus_err
 static int method_open_connection(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         Broker *b = userdata;
         _cleanup_close_ int fd = -EBADF;
+        BrokerError e = BROKER_ERROR_INIT;
         uid_t uid;
         int r;
 
@@ -102,7 +103,9 @@ static int method_open_connection(sd_bus_message *m, void *userdata, sd_bus_erro
         if (r < 0)
                 return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED, "Cannot tell the caller's uid.");
 
-        r = peer_open(b, caller_name(b, m), uid, &fd);
+        r = peer_open(b, caller_name(b, m), uid, &fd, &e);
+        if (r < 0 && e.code != BROKER_ERROR_NONE)
+                return bus_error_from_broker(error, r, &e);
         if (r == -EUSERS)
                 return sd_bus_error_setf(error, BROKER_ERROR_PREFIX "QuotaExceeded",
                                          "uid %u already has %d peer connections open (or the broker serves %d "

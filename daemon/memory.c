@@ -24,6 +24,7 @@ struct MemoryRegion {
         void *addr;
         uint64_t length; /* mapped bytes from file offset 0 */
         void *data;      /* the watcher's (memory_region_set_data()) */
+        bool charged;    /* to the pool's account: one fd and length bytes of address space */
 };
 
 struct MemoryPool {
@@ -32,6 +33,8 @@ struct MemoryPool {
         unsigned next_id;
         const MemoryPoolWatch *watch;
         void *watch_userdata;
+        const MemoryPoolAccount *account;
+        void *account_userdata;
 };
 
 static const char *file_type_name(mode_t mode) {
@@ -130,6 +133,8 @@ static void memory_region_free(MemoryPool *pool, MemoryRegion *r) {
         if (r->addr && r->addr != MAP_FAILED)
                 (void) munmap(r->addr, r->length);
         safe_close(r->fd);
+        if (r->charged)
+                pool->account->release(pool->account_userdata, 1, r->length);
         free(r);
 }
 
@@ -145,6 +150,17 @@ MemoryPool *memory_pool_free(MemoryPool *pool) {
         }
         free(pool);
         return NULL;
+}
+
+static int memory_pool_charge(MemoryPool *pool, uint64_t length, bool force, BrokerError *e) {
+        if (!pool->account)
+                return 0;
+        return pool->account->charge(pool->account_userdata, 1, length, force, e);
+}
+
+static void memory_pool_uncharge(MemoryPool *pool, uint64_t length) {
+        if (pool->account)
+                pool->account->release(pool->account_userdata, 1, length);
 }
 
 static int prot_for(uint32_t flags) {
@@ -195,15 +211,26 @@ int memory_pool_acquire(MemoryPool *pool, int fd, const MemoryFileInfo *info, ui
         r = calloc(1, sizeof(*r));
         if (!r)
                 return -ENOMEM;
+
+        /* The fd and the address space are the owner's to pay for, refused before either is taken. */
+        int q = memory_pool_charge(pool, length, false, e);
+        if (q < 0)
+                return q;
+        r->charged = !!pool->account;
+
         r->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-        if (r->fd < 0)
-                return broker_error_set_errno(e, -errno, "Cannot duplicate the memory fd");
+        if (r->fd < 0) {
+                q = -errno;
+                memory_pool_uncharge(pool, length);
+                return broker_error_set_errno(e, q, "Cannot duplicate the memory fd");
+        }
 
         /* MAP_NORESERVE: the daemon never touches guest memory; the IOMMU pins what it maps. */
         r->addr = mmap(NULL, length, prot, MAP_SHARED | MAP_NORESERVE, r->fd, 0);
         if (r->addr == MAP_FAILED) {
                 int error = errno;
                 r->fd = safe_close(r->fd);
+                memory_pool_uncharge(pool, length);
                 if (error == EPERM || error == EACCES)
                         return broker_error_set(e, BROKER_ERROR_BAD_MEMORY,
                                                 "The memory file cannot be mapped %s (sealed against writing, or "
@@ -275,6 +302,17 @@ void memory_pool_set_watch(MemoryPool *pool, const MemoryPoolWatch *watch, void 
         pool->watch_userdata = userdata;
 }
 
+void memory_pool_set_account(MemoryPool *pool, const MemoryPoolAccount *account, void *userdata) {
+        /* Regions charged to one account are released to it: set it before the first region. */
+        assert(!pool->regions);
+        pool->account = account;
+        pool->account_userdata = userdata;
+}
+
+uint64_t memory_region_length(const MemoryRegion *region) {
+        return region->length;
+}
+
 void memory_region_set_data(MemoryRegion *region, void *data) {
         region->data = data;
 }
@@ -320,9 +358,16 @@ int memory_pool_adopt(MemoryPool *pool, int fd, unsigned id, uint32_t flags, Bro
         r = calloc(1, sizeof(*r));
         if (!r)
                 return -ENOMEM;
+        ret = memory_pool_charge(pool, length, true, e);
+        if (ret < 0) {
+                free(r);
+                return ret;
+        }
+        r->charged = !!pool->account;
         r->addr = mmap(NULL, length, prot_for(flags), MAP_SHARED | MAP_NORESERVE, fd, 0);
         if (r->addr == MAP_FAILED) {
                 ret = -errno;
+                memory_pool_uncharge(pool, length);
                 free(r);
                 return broker_error_set_errno(e, ret, "Cannot map memory region %u again", id);
         }

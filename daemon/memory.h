@@ -87,6 +87,20 @@ typedef struct MemoryPoolWatch {
 } MemoryPoolWatch;
 
 void memory_pool_set_watch(MemoryPool *pool, const MemoryPoolWatch *watch, void *userdata);
+
+/* Whoever pays for the pool (the container's owner) is charged for every region: one fd the daemon
+ * keeps and the address space its mapping reserves (the whole file, which for a sparse file can be
+ * far more than what is pinned). charge may refuse with an error in e, before anything changes;
+ * force is set for regions adopted after a restart, which stay held whatever the limits say now.
+ * release gives back exactly what charge took, when the region goes. */
+typedef struct MemoryPoolAccount {
+        int (*charge)(void *userdata, uint64_t fds, uint64_t address_space, bool force, BrokerError *e);
+        void (*release)(void *userdata, uint64_t fds, uint64_t address_space);
+} MemoryPoolAccount;
+
+void memory_pool_set_account(MemoryPool *pool, const MemoryPoolAccount *account, void *userdata);
+/* The address space the region's mapping reserves. */
+uint64_t memory_region_length(const MemoryRegion *region);
 /* One pointer per region for the watcher. */
 void memory_region_set_data(MemoryRegion *region, void *data);
 void *memory_region_get_data(const MemoryRegion *region);

@@ -12,6 +12,7 @@
 #include "manager-dbus.h"
 #include "owner-watch.h"
 #include "peer.h"
+#include "quota.h"
 
 struct Peer {
         Peer *next;
@@ -50,6 +51,7 @@ static void peer_free(Peer *p) {
          * daemon. What it did not read is lost with its connection. */
         sd_bus_close_unref(p->bus);
         owner_watch_unref(b, p->owner_watch);
+        quota_release_memory(b, p->uid, 1, 0);
         free(p->owner);
         free(p);
 }
@@ -62,17 +64,12 @@ static int on_peer_disconnected(sd_bus_message *m, void *userdata, sd_bus_error 
         return 0;
 }
 
-int peer_open(Broker *b, const char *owner, uid_t uid, int *ret_fd) {
+static int peer_connect(Broker *b, const char *owner, uid_t uid, int *ret_fd) {
         _cleanup_(sd_bus_close_unrefp) sd_bus *bus = NULL;
         _cleanup_close_ int ours = -EBADF, theirs = -EBADF;
         int pair[2], r;
         sd_id128_t id;
         Peer *p;
-
-        /* Each costs the daemon an fd, memory, and up to one message in flight (sd-bus takes up to
-         * 128 MiB): bounded per user. Root is not limited. */
-        if (uid != 0 && peer_count_of_uid(b, uid) >= PEERS_PER_USER_MAX)
-                return -EUSERS;
 
         if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, pair) < 0)
                 return -errno;
@@ -138,6 +135,24 @@ int peer_open(Broker *b, const char *owner, uid_t uid, int *ret_fd) {
 
         *ret_fd = TAKE_FD(theirs);
         return 0;
+}
+
+int peer_open(Broker *b, const char *owner, uid_t uid, int *ret_fd, BrokerError *e) {
+        int r;
+
+        /* Each costs the daemon an fd, memory, and up to one message in flight (sd-bus takes up to
+         * 128 MiB): bounded per user. Root is not limited. */
+        if (uid != 0 && peer_count_of_uid(b, uid) >= PEERS_PER_USER_MAX)
+                return -EUSERS;
+        /* ... and its fd counts with the user's memory fds, so that neither can take the daemon's fds
+         * from everyone else. */
+        r = quota_charge_memory(b, uid, 1, 0, false, e);
+        if (r < 0)
+                return r;
+        r = peer_connect(b, owner, uid, ret_fd);
+        if (r < 0)
+                quota_release_memory(b, uid, 1, 0);
+        return r;
 }
 
 void peer_close_all_of(Broker *b, const char *owner) {

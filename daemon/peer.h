@@ -12,6 +12,7 @@
 #include <systemd/sd-bus.h>
 
 #include "broker.h"
+#include "error.h"
 
 typedef struct Peer Peer;
 
@@ -19,8 +20,8 @@ typedef struct Peer Peer;
 #define PEERS_PER_USER_MAX 16
 
 /* Returns the client's end of a new connection for (owner, uid); -EUSERS beyond PEERS_PER_USER_MAX or
- * OWNERS_MAX owners. */
-int peer_open(Broker *b, const char *owner, uid_t uid, int *ret_fd);
+ * OWNERS_MAX owners. The daemon's end is one of uid's "fds": QuotaExceeded in e beyond it. */
+int peer_open(Broker *b, const char *owner, uid_t uid, int *ret_fd, BrokerError *e);
 void peer_close_all_of(Broker *b, const char *owner);
 void peer_free_all(Broker *b);
 

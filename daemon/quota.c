@@ -24,6 +24,10 @@ static void limits_max(LimitConfig *a, const LimitConfig *b) {
                 a->mappings = b->mappings;
         if (b->pinned_bytes > a->pinned_bytes)
                 a->pinned_bytes = b->pinned_bytes;
+        if (b->fds > a->fds)
+                a->fds = b->fds;
+        if (b->address_space > a->address_space)
+                a->address_space = b->address_space;
 }
 
 void quota_resolve_limits(const BrokerConfig *config, uid_t uid, LimitConfig *ret) {
@@ -47,7 +51,7 @@ void quota_resolve_limits(const BrokerConfig *config, uid_t uid, LimitConfig *re
         /* Root can pin memory without the broker anyway: limiting it protects nothing, and would
          * break a root VMM (libvirt's QEMU) out of the box. An explicit "users" entry still applies. */
         if (uid == 0) {
-                *ret = (LimitConfig) { UINT64_MAX, UINT64_MAX, UINT64_MAX };
+                *ret = (LimitConfig) { UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX };
                 return;
         }
 
@@ -147,6 +151,54 @@ int quota_charge(Broker *b, uid_t uid, uint64_t containers, uint64_t mappings, u
         return 0;
 }
 
+int quota_charge_memory(Broker *b, uid_t uid, uint64_t fds, uint64_t address_space, bool force, BrokerError *e) {
+        UserUsage *u;
+
+        assert(b);
+
+        u = quota_get_or_add(b, uid);
+        if (!u)
+                return -ENOMEM;
+
+        if (!force && exceeds(u->fds, fds, u->limits.fds))
+                return broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED,
+                                        "uid %u already has the broker keep %" PRIu64 " fds open (distinct memory "
+                                        "fds and peer connections); the limit \"fds\" is %" PRIu64 ".", uid,
+                                        u->fds, u->limits.fds);
+        if (!force && exceeds(u->address_space, address_space, u->limits.address_space))
+                return broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED,
+                                        "Mapping the memory file (0x%" PRIx64 " bytes) would reserve 0x%" PRIx64
+                                        " bytes of the broker's address space for uid %u; the limit "
+                                        "\"address_space\" is 0x%" PRIx64 ".", address_space,
+                                        u->address_space + address_space, uid, u->limits.address_space);
+
+        u->fds += fds;
+        u->address_space += address_space;
+        return 0;
+}
+
+static void quota_forget_idle(Broker *b, UserUsage *u) {
+        /* Forget idle users, so limits changed in the configuration apply from the next charge. */
+        if (u->containers == 0 && u->mappings == 0 && u->pinned_bytes == 0 && u->fds == 0 && u->address_space == 0)
+                for (UserUsage **p = &b->usage; *p; p = &(*p)->next)
+                        if (*p == u) {
+                                *p = u->next;
+                                free(u);
+                                break;
+                        }
+}
+
+void quota_release_memory(Broker *b, uid_t uid, uint64_t fds, uint64_t address_space) {
+        UserUsage *u = quota_find(b, uid);
+
+        assert(u);
+        assert(u->fds >= fds && u->address_space >= address_space);
+
+        u->fds -= fds;
+        u->address_space -= address_space;
+        quota_forget_idle(b, u);
+}
+
 void quota_release(Broker *b, uid_t uid, uint64_t containers, uint64_t mappings, uint64_t bytes) {
         UserUsage *u = quota_find(b, uid);
 
@@ -156,15 +208,7 @@ void quota_release(Broker *b, uid_t uid, uint64_t containers, uint64_t mappings,
         u->containers -= containers;
         u->mappings -= mappings;
         u->pinned_bytes -= bytes;
-
-        /* Forget idle users, so limits changed in the configuration apply from the next charge. */
-        if (u->containers == 0 && u->mappings == 0 && u->pinned_bytes == 0)
-                for (UserUsage **p = &b->usage; *p; p = &(*p)->next)
-                        if (*p == u) {
-                                *p = u->next;
-                                free(u);
-                                break;
-                        }
+        quota_forget_idle(b, u);
 }
 
 void quota_free_all(Broker *b) {

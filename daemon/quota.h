@@ -8,6 +8,7 @@
  * otherwise "default"; root is unlimited unless it has a "users" entry. Limits are resolved when a
  * user's first object is charged. */
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -21,6 +22,8 @@ struct UserUsage {
         uint64_t containers;
         uint64_t mappings;
         uint64_t pinned_bytes;
+        uint64_t fds;
+        uint64_t address_space;
 };
 
 /* Charges all three or nothing; QuotaExceeded names the limit and its value. */
@@ -29,6 +32,12 @@ int quota_charge(Broker *b, uid_t uid, uint64_t containers, uint64_t mappings, u
 /* Charges without checking: what a restarted broker finds held stays held, whatever the limits now. */
 int quota_charge_force(Broker *b, uid_t uid, uint64_t containers, uint64_t mappings, uint64_t bytes);
 void quota_release(Broker *b, uid_t uid, uint64_t containers, uint64_t mappings, uint64_t bytes);
+
+/* Fds the daemon keeps for the user (memory fds, peer connections) and the address space the memory
+ * fds' mappings reserve (limits "fds" and "address_space"); both or nothing. Forced when a restarted
+ * daemon adopts what it held. */
+int quota_charge_memory(Broker *b, uid_t uid, uint64_t fds, uint64_t address_space, bool force, BrokerError *e);
+void quota_release_memory(Broker *b, uid_t uid, uint64_t fds, uint64_t address_space);
 
 /* NULL when the user holds nothing. */
 const UserUsage *quota_get(Broker *b, uid_t uid);

@@ -383,8 +383,19 @@ static void test_client_killed(void **state) {
         pid = fork();
         assert_true(pid >= 0);
         if (pid == 0) {
-                int fd = vu_connect();
-                if (vu_negotiate(fd) != 0 || dma_map(fd, mem, 0, IOVA, RAM_SIZE, 3) != 0)
+                /* The previous test's client closed its socket, but the daemon may not have seen it
+                 * yet, and refuses a second client meanwhile: try again until it has. */
+                int fd = -1;
+                for (int i = 0; i < 50; i++) {
+                        fd = vu_connect_path(sock_path);
+                        if (fd >= 0 && vu_negotiate(fd) == 0)
+                                break;
+                        if (fd >= 0)
+                                close(fd);
+                        fd = -1;
+                        usleep(100 * 1000);
+                }
+                if (fd < 0 || dma_map(fd, mem, 0, IOVA, RAM_SIZE, 3) != 0)
                         _exit(1);
                 (void) !write(pipefd[1], "x", 1);
                 pause();

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -27,6 +28,12 @@ static void test_defaults(void **state) {
         /* Half the host's memory. */
         assert_int_equal(c->default_limits.pinned_bytes,
                          (uint64_t) sysconf(_SC_PHYS_PAGES) * (uint64_t) sysconf(_SC_PAGESIZE) / 2);
+        /* A quarter of the daemon's fds, and a sixteenth of its 128 TiB of address space. */
+        struct rlimit rl;
+        assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
+        if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur >= 64)
+                assert_int_equal(c->default_limits.fds, rl.rlim_cur / 4);
+        assert_int_equal(c->default_limits.address_space, UINT64_C(1) << 43);
         broker_config_free(c);
 
         /* An empty object is the defaults too. */
@@ -44,7 +51,8 @@ static void test_full(void **state) {
                 "            \"iova_ranges\": [ { \"first\": 0, \"last\": \"0xffffffff\" } ],"
                 "            \"page_sizes\": \"0x1000\", \"dma_entry_limit\": 100 },"
                 "  \"limits\": { \"default\": { \"containers\": 2, \"pinned_bytes\": \"0x40000000\" },"
-                "               \"users\": { \"alice\": { \"mappings\": 10 }, \"1000\": { \"pinned_bytes\": \"unlimited\" } },"
+                "               \"users\": { \"alice\": { \"mappings\": 10, \"fds\": 5 },"
+                "                          \"1000\": { \"pinned_bytes\": \"unlimited\", \"address_space\": \"0x10000000000\" } },"
                 "               \"groups\": { \"kvm\": { \"containers\": 8 } } } }";
 
         assert_int_equal(broker_config_parse(text, &c, &e), 0);
@@ -61,6 +69,9 @@ static void test_full(void **state) {
         assert_int_equal(c->user_limits[0].limits.mappings, 10);
         assert_int_equal(c->user_limits[0].limits.containers, 2); /* inherited */
         assert_int_equal(c->user_limits[1].limits.pinned_bytes, UINT64_MAX);
+        assert_int_equal(c->user_limits[0].limits.fds, 5);
+        assert_int_equal(c->user_limits[0].limits.address_space, UINT64_C(1) << 43); /* inherited */
+        assert_int_equal(c->user_limits[1].limits.address_space, UINT64_C(0x10000000000));
         assert_int_equal(c->group_limits[0].limits.containers, 8);
         broker_config_free(c);
 }
@@ -101,6 +112,8 @@ static void test_errors(void **state) {
         expect_error("{ \"limits\": { \"default\": { \"containers\": -3 } } }", "limits.default.containers");
         expect_error("{ \"limits\": { \"default\": { \"pins\": 3 } } }", "pins");
         expect_error("{ \"limits\": { \"users\": { \"bob\": { \"mappings\": true } } } }", "limits.users.bob.mappings");
+        expect_error("{ \"limits\": { \"default\": { \"fds\": -1 } } }", "limits.default.fds");
+        expect_error("{ \"limits\": { \"default\": { \"address_space\": \"lots\" } } }", "limits.default.address_space");
         expect_error("{ \"limits\": { \"groups\": [] } }", "limits.groups");
 }
 

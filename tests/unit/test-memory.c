@@ -183,6 +183,73 @@ static void test_sealed(void **state) {
         close(fd);
 }
 
+typedef struct TestAccount {
+        uint64_t fds, address_space, max_fds;
+} TestAccount;
+
+static int test_account_charge(void *userdata, uint64_t fds, uint64_t address_space, bool force, BrokerError *e) {
+        TestAccount *a = userdata;
+
+        if (!force && a->fds + fds > a->max_fds)
+                return broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED, "fds");
+        a->fds += fds;
+        a->address_space += address_space;
+        return 0;
+}
+
+static void test_account_release(void *userdata, uint64_t fds, uint64_t address_space) {
+        TestAccount *a = userdata;
+
+        assert_true(a->fds >= fds && a->address_space >= address_space);
+        a->fds -= fds;
+        a->address_space -= address_space;
+}
+
+static const MemoryPoolAccount test_account = { test_account_charge, test_account_release };
+
+/* Every region is charged one fd and its mapping's length, refused before anything is made, and
+ * given back when it goes; a shared region is charged once. */
+static void test_account_regions(void **state) {
+        MemoryPool *pool = memory_pool_new();
+        TestAccount acct = { .max_fds = 2 };
+        BrokerError e = BROKER_ERROR_INIT;
+        int a = new_memfd(1 << 20), b = new_memfd(1 << 16), c = new_memfd(1 << 16);
+        MemoryFileInfo ia, ib, ic;
+        MemoryRegion *r1, *r2, *r3, *r4;
+        uint64_t v;
+
+        memory_pool_set_account(pool, &test_account, &acct);
+        assert_int_equal(memory_check_fd(a, 3, &ia, NULL), 0);
+        assert_int_equal(memory_check_fd(b, 3, &ib, NULL), 0);
+        assert_int_equal(memory_check_fd(c, 3, &ic, NULL), 0);
+
+        assert_int_equal(memory_pool_acquire(pool, a, &ia, 0, 4096, 3, &r1, &v, NULL), 0);
+        assert_int_equal(acct.fds, 1);
+        assert_int_equal(acct.address_space, 1 << 20); /* the whole file is mapped */
+        assert_int_equal(memory_region_length(r1), 1 << 20);
+        assert_int_equal(memory_pool_acquire(pool, a, &ia, 4096, 4096, 3, &r2, &v, NULL), 0);
+        assert_ptr_equal(r1, r2);
+        assert_int_equal(acct.fds, 1);
+        assert_int_equal(memory_pool_acquire(pool, b, &ib, 0, 4096, 3, &r3, &v, NULL), 0);
+        assert_int_equal(acct.fds, 2);
+        assert_int_equal(acct.address_space, (1 << 20) + (1 << 16));
+
+        /* A third file is refused, and nothing was made of it. */
+        assert_true(memory_pool_acquire(pool, c, &ic, 0, 4096, 3, &r4, &v, &e) < 0);
+        assert_int_equal(e.code, BROKER_ERROR_QUOTA_EXCEEDED);
+        assert_int_equal(memory_pool_size(pool), 2);
+        assert_int_equal(acct.fds, 2);
+
+        memory_pool_release(pool, r1);
+        assert_int_equal(acct.fds, 2);
+        memory_pool_release(pool, r2);
+        memory_pool_release(pool, r3);
+        assert_int_equal(acct.fds, 0);
+        assert_int_equal(acct.address_space, 0);
+        memory_pool_free(pool);
+        close(a); close(b); close(c);
+}
+
 static void test_hugetlb(void **state) {
         MemoryFileInfo info;
         int fd = memfd_create("huge", MFD_CLOEXEC | MFD_HUGETLB);
@@ -209,6 +276,7 @@ int main(void) {
                 cmocka_unit_test(test_ranges),
                 cmocka_unit_test(test_pool),
                 cmocka_unit_test(test_sealed),
+                cmocka_unit_test(test_account_regions),
                 cmocka_unit_test(test_hugetlb),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
