@@ -149,36 +149,31 @@ static int region_offset(VfioDevice *v, uint32_t index, uint64_t offset, size_t 
         return 0;
 }
 
-static int vfio_device_region_read(BackendDevice *d, uint32_t index, uint64_t offset, void *buf, size_t size) {
+/* vfio-pci does accesses of the size asked for, as a CPU would (1, 2, 4 or 8 bytes at a time). */
+static int region_access(BackendDevice *d, uint32_t index, uint64_t offset, void *rbuf, const void *wbuf,
+                         size_t size) {
         VfioDevice *v = (VfioDevice *) d;
         uint64_t pos;
         ssize_t n;
         int r;
 
-        r = region_offset(v, index, offset, size, VFIO_REGION_INFO_FLAG_READ, &pos);
+        r = region_offset(v, index, offset, size, wbuf ? VFIO_REGION_INFO_FLAG_WRITE : VFIO_REGION_INFO_FLAG_READ,
+                          &pos);
         if (r < 0)
                 return r;
-        /* vfio-pci does accesses of the size asked for, as a CPU would (1, 2, 4 or 8 bytes at a time). */
-        n = pread(v->fd, buf, size, (off_t) pos);
+        n = wbuf ? pwrite(v->fd, wbuf, size, (off_t) pos) : pread(v->fd, rbuf, size, (off_t) pos);
         if (n < 0)
                 return -errno;
         return n == (ssize_t) size ? 0 : -EIO;
 }
 
+static int vfio_device_region_read(BackendDevice *d, uint32_t index, uint64_t offset, void *buf, size_t size) {
+        return region_access(d, index, offset, buf, NULL, size);
+}
+
 static int vfio_device_region_write(BackendDevice *d, uint32_t index, uint64_t offset, const void *buf,
                                     size_t size) {
-        VfioDevice *v = (VfioDevice *) d;
-        uint64_t pos;
-        ssize_t n;
-        int r;
-
-        r = region_offset(v, index, offset, size, VFIO_REGION_INFO_FLAG_WRITE, &pos);
-        if (r < 0)
-                return r;
-        n = pwrite(v->fd, buf, size, (off_t) pos);
-        if (n < 0)
-                return -errno;
-        return n == (ssize_t) size ? 0 : -EIO;
+        return region_access(d, index, offset, NULL, buf, size);
 }
 
 static int vfio_device_irq_info(BackendDevice *d, uint32_t index, BackendIrqInfo *ret) {

@@ -75,6 +75,16 @@ static const BrokerObserver bus_observer = {
         .done = on_done,
 };
 
+int bus_add_fallback_objects(sd_bus *bus, const char *prefix, const char *interface, const sd_bus_vtable *vtable,
+                             sd_bus_object_find_t find, sd_bus_node_enumerator_t enumerator, void *userdata) {
+        int r;
+
+        r = sd_bus_add_fallback_vtable(bus, NULL, prefix, interface, vtable, find, userdata);
+        if (r < 0)
+                return r;
+        return sd_bus_add_node_enumerator(bus, NULL, prefix, enumerator, userdata);
+}
+
 int bus_connect(Broker *b) {
         int r;
 
@@ -94,11 +104,11 @@ int bus_connect(Broker *b) {
         if (r < 0)
                 return log_error_errno(r, "Failed to watch the broker: %m");
 
-        r = manager_dbus_register(b);
+        r = manager_dbus_register_on(b, b->bus);
         if (r >= 0)
-                r = group_dbus_register(b);
+                r = group_dbus_register_on(b, b->bus);
         if (r >= 0)
-                r = container_dbus_register(b);
+                r = container_dbus_register_on(b, b->bus);
         if (r < 0)
                 return log_error_errno(r, "Failed to register objects: %m");
 

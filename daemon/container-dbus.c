@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bus.h"
 #include "bus-error.h"
 #include "caller.h"
 #include "container-dbus.h"
@@ -551,17 +552,7 @@ static const sd_bus_vtable container_vtable[] = {
 };
 
 int container_dbus_register_on(Broker *b, sd_bus *bus) {
-        int r;
-
-        r = sd_bus_add_fallback_vtable(bus, NULL, BROKER_CONTAINER_PREFIX, BROKER_CONTAINER_INTERFACE,
-                                       container_vtable, container_object_find, b);
-        if (r < 0)
-                return r;
-        return sd_bus_add_node_enumerator(bus, NULL, BROKER_CONTAINER_PREFIX, container_node_enumerator, b);
-}
-
-int container_dbus_register(Broker *b) {
-        return container_dbus_register_on(b, b->bus);
+        return bus_add_fallback_objects(bus, BROKER_CONTAINER_PREFIX, BROKER_CONTAINER_INTERFACE, container_vtable, container_object_find, container_node_enumerator, b);
 }
 
 int container_dbus_emit_changed(Container *c, ContainerProperty mask) {

@@ -4,7 +4,6 @@
 #include "broker.h"
 #include "container.h"
 
-int container_dbus_register(Broker *b);
 int container_dbus_register_on(Broker *b, sd_bus *bus);
 
 int container_dbus_emit_changed(Container *c, ContainerProperty mask);

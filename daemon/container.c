@@ -205,6 +205,18 @@ int container_group_compare(const void *a, const void *b) {
         return x < y ? -1 : x > y;
 }
 
+/* A group came or went: the journal and the watchers hear of it (every group can change the IOMMU's
+ * ranges, page sizes and mapping limit). */
+static void groups_changed(Container *c, unsigned id, bool attached, unsigned extra) {
+        log_event(&(LogEvent) { attached ? LOG_MESSAGE_GROUP_ATTACHED : LOG_MESSAGE_GROUP_DETACHED,
+                                .container = c->id, .label = c->label, .uid = &c->uid, .group = &id },
+                  "Container %" PRIu64 " (%s, uid %u): %s VFIO group %u.", c->id, c->label, c->uid,
+                  attached ? "attached" : "detached", id);
+        broker_container_changed(c->broker, c, CONTAINER_PROPERTY_GROUPS | CONTAINER_PROPERTY_DMA_AVAILABLE |
+                                                       CONTAINER_PROPERTY_IOVA_RANGES | CONTAINER_PROPERTY_PAGE_SIZES |
+                                                       extra);
+}
+
 int container_attach_group(Container *c, unsigned id, BrokerError *e) {
         Broker *b = c->broker;
         Group *g;
@@ -262,14 +274,7 @@ int container_attach_group(Container *c, unsigned id, BrokerError *e) {
         }
 
         g->container = c;
-        log_event(&(LogEvent) { LOG_MESSAGE_GROUP_ATTACHED, .container = c->id, .label = c->label, .uid = &c->uid,
-                                .group = &id },
-                  "Container %" PRIu64 " (%s, uid %u): attached VFIO group %u.", c->id, c->label, c->uid, id);
-
-        broker_container_changed(c->broker, c, CONTAINER_PROPERTY_GROUPS | CONTAINER_PROPERTY_DMA_AVAILABLE |
-                                              CONTAINER_PROPERTY_IOVA_RANGES |
-                                              CONTAINER_PROPERTY_PAGE_SIZES |
-                                              (c->n_groups == 1 ? CONTAINER_PROPERTY_BALLOON_INHIBITED : 0));
+        groups_changed(c, id, true, c->n_groups == 1 ? CONTAINER_PROPERTY_BALLOON_INHIBITED : 0);
         broker_group_changed(b, g);
         broker_balloon_inhibitors_changed(b, +1);
         return 0;
@@ -315,15 +320,8 @@ int container_detach_group(Container *c, unsigned id, BrokerError *e) {
                 g->container = NULL;
                 broker_group_changed(b, g);
         }
-        log_event(&(LogEvent) { LOG_MESSAGE_GROUP_DETACHED, .container = c->id, .label = c->label, .uid = &c->uid,
-                                .group = &id },
-                  "Container %" PRIu64 " (%s, uid %u): detached VFIO group %u.", c->id, c->label, c->uid, id);
-
-        broker_container_changed(c->broker, c, CONTAINER_PROPERTY_GROUPS | CONTAINER_PROPERTY_DMA_AVAILABLE |
-                                              CONTAINER_PROPERTY_IOVA_RANGES |
-                                              CONTAINER_PROPERTY_PAGE_SIZES |
-                                              (c->n_groups == 0 ? CONTAINER_PROPERTY_BALLOON_INHIBITED : 0) |
-                                              (tracking_gone ? CONTAINER_PROPERTY_DIRTY_TRACKING : 0));
+        groups_changed(c, id, false, (c->n_groups == 0 ? CONTAINER_PROPERTY_BALLOON_INHIBITED : 0) |
+                                     (tracking_gone ? CONTAINER_PROPERTY_DIRTY_TRACKING : 0));
         broker_balloon_inhibitors_changed(b, -1);
         return 0;
 }

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bus.h"
 #include "container.h"
 #include "group.h"
 #include "group-dbus.h"
@@ -84,17 +85,7 @@ static const sd_bus_vtable group_vtable[] = {
 };
 
 int group_dbus_register_on(Broker *b, sd_bus *bus) {
-        int r;
-
-        r = sd_bus_add_fallback_vtable(bus, NULL, BROKER_GROUP_PREFIX, BROKER_GROUP_INTERFACE,
-                                       group_vtable, group_object_find, b);
-        if (r < 0)
-                return r;
-        return sd_bus_add_node_enumerator(bus, NULL, BROKER_GROUP_PREFIX, group_node_enumerator, b);
-}
-
-int group_dbus_register(Broker *b) {
-        return group_dbus_register_on(b, b->bus);
+        return bus_add_fallback_objects(bus, BROKER_GROUP_PREFIX, BROKER_GROUP_INTERFACE, group_vtable, group_object_find, group_node_enumerator, b);
 }
 
 int group_dbus_emit_added(Group *g) {

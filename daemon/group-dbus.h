@@ -3,7 +3,6 @@
 
 #include "broker.h"
 
-int group_dbus_register(Broker *b);
 int group_dbus_register_on(Broker *b, sd_bus *bus);
 int group_dbus_emit_added(Group *g);
 int group_dbus_emit_removed(Group *g);

@@ -165,9 +165,6 @@ int manager_dbus_register_on(Broker *b, sd_bus *bus) {
         return sd_bus_add_object_manager(bus, NULL, BROKER_OBJECT_PATH);
 }
 
-int manager_dbus_register(Broker *b) {
-        return manager_dbus_register_on(b, b->bus);
-}
 
 int manager_dbus_emit_balloon_changed(Broker *b, bool flipped) {
         if (!b->bus)

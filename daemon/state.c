@@ -57,18 +57,27 @@ static void log_append(Broker *b, StateRecord *r) {
         }
 }
 
-static void log_region(Container *c, MemoryRegion *region, bool added) {
+/* The record of a region of c; false for a region whose file is not in the store. */
+static bool region_record(Container *c, MemoryRegion *region, bool added, StateRecord *ret) {
         StoredFile *f = memory_region_get_data(region);
-        StateRecord r = {
+
+        if (!f)
+                return false;
+        *ret = (StateRecord) {
                 .type = added ? STATE_RECORD_REGION_ADD : STATE_RECORD_REGION_DEL,
                 .container = c->id,
                 .region.id = memory_region_id(region),
                 .region.flags = memory_region_flags(region),
         };
+        memcpy(ret->region.file, f->name, sizeof(ret->region.file));
+        return true;
+}
 
-        if (!f)
+static void log_region(Container *c, MemoryRegion *region, bool added) {
+        StateRecord r;
+
+        if (!region_record(c, region, added, &r))
                 return;
-        memcpy(r.region.file, f->name, sizeof(r.region.file));
         log_append(c->broker, &r);
         c->broker->state->live += added ? 1 : -1;
 }
@@ -415,16 +424,9 @@ int state_log_rewrite(Broker *b) {
                 r = log_head(c);
                 live += 2;
                 for (MemoryRegion *m = memory_pool_first(c->memory); m && r >= 0; m = memory_region_next(m)) {
-                        StoredFile *f = memory_region_get_data(m);
-                        StateRecord x = {
-                                .type = STATE_RECORD_REGION_ADD,
-                                .container = c->id,
-                                .region.id = memory_region_id(m),
-                                .region.flags = memory_region_flags(m),
-                        };
-                        if (!f)
+                        StateRecord x;
+                        if (!region_record(c, m, true, &x))
                                 continue;
-                        memcpy(x.region.file, f->name, sizeof(x.region.file));
                         r = state_log_append(l, &x);
                         live++;
                 }
