@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "broker-wire.h"
+#include "format-util.h"
 #include "macro.h"
 #include "vfio-broker/vfio-broker.h"
 
@@ -73,21 +74,6 @@ static void print_json(json_object *o) {
 static json_object *json_u64(uint64_t v) {
         /* JSON numbers are int64 in json-c; every value here fits (bytes, counts, bitmaps < 2^63). */
         return json_object_new_int64(v > INT64_MAX ? INT64_MAX : (int64_t) v);
-}
-
-static char *format_bytes(uint64_t b, char *buf, size_t size) {
-        static const char *units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
-        size_t u = 0;
-        double v = (double) b;
-        while (v >= 1024 && u + 1 < ELEMENTSOF(units)) {
-                v /= 1024;
-                u++;
-        }
-        if (u == 0)
-                snprintf(buf, size, "%" PRIu64 " B", b);
-        else
-                snprintf(buf, size, "%.1f %s", v, units[u]);
-        return buf;
 }
 
 static char *join_u32(const uint32_t *l, size_t n, char *buf, size_t size) {

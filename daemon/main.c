@@ -19,6 +19,7 @@
 #include "device-monitor.h"
 #include "group-dbus.h"
 #include "container.h"
+#include "format-util.h"
 #include "log.h"
 #include "manager-dbus.h"
 #include "message-ids.h"
@@ -198,21 +199,6 @@ typedef struct Daemon {
         const char *config_path;
         char *status;  /* the last STATUS= sent, to send only changes */
 } Daemon;
-
-static void format_bytes(uint64_t bytes, char *buf, size_t size) {
-        static const char units[][4] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
-        double v = (double) bytes;
-        size_t u = 0;
-
-        while (v >= 1024 && u + 1 < ELEMENTSOF(units)) {
-                v /= 1024;
-                u++;
-        }
-        if (u == 0)
-                snprintf(buf, size, "%" PRIu64 " B", bytes);
-        else
-                snprintf(buf, size, "%.1f %s", v, units[u]);
-}
 
 /* What the broker holds, for `systemctl status`: "3 containers, 2 groups attached, 4.0 GiB pinned".
  * A post source runs after every dispatch, so STATUS= follows every change, but is sent only when the

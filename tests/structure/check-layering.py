@@ -29,7 +29,7 @@ RULES = [
     (r"^config\.[ch]$", BACKEND),
     (r"^(broker|container|container-.*|group|quota|memory)\.[ch]$", LOGIC),
     (r"^(error|log|mapping-table|json-strict)\.[ch]$", UTIL),
-    (r"^(broker-wire|macro|message-ids)\.h$", UTIL),
+    (r"^(broker-wire|format-util|macro|message-ids)\.h$", UTIL),
     (r"^config-build\.h$", UTIL),
 ]
 
