@@ -22,13 +22,65 @@ static void on_container_added(void *userdata, Container *c) {
                 (void) sd_bus_emit_object_added(b->bus, c->path);
 }
 
+/* Mappings, MappedBytes and DmaAvailable change with every Map and Unmap. A VMM that maps granule by
+ * granule would make dbus-daemon route a PropertiesChanged per call, as much work for it as the call
+ * itself; so these counters go out at most once per BUS_COUNTERS_USEC and container: the first change
+ * at once, later ones at the end of the window with the values of then. Every other property (the
+ * balloon state, groups, ranges) goes at once, and takes held counters with it. */
+#define BUS_COUNTERS_USEC (10 * 1000)
+
+static int on_counters_due(sd_event_source *source, uint64_t usec, void *userdata) {
+        Container *c = userdata;
+        unsigned held = c->bus_counters_held;
+
+        c->bus_counters_held = 0;
+        c->bus_counters_sent = usec;
+        (void) container_dbus_emit_changed(c, held);
+        return 0;
+}
+
 static void on_container_changed(void *userdata, Container *c, unsigned mask) {
+        Broker *b = userdata;
+        uint64_t now;
+
+        mask &= _CONTAINER_PROPERTY_ALL;
+        if (mask == 0)
+                return;
+        if (!b->event || sd_event_now(b->event, CLOCK_MONOTONIC, &now) < 0)
+                return (void) container_dbus_emit_changed(c, mask);
+
+        if ((mask & ~CONTAINER_CHANGE_MAPPINGS) == 0 && now < c->bus_counters_sent + BUS_COUNTERS_USEC) {
+                int r = 0;
+
+                if (c->bus_counters_held == 0) {
+                        uint64_t due = c->bus_counters_sent + BUS_COUNTERS_USEC;
+                        if (c->bus_counters_timer) {
+                                r = sd_event_source_set_time(c->bus_counters_timer, due);
+                                if (r >= 0)
+                                        r = sd_event_source_set_enabled(c->bus_counters_timer, SD_EVENT_ONESHOT);
+                        } else
+                                r = sd_event_add_time(b->event, &c->bus_counters_timer, CLOCK_MONOTONIC, due, 0,
+                                                      on_counters_due, c);
+                }
+                if (r >= 0) {
+                        c->bus_counters_held |= mask;
+                        return;
+                }
+        }
+
+        mask |= c->bus_counters_held;
+        c->bus_counters_held = 0;
+        if (c->bus_counters_timer)
+                (void) sd_event_source_set_enabled(c->bus_counters_timer, SD_EVENT_OFF);
+        if (mask & CONTAINER_CHANGE_MAPPINGS)
+                c->bus_counters_sent = now;
         (void) container_dbus_emit_changed(c, mask);
 }
 
 static void on_container_removed(void *userdata, Container *c) {
         Broker *b = userdata;
 
+        c->bus_counters_timer = sd_event_source_disable_unref(c->bus_counters_timer);
         if (b->bus)
                 (void) sd_bus_emit_object_removed(b->bus, c->path);
         owner_watch_untrack(c);

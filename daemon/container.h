@@ -62,6 +62,11 @@ struct Container {
         unsigned changed_mask;
 
         struct VfioUserServer *vfio_user_servers; /* devices served over vfio-user (vfio-user-server.c) */
+
+        /* The D-Bus face's (bus.c): changes of the mapping counters held back for a while. */
+        uint64_t bus_counters_sent;       /* CLOCK_MONOTONIC of their last PropertiesChanged */
+        unsigned bus_counters_held;       /* ContainerProperty bits waiting for bus_counters_timer */
+        struct sd_event_source *bus_counters_timer;
 };
 
 /* Property bits for change notification. */

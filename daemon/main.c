@@ -197,14 +197,16 @@ static int create_backend(const Arguments *args, const BrokerConfig *config, Bac
 typedef struct Daemon {
         Broker *broker;
         const char *config_path;
-        char *status;  /* the last STATUS= sent, to send only changes */
+        char *status;             /* the last STATUS= sent, to send only changes */
+        uint64_t status_sent;     /* CLOCK_MONOTONIC of that */
+        sd_event_source *status_timer;
 } Daemon;
 
-/* What the broker holds, for `systemctl status`: "3 containers, 2 groups attached, 4.0 GiB pinned".
- * A post source runs after every dispatch, so STATUS= follows every change, but is sent only when the
- * text differs (every Map would otherwise be a message to PID 1). */
-static int on_post_update_status(sd_event_source *s, void *userdata) {
-        Daemon *d = userdata;
+/* STATUS= at most this often: each one is a message PID 1 parses, and a VMM mapping granule by granule
+ * changes "pinned" with every call. */
+#define STATUS_INTERVAL_USEC (1000 * 1000)
+
+static void status_send(Daemon *d, uint64_t now) {
         Broker *b = d->broker;
         uint64_t pinned = 0;
         char bytes[32], *status = NULL;
@@ -215,14 +217,43 @@ static int on_post_update_status(sd_event_source *s, void *userdata) {
         if (asprintf(&status, "STATUS=%zu container%s, %u group%s attached, %s pinned", b->n_containers,
                      b->n_containers == 1 ? "" : "s", b->balloon_inhibitors, b->balloon_inhibitors == 1 ? "" : "s",
                      bytes) < 0)
-                return 0;
+                return;
         if (d->status && strcmp(d->status, status) == 0) {
                 free(status);
-                return 0;
+                return;
         }
         (void) sd_notify(false, status);
         free(d->status);
         d->status = status;
+        d->status_sent = now;
+}
+
+static int on_status_due(sd_event_source *s, uint64_t usec, void *userdata) {
+        status_send(userdata, usec);
+        return 0;
+}
+
+/* What the broker holds, for `systemctl status`: "3 containers, 2 groups attached, 4.0 GiB pinned".
+ * A post source runs after every dispatch, so STATUS= follows every change: at once after a quiet
+ * second, else at the end of the interval with the figures of then. Only a changed text is sent. */
+static int on_post_update_status(sd_event_source *s, void *userdata) {
+        Daemon *d = userdata;
+        int enabled = SD_EVENT_OFF;
+        uint64_t now;
+
+        if (d->status_timer && sd_event_source_get_enabled(d->status_timer, &enabled) >= 0 && enabled != SD_EVENT_OFF)
+                return 0; /* already due */
+        if (!s || sd_event_now(sd_event_source_get_event(s), CLOCK_MONOTONIC, &now) < 0 ||
+            now >= d->status_sent + STATUS_INTERVAL_USEC) {
+                status_send(d, s ? now : 0);
+                return 0;
+        }
+        if (d->status_timer) {
+                if (sd_event_source_set_time(d->status_timer, d->status_sent + STATUS_INTERVAL_USEC) >= 0)
+                        (void) sd_event_source_set_enabled(d->status_timer, SD_EVENT_ONESHOT);
+        } else
+                (void) sd_event_add_time(sd_event_source_get_event(s), &d->status_timer, CLOCK_MONOTONIC,
+                                         d->status_sent + STATUS_INTERVAL_USEC, 0, on_status_due, d);
         return 0;
 }
 
@@ -409,6 +440,7 @@ static int run(int argc, char *argv[]) {
         (void) on_post_update_status(NULL, &daemon);
 
         r = sd_event_loop(event);
+        daemon.status_timer = sd_event_source_disable_unref(daemon.status_timer);
         free(daemon.status);
         (void) sd_notify(false, "STOPPING=1\nSTATUS=Shutting down.");
         if (r < 0)

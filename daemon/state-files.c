@@ -99,7 +99,9 @@ void state_file_unref(Broker *b, StoredFile *f) {
         assert(f->n_ref > 0);
         if (--f->n_ref > 0 || f->pending)
                 return;
-        /* Saved state may still name it: it leaves the store after the next save. */
+        /* Saved state may still name it: it leaves the store after the next save (and a while later,
+         * see state_flush_removals_later()), unless a region takes it again meanwhile. On the list at
+         * most once: pending says it is there. */
         f->pending = true;
         f->pending_next = s->pending;
         s->pending = f;
@@ -113,16 +115,44 @@ void state_flush_removals(Broker *b) {
                 return;
         while ((f = s->pending)) {
                 s->pending = f->pending_next;
-                if (!f->pending)
+                f->pending = false;
+                if (f->n_ref > 0)
                         continue; /* taken again */
-                if (f->n_ref == 0) {
-                        fdstore_remove(b->notify_fd, f->name);
-                        state_charge(b, f->uid, -1);
-                        file_unlink(s, f);
-                        free(f);
-                } else
-                        f->pending = false;
+                fdstore_remove(b->notify_fd, f->name);
+                state_charge(b, f->uid, -1);
+                file_unlink(s, f);
+                free(f);
         }
+}
+
+static int on_linger(sd_event_source *source, uint64_t usec, void *userdata) {
+        state_flush_removals(userdata);
+        return 0;
+}
+
+void state_flush_removals_later(Broker *b) {
+        StateStore *s = b->state;
+        int r;
+
+        if (!s || s->restoring || !s->pending)
+                return;
+        if (!b->event) {
+                state_flush_removals(b);
+                return;
+        }
+        if (s->linger) {
+                int enabled = SD_EVENT_OFF;
+                (void) sd_event_source_get_enabled(s->linger, &enabled);
+                if (enabled != SD_EVENT_OFF)
+                        return; /* the earliest pending file sets the time; the rest go with it */
+                r = sd_event_source_set_time_relative(s->linger, STATE_LINGER_USEC);
+                if (r >= 0)
+                        r = sd_event_source_set_enabled(s->linger, SD_EVENT_ONESHOT);
+        } else
+                r = sd_event_add_time_relative(b->event, &s->linger, CLOCK_MONOTONIC, STATE_LINGER_USEC, 0,
+                                               on_linger, b);
+        if (r < 0)
+                state_flush_removals(b);
 }
 
 int state_file_adopt(Broker *b, Container *c, MemoryRegion *region, const char *name, int fd) {
@@ -163,9 +193,7 @@ int state_file_adopt(Broker *b, Container *c, MemoryRegion *region, const char *
                 /* The same open file under two names (an older daemon stored it per region): the second
                  * is not needed. It leaves the store with the unreferenced fds. */
                 log_debug("Stored fds %s and %s are the same memory file.", f->name, name);
-        if (f->pending)
-                f->pending = false;
-        f->n_ref++;
+        f->n_ref++; /* if pending, the flush sees it taken again */
         memory_region_set_data(region, f);
         return 0;
 }

@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <systemd/sd-event.h>
+
 #include "broker.h"
 #include "container.h"
 
@@ -17,8 +19,8 @@
 typedef struct StoredFile StoredFile;
 struct StoredFile {
         StoredFile *hash_next;
-        StoredFile *pending_next;  /* on StateStore.pending: unreferenced, removal due after the next save */
-        bool pending;
+        StoredFile *pending_next;  /* on StateStore.pending: was unreferenced, removal due after the next save */
+        bool pending;              /* on that list (once at most); removed then unless n_ref > 0 again */
         dev_t dev;
         ino_t ino;
         bool writable;             /* access mode of the stored fd: O_RDWR, or O_RDONLY */
@@ -36,6 +38,7 @@ struct StateStore {
         StoredFile **buckets;
         size_t n_buckets, n_files;
         StoredFile *pending;
+        sd_event_source *linger;   /* fires state_flush_removals() once pending files lingered enough */
         uint64_t next_file;
         unsigned fdstore_max;      /* FileDescriptorStoreMax= of the unit; 0: unknown, not enforced */
         unsigned n_stored;         /* fds the daemon has in the store */
@@ -78,3 +81,9 @@ void state_watch_memory(Container *c);
 int state_log_rewrite(Broker *b);
 /* Sends the removals that became due: files no saved state names any more. */
 void state_flush_removals(Broker *b);
+/* The same, STATE_LINGER_USEC from now: a VMM that unmaps the last range of a file and maps it again
+ * (a Map+Unmap cycle, a virtio-mem granule discarded and populated) finds it still in the store and
+ * costs the service manager no push and removal. Unpinned memory stays referenced by the store that
+ * long, no longer. */
+#define STATE_LINGER_USEC (250 * 1000)
+void state_flush_removals_later(Broker *b);

@@ -378,6 +378,7 @@ bool state_hand_over(Broker *b) {
                 container_forget_vaddrs(c);
                 (void) state_save_container(c, false);
         }
+        state_flush_removals(b);
         b->handing_over = true;
         log_info("Leaving %zu containers to the next instance.", b->n_containers);
         return true;

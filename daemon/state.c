@@ -35,7 +35,9 @@ static int on_region_admit(void *userdata, int fd, const MemoryFileInfo *info, B
         if (s->fdstore_max == 0 || state_file_find(s, info->dev, info->ino, info->writable))
                 return 0;
         /* One place stays free: the next generation of the state log enters the store before the
-         * old one leaves it. */
+         * old one leaves it. Files that linger unused make room first. */
+        if (s->n_stored + 2 > s->fdstore_max)
+                state_flush_removals(c->broker);
         if (s->n_stored + 2 <= s->fdstore_max)
                 return 0;
         return broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED,
@@ -96,9 +98,7 @@ static void on_region_added(void *userdata, MemoryRegion *region) {
                                           "survive a restart.", c->id);
         f = state_file_find(s, st.st_dev, st.st_ino, w);
         if (f) {
-                if (f->pending) /* wanted again before its removal went out: it stays */
-                        f->pending = false;
-                f->n_ref++;
+                f->n_ref++; /* wanted again before its removal went out: it stays */
                 memory_region_set_data(region, f);
                 log_region(c, region, true);
                 return;
@@ -209,6 +209,7 @@ static void on_done(void *userdata) {
 
         if (!s)
                 return;
+        sd_event_source_disable_unref(s->linger);
         state_files_free(s);
         state_log_free(s->log);
         free(s);
@@ -347,7 +348,7 @@ static void state_commit(Broker *b) {
         if (!s->log)
                 return;
         state_log_commit(s->log);
-        state_flush_removals(b);
+        state_flush_removals_later(b);
         if (state_log_used(s->log) > 2 * s->live + 65536 || state_log_used(s->log) > state_log_capacity(s->log) / 2)
                 (void) state_log_rewrite(b);
 }

@@ -107,6 +107,7 @@ class FdStore:
         self.max = max_fds
         self.refused = 0
         self.suppressed = 0
+        self.pushed = 0
         self.kill_at_remove = None  # a Popen to kill at the next FDSTOREREMOVE
         self.synced = threading.Condition()
         self.sync_seen = 0
@@ -130,6 +131,7 @@ class FdStore:
             return False
         self.fds.append((name, fd))
         self.by_inode.setdefault(key, []).append(fd)
+        self.pushed += 1
         return True
 
     def forget(self, fd):
@@ -295,7 +297,8 @@ class Control:
       start   start a new instance with the stored fds
       fds     list the names in the store
       trap-remove  SIGKILL the daemon when its next FDSTOREREMOVE arrives (answers at once)
-      store   "fds=N suppressed=S refused=R": what the store holds, and what it dropped
+      store   "fds=N suppressed=S refused=R pushed=P": what the store holds, what it dropped, and how
+              many fds it took in all
       log-corrupt                 damage the last committed record of the stored state log
       log-head:<id>:<backend>     append (and commit) a valid head for container id on another backend
       log-map:<id>:<iova>:<size>:<region>:<offset>:<flags>
@@ -468,7 +471,8 @@ def main():
             if cmd == "store":
                 store.sync()
                 with store.lock:
-                    return "fds=%d suppressed=%d refused=%d" % (len(store.fds), store.suppressed, store.refused)
+                    return "fds=%d suppressed=%d refused=%d pushed=%d" % (len(store.fds), store.suppressed,
+                                                                           store.refused, store.pushed)
             return "unknown"
 
         env["VFIO_BROKER_HARNESS"] = Control(tmp, control).dir

@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -253,6 +254,81 @@ static void test_attach_map_signals(void **state) {
 
         test_call_ok(bus, path, CONTAINER_IFACE, "Close", NULL, "");
         free(log);
+}
+
+/* What a subscriber sees of a container's mapping counters: how many PropertiesChanged carried them,
+ * and the last values. */
+typedef struct CounterWatch {
+        const char *path;
+        unsigned signals;
+        uint32_t mappings;
+        uint64_t mapped_bytes;
+} CounterWatch;
+
+static int on_counters(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        CounterWatch *w = userdata;
+        const char *iface, *name;
+        bool seen = false;
+
+        if (strcmp(sd_bus_message_get_path(m), w->path) != 0 || sd_bus_message_read(m, "s", &iface) < 0 ||
+            sd_bus_message_enter_container(m, 'a', "{sv}") < 0)
+                return 0;
+        while (sd_bus_message_enter_container(m, 'e', "sv") > 0) {
+                assert_true(sd_bus_message_read(m, "s", &name) >= 0);
+                if (strcmp(name, "Mappings") == 0) {
+                        assert_true(sd_bus_message_read(m, "v", "u", &w->mappings) >= 0);
+                        seen = true;
+                } else if (strcmp(name, "MappedBytes") == 0)
+                        assert_true(sd_bus_message_read(m, "v", "t", &w->mapped_bytes) >= 0);
+                else
+                        assert_true(sd_bus_message_skip(m, "v") >= 0);
+                assert_true(sd_bus_message_exit_container(m) >= 0);
+        }
+        w->signals += seen;
+        return 0;
+}
+
+static double now_ms(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* A VMM mapping granule by granule changes Mappings and MappedBytes with every call: the bus carries
+ * them at most every 10 ms per container (not one PropertiesChanged per call), and the values a
+ * subscriber ends with are the container's. */
+static void test_counter_changes_throttled(void **state) {
+        _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *slot = NULL;
+        _cleanup_free_ char *path = NULL;
+        _cleanup_close_ int ram = test_memfd(8 * MiB);
+        CounterWatch w = {};
+        const unsigned N = 200;
+        double start, elapsed;
+
+        path = test_create_container(bus, "vm-counters");
+        w.path = path;
+        test_call_ok(bus, path, CONTAINER_IFACE, "AttachGroup", NULL, "u", viable[0]->id);
+        assert_true(sd_bus_match_signal(bus, &slot, BUS_NAME, path, "org.freedesktop.DBus.Properties",
+                                        "PropertiesChanged", on_counters, &w) >= 0);
+        start = now_ms();
+        for (unsigned i = 0; i < N; i++) {
+                test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram, (uint64_t) 0, (uint64_t) 4096,
+                             (uint64_t) 0x100000, (uint32_t) 3);
+                test_call_ok(bus, path, CONTAINER_IFACE, "Unmap", NULL, "tt", (uint64_t) 0x100000, (uint64_t) 4096);
+        }
+        test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram, (uint64_t) 4096, (uint64_t) 8192,
+                     (uint64_t) 0x200000, (uint32_t) 3);
+        elapsed = now_ms() - start;
+        /* The held counters follow within the window: wait for them. */
+        for (double until = now_ms() + 2000; now_ms() < until && !(w.mappings == 1 && w.mapped_bytes == 8192);)
+                if (sd_bus_process(bus, NULL) == 0)
+                        (void) sd_bus_wait(bus, 20000);
+        assert_int_equal(w.mappings, 1);
+        assert_int_equal(w.mapped_bytes, 8192);
+        /* One signal per call would be 2N+1. */
+        if (w.signals > elapsed / 10 + 3)
+                fail_msg("%u PropertiesChanged with Mappings for %u calls in %.0f ms", w.signals, 2 * N + 1, elapsed);
+        test_call_ok(bus, path, CONTAINER_IFACE, "Close", NULL, "");
 }
 
 static void test_two_groups(void **state) {
@@ -596,6 +672,7 @@ int main(int argc, char *argv[]) {
                 cmocka_unit_test(test_groups),
                 cmocka_unit_test(test_container_lifecycle),
                 cmocka_unit_test(test_attach_map_signals),
+                cmocka_unit_test(test_counter_changes_throttled),
                 cmocka_unit_test(test_two_groups),
                 cmocka_unit_test(test_close_with_device_open),
                 cmocka_unit_test(test_bad_input),

@@ -379,6 +379,43 @@ static void test_fdstore_full(void **state) {
                 close(ram[i]);
 }
 
+static unsigned store_pushed(void) {
+        const char *p = strstr(test_harness("store"), "pushed=");
+        assert_non_null(p);
+        return (unsigned) strtoul(p + 7, NULL, 10);
+}
+
+/* A VMM that unmaps the last range of a memory file and maps it again (Map+Unmap cycles, a virtio-mem
+ * granule discarded and populated) costs the service manager one push of the file, not one push and
+ * one removal per cycle; and the file still leaves the store a moment after its last range went. */
+static void test_remap_cycles_store_once(void **state) {
+        _cleanup_free_ char *path = test_create_container(bus, "cycles");
+        _cleanup_close_ int ram = test_memfd(8 * MiB);
+        unsigned before;
+        const char *fds = NULL;
+
+        test_call_ok(bus, path, CONTAINER_IFACE, "AttachGroup", NULL, "u", 2);
+        before = store_pushed();
+        for (unsigned i = 0; i < 50; i++) {
+                test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram, UINT64_C(0), 2 * MiB, 0 * MiB,
+                             UINT32_C(3));
+                test_call_ok(bus, path, CONTAINER_IFACE, "Unmap", NULL, "tt", 0 * MiB, 2 * MiB);
+        }
+        assert_int_equal(store_pushed() - before, 1);
+        /* Nothing maps it now: it goes (within a second), while the container stays. */
+        for (int i = 0; i < 200; i++) {
+                fds = stored_besides_log();
+                if (fds[0] != 'm' && !strstr(fds, " m"))
+                        break;
+                usleep(10 * 1000);
+        }
+        if (fds[0] == 'm' || strstr(fds, " m"))
+                fail_msg("a memory file nothing maps stays in the store: %s", fds);
+        assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "Mappings"), 0);
+        test_call_ok(bus, path, CONTAINER_IFACE, "Close", NULL, "");
+        assert_store_empties();
+}
+
 static int setup(void **state) {
         bus = test_bus_open();
         return 0;
@@ -406,6 +443,7 @@ int main(int argc, char *argv[]) {
                 cmocka_unit_test(test_state_naming_unknown_memory),
                 cmocka_unit_test(test_fds_without_state),
                 cmocka_unit_test(test_one_memfd_several_regions),
+                cmocka_unit_test(test_remap_cycles_store_once),
                 cmocka_unit_test(test_killed_while_saving),
         };
         return cmocka_run_group_tests_name("restart", tests, setup, teardown);
