@@ -8,6 +8,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <zlib.h>
+
 #include "state-log.h"
 
 struct StateLog {
@@ -19,20 +21,59 @@ struct StateLog {
 };
 
 uint32_t state_crc32(const void *data, size_t size) {
+        return (uint32_t) crc32(0, data, (uInt) size);
+}
+
+/* CRC-32C (Castagnoli) byte by byte, for CPUs without the instruction. */
+static uint32_t crc32c_table(const uint8_t *p, size_t size) {
         static uint32_t table[256];
-        const uint8_t *p = data;
         uint32_t crc = UINT32_MAX;
 
         if (table[1] == 0)
                 for (uint32_t i = 0; i < 256; i++) {
                         uint32_t c = i;
                         for (int k = 0; k < 8; k++)
-                                c = c & 1 ? UINT32_C(0xedb88320) ^ (c >> 1) : c >> 1;
+                                c = c & 1 ? UINT32_C(0x82f63b78) ^ (c >> 1) : c >> 1;
                         table[i] = c;
                 }
         while (size--)
                 crc = table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
         return crc ^ UINT32_MAX;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) static uint32_t crc32c_sse42(const uint8_t *p, size_t size) {
+        uint64_t crc = UINT32_MAX;
+
+        for (; size >= 8; size -= 8, p += 8) {
+                uint64_t v;
+                memcpy(&v, p, sizeof(v));
+                crc = __builtin_ia32_crc32di(crc, v);
+        }
+        uint32_t c = (uint32_t) crc;
+        while (size--)
+                c = __builtin_ia32_crc32qi(c, *p++);
+        return c ^ UINT32_MAX;
+}
+#endif
+
+uint32_t state_crc32c(const void *data, size_t size) {
+#if defined(__x86_64__)
+        if (__builtin_cpu_supports("sse4.2"))
+                return crc32c_sse42(data, size);
+#endif
+        return crc32c_table(data, size);
+}
+
+/* The checksum of a record of a log of this version (records are checksummed with their crc field
+ * 0). Version 1 logs carry CRC-32 (IEEE), version 2 CRC-32C: one instruction per 8 bytes where the CPU
+ * has it (SSE 4.2), where zlib's CRC-32 of a record took 190 ns, a quarter of the daemon's time in an
+ * Update. */
+static uint32_t record_crc(uint32_t version, const StateRecord *r) {
+        StateRecord copy = *r;
+
+        copy.crc = 0;
+        return version == 1 ? state_crc32(&copy, sizeof(copy)) : state_crc32c(&copy, sizeof(copy));
 }
 
 int state_log_new(uint64_t generation, uint64_t capacity, StateLog **ret) {
@@ -58,7 +99,7 @@ int state_log_new(uint64_t generation, uint64_t capacity, StateLog **ret) {
         l->records = (StateRecord *) ((uint8_t *) p + STATE_LOG_HEADER_SIZE);
         l->mapped = size;
         memcpy(l->header->magic, STATE_LOG_MAGIC, 8);
-        l->header->version = 1;
+        l->header->version = STATE_LOG_VERSION;
         l->header->record_size = STATE_LOG_RECORD_SIZE;
         l->header->generation = generation;
         l->header->capacity = capacity;
@@ -96,8 +137,7 @@ uint64_t state_log_capacity(const StateLog *l) {
 int state_log_append(StateLog *l, StateRecord *r) {
         if (l->used >= l->header->capacity)
                 return -ENOSPC;
-        r->crc = 0;
-        r->crc = state_crc32(r, sizeof(*r));
+        r->crc = record_crc(STATE_LOG_VERSION, r);
         l->records[l->used++] = *r;
         return 0;
 }
@@ -133,8 +173,8 @@ bool state_log_dirty(const StateLog *l) {
 static int check_header(const void *data, size_t size, const StateLogHeader **ret) {
         const StateLogHeader *h = data;
 
-        if (size < STATE_LOG_HEADER_SIZE || memcmp(h->magic, STATE_LOG_MAGIC, 8) != 0 || h->version != 1 ||
-            h->record_size != STATE_LOG_RECORD_SIZE)
+        if (size < STATE_LOG_HEADER_SIZE || memcmp(h->magic, STATE_LOG_MAGIC, 8) != 0 ||
+            (h->version != 1 && h->version != STATE_LOG_VERSION) || h->record_size != STATE_LOG_RECORD_SIZE)
                 return -EBADMSG;
         if (h->committed > h->capacity || h->committed > (size - STATE_LOG_HEADER_SIZE) / STATE_LOG_RECORD_SIZE)
                 return -EBADMSG;
@@ -146,7 +186,8 @@ int state_log_read_generation(const void *data, size_t size, uint64_t *ret_gener
         const StateLogHeader *h = data;
 
         /* The header alone: the records are checked by the replay. */
-        if (size < STATE_LOG_HEADER_SIZE || memcmp(h->magic, STATE_LOG_MAGIC, 8) != 0 || h->version != 1)
+        if (size < STATE_LOG_HEADER_SIZE || memcmp(h->magic, STATE_LOG_MAGIC, 8) != 0 ||
+            (h->version != 1 && h->version != STATE_LOG_VERSION))
                 return -EBADMSG;
         *ret_generation = h->generation;
         return 0;
@@ -284,11 +325,9 @@ int state_log_replay(const void *data, size_t size, ContainerState **ret, size_t
 
         for (uint64_t i = 0; i < h->committed; i++) {
                 const StateRecord *x = &records[i];
-                StateRecord copy = *x;
                 Replay *c;
 
-                copy.crc = 0;
-                if (state_crc32(&copy, sizeof(copy)) != x->crc) {
+                if (record_crc(h->version, x) != x->crc) {
                         r = broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "record %" PRIu64 " is damaged (CRC)", i);
                         goto finish;
                 }
@@ -319,11 +358,9 @@ int state_log_replay(const void *data, size_t size, ContainerState **ret, size_t
                         memcpy(text, x->head.data, k);
                         for (uint64_t b = 0; b < n_blobs; b++) {
                                 const StateRecord *y = &records[i + 1 + b];
-                                StateRecord ycopy = *y;
                                 uint64_t off = k + b * sizeof(y->blob);
-                                ycopy.crc = 0;
                                 if (y->type != STATE_RECORD_BLOB || y->container != x->container ||
-                                    state_crc32(&ycopy, sizeof(ycopy)) != y->crc) {
+                                    record_crc(h->version, y) != y->crc) {
                                         free(text);
                                         r = broker_error_set(e, BROKER_ERROR_INVALID_ARGS,
                                                              "head record %" PRIu64 " is incomplete", i);

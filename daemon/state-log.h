@@ -30,6 +30,8 @@
 #include "state-encode.h"
 
 #define STATE_LOG_MAGIC "vfbrlog1"
+/* 2: records checksummed with CRC-32C. Version 1 logs (CRC-32) are still read. */
+#define STATE_LOG_VERSION 2
 #define STATE_LOG_HEADER_SIZE 4096
 #define STATE_LOG_RECORD_SIZE 64
 
@@ -54,7 +56,7 @@ typedef struct StateLogHeader {
 
 typedef struct StateRecord {
         uint32_t type;
-        uint32_t crc;       /* CRC-32 (IEEE) of the 64 bytes with this field 0 */
+        uint32_t crc;       /* CRC-32C (version 1: CRC-32) of the 64 bytes with this field 0 */
         uint64_t container;
         union {
                 struct {
@@ -97,7 +99,9 @@ void state_log_commit(StateLog *l);
 /* Whether records wait for a commit. */
 bool state_log_dirty(const StateLog *l);
 
+/* CRC-32 (IEEE), of version 1 logs, and CRC-32C (Castagnoli), of version 2. */
 uint32_t state_crc32(const void *data, size_t size);
+uint32_t state_crc32c(const void *data, size_t size);
 
 /* Reads a log (the bytes of a stored memfd): checks the header, returns its generation and, for each
  * container the committed records leave, its state (regions' file names, mappings and all). */

@@ -6,7 +6,7 @@ set -euo pipefail
 
 packages=(
         # build (dpkg-dev: dpkg-buildflags, for the build with Debian's packaging flags)
-        gcc meson ninja-build pkg-config libsystemd-dev libjson-c-dev libglib2.0-dev libglib2.0-bin dpkg-dev
+        gcc meson ninja-build pkg-config libsystemd-dev libjson-c-dev zlib1g-dev libglib2.0-dev libglib2.0-bin dpkg-dev
         # tests: cmocka, a real bus and polkitd, busctl/gdbus, sanitizers and fuzzers, manual lint
         libcmocka-dev dbus-daemon dbus-bin polkitd systemd python3 python3-dbusmock clang libclang-rt-14-dev mandoc
         util-linux

@@ -23,7 +23,7 @@ for target in config request state vfio-user; do
                 libs=($(pkg-config --libs json-c))
         else
                 sources=($daemon)
-                libs=($(pkg-config --libs json-c libsystemd))
+                libs=($(pkg-config --libs json-c libsystemd zlib))
         fi
         if ! clang "${common[@]}" $(pkg-config --cflags json-c libsystemd) -o "$out/fuzz-$target" \
                 "$src/tests/fuzz/fuzz-$target.c" "${sources[@]}" "${libs[@]}" > "$out/build-$target.log" 2>&1; then

@@ -195,15 +195,25 @@ class FdStore:
 
 
 # The daemon's state log (daemon/state-log.h): a 4096-byte header (magic, version, record size,
-# generation, capacity, committed count at offset 32), then 64-byte records {u32 type, u32 crc32 of the
-# record with crc 0, u64 container, 48 bytes}. The tests damage it, or append valid records that name
+# generation, capacity, committed count at offset 32), then 64-byte records {u32 type, u32 CRC-32C
+# (version 2; CRC-32 in version 1) of the record with crc 0, u64 container, 48 bytes}. The tests damage it, or append valid records that name
 # what does not exist, as a stand-in for a broken or mismatched state.
 LOG_HEADER, LOG_RECORD, LOG_COMMITTED = 4096, 64, 32
 
 
-def log_record(kind, container, payload):
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+    return crc ^ 0xFFFFFFFF
+
+
+def log_record(kind, container, payload, version=2):
     rec = struct.pack("<IIQ", kind, 0, container) + payload.ljust(48, b"\0")
-    return rec[:4] + struct.pack("<I", zlib.crc32(rec)) + rec[8:]
+    crc = zlib.crc32(rec) if version == 1 else crc32c(rec)
+    return rec[:4] + struct.pack("<I", crc) + rec[8:]
 
 
 def edit_log(store, cmd):
@@ -218,6 +228,7 @@ def edit_log(store, cmd):
             store.forget(fd)
             return "dropped " + name
         committed = struct.unpack("<Q", os.pread(fd, 8, LOG_COMMITTED))[0]
+        version = struct.unpack("<I", os.pread(fd, 4, 8))[0]
         if cmd == "log-corrupt":
             off = LOG_HEADER + (committed - 1) * LOG_RECORD + 20
             os.pwrite(fd, bytes([os.pread(fd, 1, off)[0] ^ 0x40]), off)
@@ -228,12 +239,12 @@ def edit_log(store, cmd):
             cid = int(args[1])
             text = json.dumps({"version": 1, "backend": args[2], "id": cid, "owner": ":1.1", "uid": 0,
                                "label": "x", "groups": []}, separators=(",", ":")).encode()
-            records.append(log_record(1, cid, struct.pack("<Q", len(text)) + text[:40]))
+            records.append(log_record(1, cid, struct.pack("<Q", len(text)) + text[:40], version))
             for off in range(40, len(text), 48):
-                records.append(log_record(2, cid, text[off:off + 48]))
+                records.append(log_record(2, cid, text[off:off + 48], version))
         elif args[0] == "log-map":
             cid, iova, size, region, offset, flags = (int(x, 0) for x in args[1:7])
-            records.append(log_record(5, cid, struct.pack("<QQQII", iova, size, offset, region, flags)))
+            records.append(log_record(5, cid, struct.pack("<QQQII", iova, size, offset, region, flags), version))
         else:
             return "unknown"
         os.pwrite(fd, b"".join(records), LOG_HEADER + committed * LOG_RECORD)
