@@ -18,8 +18,20 @@ void mapping_table_node_init(MappingTableNode *node, uint64_t iova, uint64_t siz
         };
 }
 
-static bool is_red(const MappingTableNode *n) {
-        return n && n->red;
+static inline MappingTableNode *parent_of(const MappingTableNode *n) {
+        return mapping_table_node_parent(n);
+}
+
+static inline void set_parent(MappingTableNode *n, MappingTableNode *p) {
+        n->parent_red = (uintptr_t) p | (n->parent_red & 1);
+}
+
+static inline bool is_red(const MappingTableNode *n) {
+        return n && mapping_table_node_red(n);
+}
+
+static inline void set_red(MappingTableNode *n, bool red) {
+        n->parent_red = (n->parent_red & ~(uintptr_t) 1) | (uintptr_t) red;
 }
 
 static void rotate_left(MappingTable *t, MappingTableNode *x) {
@@ -27,16 +39,16 @@ static void rotate_left(MappingTable *t, MappingTableNode *x) {
 
         x->right = y->left;
         if (y->left)
-                y->left->parent = x;
-        y->parent = x->parent;
-        if (!x->parent)
+                set_parent(y->left, x);
+        set_parent(y, parent_of(x));
+        if (!parent_of(x))
                 t->root = y;
-        else if (x == x->parent->left)
-                x->parent->left = y;
+        else if (x == parent_of(x)->left)
+                parent_of(x)->left = y;
         else
-                x->parent->right = y;
+                parent_of(x)->right = y;
         y->left = x;
-        x->parent = y;
+        set_parent(x, y);
 }
 
 static void rotate_right(MappingTable *t, MappingTableNode *x) {
@@ -44,16 +56,16 @@ static void rotate_right(MappingTable *t, MappingTableNode *x) {
 
         x->left = y->right;
         if (y->right)
-                y->right->parent = x;
-        y->parent = x->parent;
-        if (!x->parent)
+                set_parent(y->right, x);
+        set_parent(y, parent_of(x));
+        if (!parent_of(x))
                 t->root = y;
-        else if (x == x->parent->right)
-                x->parent->right = y;
+        else if (x == parent_of(x)->right)
+                parent_of(x)->right = y;
         else
-                x->parent->left = y;
+                parent_of(x)->left = y;
         y->right = x;
-        x->parent = y;
+        set_parent(x, y);
 }
 
 /* The node with the greatest first <= key, or NULL. */
@@ -125,50 +137,52 @@ int mapping_table_insert(MappingTable *t, MappingTableNode *node, MappingTableNo
                 parent = *link;
                 link = node->first < parent->first ? &parent->left : &parent->right;
         }
-        node->parent = parent;
+        set_parent(node, parent);
         node->left = node->right = NULL;
-        node->red = true;
+        set_red(node, true);
         *link = node;
 
         /* Restore: no red node has a red child. */
-        while (is_red(node->parent)) {
-                MappingTableNode *p = node->parent, *g = p->parent, *uncle;
+        while (is_red(parent_of(node))) {
+                MappingTableNode *p = parent_of(node), *g = parent_of(p), *uncle;
 
                 if (p == g->left) {
                         uncle = g->right;
                         if (is_red(uncle)) {
-                                p->red = uncle->red = false;
-                                g->red = true;
+                                set_red(p, false);
+                                set_red(uncle, false);
+                                set_red(g, true);
                                 node = g;
                                 continue;
                         }
                         if (node == p->right) {
                                 node = p;
                                 rotate_left(t, node);
-                                p = node->parent;
+                                p = parent_of(node);
                         }
-                        p->red = false;
-                        g->red = true;
+                        set_red(p, false);
+                        set_red(g, true);
                         rotate_right(t, g);
                 } else {
                         uncle = g->left;
                         if (is_red(uncle)) {
-                                p->red = uncle->red = false;
-                                g->red = true;
+                                set_red(p, false);
+                                set_red(uncle, false);
+                                set_red(g, true);
                                 node = g;
                                 continue;
                         }
                         if (node == p->left) {
                                 node = p;
                                 rotate_right(t, node);
-                                p = node->parent;
+                                p = parent_of(node);
                         }
-                        p->red = false;
-                        g->red = true;
+                        set_red(p, false);
+                        set_red(g, true);
                         rotate_left(t, g);
                 }
         }
-        t->root->red = false;
+        set_red(t->root, false);
 
         t->n_nodes++;
         t->n_bytes = t->n_bytes + size < t->n_bytes ? UINT64_MAX : t->n_bytes + size;
@@ -176,14 +190,14 @@ int mapping_table_insert(MappingTable *t, MappingTableNode *node, MappingTableNo
 }
 
 static void transplant(MappingTable *t, MappingTableNode *u, MappingTableNode *v) {
-        if (!u->parent)
+        if (!parent_of(u))
                 t->root = v;
-        else if (u == u->parent->left)
-                u->parent->left = v;
+        else if (u == parent_of(u)->left)
+                parent_of(u)->left = v;
         else
-                u->parent->right = v;
+                parent_of(u)->right = v;
         if (v)
-                v->parent = u->parent;
+                set_parent(v, parent_of(u));
 }
 
 static MappingTableNode *subtree_min(MappingTableNode *n) {
@@ -200,7 +214,7 @@ static MappingTableNode *subtree_max(MappingTableNode *n) {
 
 void mapping_table_remove(MappingTable *t, MappingTableNode *z) {
         MappingTableNode *x, *x_parent, *y = z;
-        bool y_was_red = y->red;
+        bool y_was_red = is_red(y);
         uint64_t size;
 
         assert(t);
@@ -209,28 +223,28 @@ void mapping_table_remove(MappingTable *t, MappingTableNode *z) {
 
         if (!z->left) {
                 x = z->right;
-                x_parent = z->parent;
+                x_parent = parent_of(z);
                 transplant(t, z, z->right);
         } else if (!z->right) {
                 x = z->left;
-                x_parent = z->parent;
+                x_parent = parent_of(z);
                 transplant(t, z, z->left);
         } else {
                 y = subtree_min(z->right);
-                y_was_red = y->red;
+                y_was_red = is_red(y);
                 x = y->right;
-                if (y->parent == z)
+                if (parent_of(y) == z)
                         x_parent = y;
                 else {
-                        x_parent = y->parent;
+                        x_parent = parent_of(y);
                         transplant(t, y, y->right);
                         y->right = z->right;
-                        y->right->parent = y;
+                        set_parent(y->right, y);
                 }
                 transplant(t, z, y);
                 y->left = z->left;
-                y->left->parent = y;
-                y->red = z->red;
+                set_parent(y->left, y);
+                set_red(y, is_red(z));
         }
 
         /* A black node left: restore equal black heights (x may be NULL, so track its parent). */
@@ -241,26 +255,26 @@ void mapping_table_remove(MappingTable *t, MappingTableNode *z) {
                         if (x == x_parent->left) {
                                 w = x_parent->right;
                                 if (is_red(w)) {
-                                        w->red = false;
-                                        x_parent->red = true;
+                                        set_red(w, false);
+                                        set_red(x_parent, true);
                                         rotate_left(t, x_parent);
                                         w = x_parent->right;
                                 }
                                 if (!is_red(w->left) && !is_red(w->right)) {
-                                        w->red = true;
+                                        set_red(w, true);
                                         x = x_parent;
-                                        x_parent = x->parent;
+                                        x_parent = parent_of(x);
                                 } else {
                                         if (!is_red(w->right)) {
-                                                w->left->red = false;
-                                                w->red = true;
+                                                set_red(w->left, false);
+                                                set_red(w, true);
                                                 rotate_right(t, w);
                                                 w = x_parent->right;
                                         }
-                                        w->red = x_parent->red;
-                                        x_parent->red = false;
+                                        set_red(w, is_red(x_parent));
+                                        set_red(x_parent, false);
                                         if (w->right)
-                                                w->right->red = false;
+                                                set_red(w->right, false);
                                         rotate_left(t, x_parent);
                                         x = t->root;
                                         x_parent = NULL;
@@ -268,26 +282,26 @@ void mapping_table_remove(MappingTable *t, MappingTableNode *z) {
                         } else {
                                 w = x_parent->left;
                                 if (is_red(w)) {
-                                        w->red = false;
-                                        x_parent->red = true;
+                                        set_red(w, false);
+                                        set_red(x_parent, true);
                                         rotate_right(t, x_parent);
                                         w = x_parent->left;
                                 }
                                 if (!is_red(w->left) && !is_red(w->right)) {
-                                        w->red = true;
+                                        set_red(w, true);
                                         x = x_parent;
-                                        x_parent = x->parent;
+                                        x_parent = parent_of(x);
                                 } else {
                                         if (!is_red(w->left)) {
-                                                w->right->red = false;
-                                                w->red = true;
+                                                set_red(w->right, false);
+                                                set_red(w, true);
                                                 rotate_left(t, w);
                                                 w = x_parent->left;
                                         }
-                                        w->red = x_parent->red;
-                                        x_parent->red = false;
+                                        set_red(w, is_red(x_parent));
+                                        set_red(x_parent, false);
                                         if (w->left)
-                                                w->left->red = false;
+                                                set_red(w->left, false);
                                         rotate_right(t, x_parent);
                                         x = t->root;
                                         x_parent = NULL;
@@ -295,10 +309,11 @@ void mapping_table_remove(MappingTable *t, MappingTableNode *z) {
                         }
                 }
                 if (x)
-                        x->red = false;
+                        set_red(x, false);
         }
 
-        z->parent = z->left = z->right = NULL;
+        z->parent_red = 0;
+        z->left = z->right = NULL;
         t->n_nodes--;
         size = (z->first == 0 && z->last == UINT64_MAX) ? UINT64_MAX : mapping_table_node_size(z);
         t->n_bytes = t->n_nodes == 0 ? 0 : (t->n_bytes >= size ? t->n_bytes - size : 0);
@@ -315,15 +330,15 @@ MappingTableNode *mapping_table_last(const MappingTable *t) {
 MappingTableNode *mapping_table_next(const MappingTableNode *n) {
         if (n->right)
                 return subtree_min(n->right);
-        while (n->parent && n == n->parent->right)
-                n = n->parent;
-        return n->parent;
+        while (parent_of(n) && n == parent_of(n)->right)
+                n = parent_of(n);
+        return parent_of(n);
 }
 
 MappingTableNode *mapping_table_prev(const MappingTableNode *n) {
         if (n->left)
                 return subtree_max(n->left);
-        while (n->parent && n == n->parent->left)
-                n = n->parent;
-        return n->parent;
+        while (parent_of(n) && n == parent_of(n)->left)
+                n = parent_of(n);
+        return parent_of(n);
 }

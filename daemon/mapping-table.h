@@ -15,12 +15,23 @@
 #include <stdint.h>
 
 
+/* 40 bytes: the colour lives in the low bit of the parent pointer (nodes are 8-aligned). With 48, a
+ * Mapping of the daemon or an entry of the sim's IOMMU table would land in the next malloc size class,
+ * 16 bytes more per mapping. */
 typedef struct MappingTableNode {
-        struct MappingTableNode *parent, *left, *right;
-        bool red;
+        uintptr_t parent_red; /* parent | red */
+        struct MappingTableNode *left, *right;
         uint64_t first; /* first IOVA, inclusive */
         uint64_t last;  /* last IOVA, inclusive: a mapping may end at 2^64-1 */
 } MappingTableNode;
+
+static inline MappingTableNode *mapping_table_node_parent(const MappingTableNode *n) {
+        return (MappingTableNode *) (n->parent_red & ~(uintptr_t) 1);
+}
+
+static inline bool mapping_table_node_red(const MappingTableNode *n) {
+        return n->parent_red & 1;
+}
 
 typedef struct MappingTable {
         MappingTableNode *root;

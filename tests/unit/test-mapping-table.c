@@ -22,11 +22,11 @@ static int check_subtree(const MappingTableNode *n, const MappingTableNode *pare
 
         if (!n)
                 return 1;
-        assert_ptr_equal(n->parent, parent);
+        assert_ptr_equal(mapping_table_node_parent(n), parent);
         assert_true(n->first <= n->last);
-        if (n->red) {
-                assert_false(n->left && n->left->red);
-                assert_false(n->right && n->right->red);
+        if (mapping_table_node_red(n)) {
+                assert_false(n->left && mapping_table_node_red(n->left));
+                assert_false(n->right && mapping_table_node_red(n->right));
         }
         if (n->left)
                 assert_true(n->left->last < n->first);
@@ -36,14 +36,14 @@ static int check_subtree(const MappingTableNode *n, const MappingTableNode *pare
         rh = check_subtree(n->right, n, count);
         assert_int_equal(lh, rh);
         (*count)++;
-        return lh + !n->red;
+        return lh + !mapping_table_node_red(n);
 }
 
 static void check_tree(const MappingTable *t) {
         size_t count = 0;
         uint64_t bytes = 0;
 
-        assert_false(t->root && t->root->red);
+        assert_false(t->root && mapping_table_node_red(t->root));
         check_subtree(t->root, NULL, &count);
         assert_int_equal(count, t->n_nodes);
 
