@@ -282,6 +282,16 @@ void broker_container_removed(Broker *b, Container *c) {
                 OBSERVER_CALL(b, i, container_removed, c);
 }
 
+int broker_admit_fds(Broker *b, Container *c, unsigned n, BrokerError *e) {
+        FOREACH_OBSERVER(b, i)
+                if (b->observers[i].ops->admit_fds) {
+                        int r = b->observers[i].ops->admit_fds(b->observers[i].userdata, c, n, e);
+                        if (r < 0)
+                                return r;
+                }
+        return 0;
+}
+
 void broker_group_added(Broker *b, Group *g) {
         FOREACH_OBSERVER(b, i)
                 OBSERVER_CALL(b, i, group_added, g);

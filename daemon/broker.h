@@ -39,6 +39,11 @@ typedef struct BrokerObserver {
          * container's mappings go without them (container_removed says it all). */
         void (*mapping_added)(void *userdata, Container *c, const Mapping *m);
         void (*mapping_removed)(void *userdata, Container *c, const Mapping *m);
+        /* Asked before the logic makes up to n kernel fds for c that a watcher keeps (AttachGroup: a
+         * group fd and maybe the container's; OpenDevice: a device fd the backend keeps). May refuse
+         * with an error in e (the state store: the service manager's fd store has no room); then the
+         * request changes nothing. */
+        int (*admit_fds)(void *userdata, Container *c, unsigned n, BrokerError *e);
         /* The broker goes away, every container closed already: release what the watcher holds. */
         void (*done)(void *userdata);
 } BrokerObserver;
@@ -116,6 +121,8 @@ int broker_observe(Broker *b, const BrokerObserver *ops, void *userdata);
 void broker_container_added(Broker *b, Container *c);
 void broker_container_changed(Broker *b, Container *c, unsigned mask);
 void broker_container_removed(Broker *b, Container *c);
+/* 0 if every observer admits n more kept fds for c, else the first refusal. */
+int broker_admit_fds(Broker *b, Container *c, unsigned n, BrokerError *e);
 void broker_group_added(Broker *b, Group *g);
 void broker_group_changed(Broker *b, Group *g);
 void broker_group_removed(Broker *b, Group *g);

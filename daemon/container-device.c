@@ -35,6 +35,10 @@ int container_open_device(Container *c, const char *device, BrokerError *e) {
         r = container_device_group(c, device, &g, e);
         if (r < 0)
                 return r;
+        /* The sim keeps its end of each device in the fd store. */
+        r = broker_admit_fds(c->broker, c, 1, e);
+        if (r < 0)
+                return r;
 
         int fd = backend_container_open_device(c->backend, g->id, device);
         if (fd < 0)

@@ -246,6 +246,11 @@ int container_attach_group(Container *c, unsigned id, BrokerError *e) {
                                         id, devices ?: "?");
         }
 
+        /* The group's fd (and, with the first group, the container's) must be kept across restarts. */
+        r = broker_admit_fds(b, c, c->n_groups == 0 ? 2 : 1, e);
+        if (r < 0)
+                return r;
+
         a = realloc(c->groups, (c->n_groups + 1) * sizeof(unsigned));
         if (!a)
                 return -ENOMEM;

@@ -25,26 +25,41 @@
 #include "state-encode.h"
 #include "state-log.h"
 
-/* A Map that needs memory the store does not hold yet needs one more fd in it. systemd refuses fds
- * beyond FileDescriptorStoreMax= without telling the daemon, and the next instance would tear the
- * container down: refuse the Map instead, before anything changes. */
-static int on_region_admit(void *userdata, int fd, const MemoryFileInfo *info, BrokerError *e) {
-        Container *c = userdata;
+/* Whether the store has room for n more fds of c's owner, keeping one place free: the next generation
+ * of the state log enters the store before the old one leaves it. systemd refuses fds beyond
+ * FileDescriptorStoreMax= without telling the daemon, and the next instance would tear the container
+ * down: the request is refused instead, before anything changes. Files that linger unused make room
+ * first. */
+static int store_admit(Container *c, unsigned n, const char *what, BrokerError *e) {
         StateStore *s = c->broker->state;
 
-        if (s->fdstore_max == 0 || state_file_find(s, info->dev, info->ino, info->writable))
+        if (s->fdstore_max == 0)
                 return 0;
-        /* One place stays free: the next generation of the state log enters the store before the
-         * old one leaves it. Files that linger unused make room first. */
-        if (s->n_stored + 2 > s->fdstore_max)
+        if (s->n_stored + n + 1 > s->fdstore_max)
                 state_flush_removals(c->broker);
-        if (s->n_stored + 2 <= s->fdstore_max)
+        if (s->n_stored + n + 1 <= s->fdstore_max)
                 return 0;
         return broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED,
                                 "The service manager's fd store is full (FileDescriptorStoreMax=%u, %u of them "
-                                "held for uid %u): memory that cannot be kept there would be lost at the next "
-                                "restart. Map into memory files already mapped, or unmap first.",
-                                s->fdstore_max, state_charged_to(s, c->uid), (unsigned) c->uid);
+                                "held for uid %u): %s that cannot be kept there would be lost at the next "
+                                "restart. %s",
+                                s->fdstore_max, state_charged_to(s, c->uid), (unsigned) c->uid, what,
+                                n == 1 && strcmp(what, "memory") == 0 ?
+                                "Map into memory files already mapped, or unmap first." :
+                                "Close a container or unmap memory first.");
+}
+
+/* A Map that needs memory the store does not hold yet needs one more fd in it. */
+static int on_region_admit(void *userdata, int fd, const MemoryFileInfo *info, BrokerError *e) {
+        Container *c = userdata;
+
+        if (state_file_find(c->broker->state, info->dev, info->ino, info->writable))
+                return 0;
+        return store_admit(c, 1, "memory", e);
+}
+
+static int on_admit_fds(void *userdata, Container *c, unsigned n, BrokerError *e) {
+        return store_admit(c, n, "a group or device", e);
 }
 
 /* Appends r to the log; a failure means the next instance cannot restore what follows. */
@@ -224,6 +239,7 @@ static const BrokerObserver state_observer = {
         .container_removed = on_container_removed,
         .mapping_added = on_mapping_added,
         .mapping_removed = on_mapping_removed,
+        .admit_fds = on_admit_fds,
         .done = on_done,
 };
 

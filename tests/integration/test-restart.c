@@ -358,6 +358,27 @@ static void test_fdstore_full(void **state) {
                                        UINT64_C(0), 2 * MiB, 64 * MiB, UINT32_C(3)) < 0);
         assert_string_equal(error.name, "org.vfiobroker.Broker1.Error.QuotaExceeded");
         assert_non_null(strstr(error.message, "FileDescriptorStoreMax=6"));
+        /* A device end the sim keeps, or a second group, needs a place too: refused before anything
+         * changes. */
+        TestGroup groups[16];
+        size_t n_groups = test_list_groups(bus, groups, 16);
+        const char *device = NULL;
+        for (size_t i = 0; i < n_groups; i++)
+                if (groups[i].id == 1)
+                        device = groups[i].device;
+        assert_non_null(device);
+        sd_bus_error_free(&error);
+        assert_true(sd_bus_call_method(bus, BUS_NAME, path, CONTAINER_IFACE, "OpenDevice", &error, NULL, "s",
+                                       device) < 0);
+        assert_string_equal(error.name, "org.vfiobroker.Broker1.Error.QuotaExceeded");
+        assert_non_null(strstr(error.message, "FileDescriptorStoreMax=6"));
+        sd_bus_error_free(&error);
+        assert_true(sd_bus_call_method(bus, BUS_NAME, path, CONTAINER_IFACE, "AttachGroup", &error, NULL, "u",
+                                       UINT32_C(2)) < 0);
+        assert_string_equal(error.name, "org.vfiobroker.Broker1.Error.QuotaExceeded");
+        _cleanup_free_ char *owner2 = test_get_string(bus, ROOT_PATH "/group/2", GROUP_IFACE, "Container", 'o');
+        assert_string_equal(owner2, "/");
+        assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "Mappings"), 4);
         /* Nothing changed, and memory the store holds already still maps. */
         assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "Mappings"), 4);
         test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram[0], 2 * MiB, 2 * MiB, 2 * MiB, UINT32_C(3));
