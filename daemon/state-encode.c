@@ -79,7 +79,7 @@ static int encode(const Container *c, const char *backend, bool head, FILE *f) {
                         json_object *a = json_object_new_array_ext(6);
                         json_object_array_add(a, json_u64(node->first));
                         json_object_array_add(a, json_u64(mapping_table_node_size(node)));
-                        json_object_array_add(a, json_object_new_int64(memory_region_id(d->region)));
+                        json_object_array_add(a, json_object_new_int64(memory_region_id(memory_window_region(d->window))));
                         json_object_array_add(a, json_u64(d->offset));
                         json_object_array_add(a, json_object_new_int64(d->flags));
                         json_object_array_add(a, json_u64(d->granule));
@@ -106,7 +106,7 @@ static int encode(const Container *c, const char *backend, bool head, FILE *f) {
                 fput_u64(f, node->first);
                 fputc(',', f);
                 fput_u64(f, mapping_table_node_size(node));
-                fprintf(f, ",%u,", memory_region_id(m->region));
+                fprintf(f, ",%u,", memory_region_id(memory_window_region(m->window)));
                 fput_u64(f, m->offset);
                 fprintf(f, ",%" PRIu32 "]", m->flags);
         }
