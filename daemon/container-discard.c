@@ -69,7 +69,8 @@ static int granule_map(Container *c, DiscardRegion *d, uint64_t iova, BrokerErro
         m = mapping_new(iova, d->granule, d->offset + (iova - d->node.first), d->flags);
         if (!m)
                 return -ENOMEM;
-        r = container_pin(c, m, &(PinSource) { .kind = PIN_REGION, .region = memory_region_id(memory_window_region(d->window)) }, e);
+        r = container_pin(c, m, &(PinSource) { .kind = PIN_REGION,
+                                               .region = memory_region_id(memory_window_region(d->window)) }, e);
         if (r < 0)
                 return r;
         TAKE_PTR(m);

@@ -207,7 +207,8 @@ static int map_error(int error, int prot, BrokerError *e) {
                                         "The memory file cannot be mapped %s (sealed against writing, or on a "
                                         "noexec/read-only mount?).", prot & PROT_WRITE ? "writable" : "readable");
         if (error == ENODEV || error == EINVAL)
-                return broker_error_set(e, BROKER_ERROR_BAD_MEMORY, "The memory file does not support shared mappings.");
+                return broker_error_set(e, BROKER_ERROR_BAD_MEMORY,
+                                        "The memory file does not support shared mappings.");
         return broker_error_set_errno(e, -error, "Cannot map the memory file");
 }
 

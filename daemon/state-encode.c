@@ -76,10 +76,11 @@ static int encode(const Container *c, const char *backend, bool head, FILE *f) {
                 json_object *l = json_object_new_array();
                 for (node = mapping_table_first(&c->discardable); node; node = mapping_table_next(node)) {
                         DiscardRegion *d = container_of(node, DiscardRegion, node);
+                        const MemoryRegion *region = memory_window_region(d->window);
                         json_object *a = json_object_new_array_ext(6);
                         json_object_array_add(a, json_u64(node->first));
                         json_object_array_add(a, json_u64(mapping_table_node_size(node)));
-                        json_object_array_add(a, json_object_new_int64(memory_region_id(memory_window_region(d->window))));
+                        json_object_array_add(a, json_object_new_int64(memory_region_id(region)));
                         json_object_array_add(a, json_u64(d->offset));
                         json_object_array_add(a, json_object_new_int64(d->flags));
                         json_object_array_add(a, json_u64(d->granule));
