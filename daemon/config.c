@@ -113,8 +113,8 @@ int broker_config_new_default(BrokerConfig **ret) {
                 .mappings = 65535,
                 .pinned_bytes = pages > 0 && page_size > 0 ? (uint64_t) pages * (uint64_t) page_size / 2 : UINT64_MAX,
                 .fds = default_fds_limit(),
-                /* Each memory fd's mapping reserves the file's size in the daemon's 128 TiB (47-bit) of
-                 * address space, whatever is pinned of it: a sixteenth per user. */
+                /* Mappings reserve windows of their files (1 GiB granules, memory.h) in the daemon's
+                 * 128 TiB (47-bit) of address space, whatever is pinned of them: a sixteenth per user. */
                 .address_space = UINT64_C(1) << 43,
         };
 

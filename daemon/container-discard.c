@@ -10,7 +10,7 @@
  * reclaim without stopping DMA elsewhere.
  *
  * A region holds a reference to its memory for its whole life, populated or not: the daemon's view of
- * the VMM's file is what Populate() maps again. */
+ * the VMM's file (one window covering the region) is what Populate() maps again. */
 
 #include <assert.h>
 #include <inttypes.h>
@@ -31,7 +31,7 @@ bool container_discardable_remove(Container *c, uint64_t first, uint64_t last) {
                 next = mapping_table_next(node);
                 assert(!mapping_table_first_intersecting(&c->mappings, node->first, node->last));
                 mapping_table_remove(&c->discardable, node);
-                memory_pool_release(c->memory, d->region);
+                memory_pool_release(c->memory, d->window);
                 free(d);
                 any = true;
         }
@@ -40,7 +40,7 @@ bool container_discardable_remove(Container *c, uint64_t first, uint64_t last) {
 
 /* Takes the reference to memory (released on failure); the range must be free. */
 static int discard_region_add(Container *c, uint64_t iova, uint64_t size, uint64_t offset, uint32_t flags,
-                              uint64_t granule, MemoryRegion *memory, DiscardRegion **ret) {
+                              uint64_t granule, MemoryWindow *memory, DiscardRegion **ret) {
         DiscardRegion *d;
         int r;
 
@@ -50,7 +50,7 @@ static int discard_region_add(Container *c, uint64_t iova, uint64_t size, uint64
                 return -ENOMEM;
         }
         mapping_table_node_init(&d->node, iova, size);
-        d->region = memory;
+        d->window = memory;
         d->offset = offset;
         d->flags = flags;
         d->granule = granule;
@@ -69,7 +69,8 @@ static int granule_map(Container *c, DiscardRegion *d, uint64_t iova, BrokerErro
         m = mapping_new(iova, d->granule, d->offset + (iova - d->node.first), d->flags);
         if (!m)
                 return -ENOMEM;
-        r = container_pin(c, m, &(PinSource) { .kind = PIN_REGION, .region = memory_region_id(d->region) }, e);
+        r = container_pin(c, m, &(PinSource) { .kind = PIN_REGION,
+                                               .region = memory_region_id(memory_window_region(d->window)) }, e);
         if (r < 0)
                 return r;
         TAKE_PTR(m);
@@ -88,9 +89,8 @@ static void changed(Container *c, ContainerProperty extra) {
 int container_map_discardable(Container *c, int fd, uint64_t offset, uint64_t size, uint64_t iova, uint32_t flags,
                               uint64_t granule, bool populated, BrokerError *e) {
         DiscardRegion *region;
-        MemoryRegion *memory;
+        MemoryWindow *memory;
         MemoryFileInfo info;
-        uint64_t vaddr;
         int r;
 
         if (granule == 0)
@@ -105,7 +105,7 @@ int container_map_discardable(Container *c, int fd, uint64_t offset, uint64_t si
                                         "a larger granule.", size, granule, size / granule,
                                         container_dma_available(c));
 
-        r = memory_pool_acquire(c->memory, fd, &info, offset, size, flags, &memory, &vaddr, e);
+        r = memory_pool_acquire(c->memory, fd, &info, offset, size, flags, &memory, e);
         if (r < 0)
                 return r;
         r = discard_region_add(c, iova, size, offset, flags, granule, memory, &region);
@@ -218,8 +218,7 @@ rollback:
 
 int container_restore_discardable(Container *c, unsigned region, uint64_t offset, uint64_t size, uint64_t iova,
                                   uint32_t flags, uint64_t granule, BrokerError *e) {
-        MemoryRegion *memory;
-        uint64_t vaddr;
+        MemoryWindow *memory;
         int r;
 
         if (size == 0 || iova + (size - 1) < iova || granule == 0 || (granule & (granule - 1)) ||
@@ -228,7 +227,7 @@ int container_restore_discardable(Container *c, unsigned region, uint64_t offset
         if (mapping_table_first_intersecting(&c->discardable, iova, iova + (size - 1)))
                 return broker_error_set(e, BROKER_ERROR_OVERLAP, "Overlapping discardable regions in the state.");
 
-        r = memory_pool_acquire_id(c->memory, region, offset, size, &memory, &vaddr, e);
+        r = memory_pool_acquire_id(c->memory, region, offset, size, true, &memory, e);
         if (r < 0)
                 return r;
         return discard_region_add(c, iova, size, offset, flags, granule, memory, NULL);

@@ -158,8 +158,8 @@ static void container_memory_release(void *userdata, uint64_t fds, uint64_t addr
         quota_release_memory(c->broker, c->uid, fds, address_space);
 }
 
-/* A new memory region is charged inside container_pin()'s memory_pool_acquire(), so a refused fd or
- * address space undoes the mapping's own charge like any other failure there. */
+/* A new memory region or window is charged inside container_pin()'s memory_pool_acquire(), so a
+ * refused fd or address space undoes the mapping's own charge like any other failure there. */
 const MemoryPoolAccount container_memory_account = {
         .charge = container_memory_charge,
         .release = container_memory_release,
@@ -180,21 +180,21 @@ int container_pin(Container *c, Mapping *m, const PinSource *src, BrokerError *e
 
         switch (src->kind) {
         case PIN_FD:
-                r = memory_pool_acquire(c->memory, src->fd, src->info, m->offset, size, m->flags, &m->region, &vaddr,
-                                        e);
+                r = memory_pool_acquire(c->memory, src->fd, src->info, m->offset, size, m->flags, &m->window, e);
                 break;
         case PIN_REGION:
         case PIN_RESTORE:
-                r = memory_pool_acquire_id(c->memory, src->region, m->offset, size, &m->region, &vaddr, e);
+                r = memory_pool_acquire_id(c->memory, src->region, m->offset, size, src->kind == PIN_RESTORE,
+                                           &m->window, e);
                 break;
         case PIN_ROLLBACK:
-                assert(m->region);
-                vaddr = memory_region_vaddr(m->region, m->offset);
+                assert(m->window);
                 r = 0;
                 break;
         }
         if (r < 0)
                 goto fail_quota;
+        vaddr = memory_window_vaddr(m->window, m->offset);
 
         if (src->kind == PIN_RESTORE)
                 r = backend_container_restore_mapping(c->backend, vaddr, m->node.first, size, m->flags);
@@ -213,14 +213,14 @@ int container_pin(Container *c, Mapping *m, const PinSource *src, BrokerError *e
         return 0;
 
 fail_memory:
-        memory_pool_release(c->memory, m->region);
-        m->region = NULL;
+        memory_pool_release(c->memory, m->window);
+        m->window = NULL;
 fail_quota:
         quota_release(c->broker, c->uid, 0, 1, size);
 fail:
-        if (src->kind == PIN_ROLLBACK && m->region) {
-                memory_pool_release(c->memory, m->region);
-                m->region = NULL;
+        if (src->kind == PIN_ROLLBACK && m->window) {
+                memory_pool_release(c->memory, m->window);
+                m->window = NULL;
         }
         return r;
 }
@@ -363,7 +363,7 @@ int container_unpin_range(Container *c, uint64_t iova, uint64_t last, uint64_t *
 
 void container_mappings_release(Container *c, Mapping **l, size_t n) {
         for (size_t i = 0; i < n; i++) {
-                memory_pool_release(c->memory, l[i]->region);
+                memory_pool_release(c->memory, l[i]->window);
                 free(l[i]);
         }
         free(l);

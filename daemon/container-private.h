@@ -69,7 +69,7 @@ typedef enum PinKind {
         PIN_FD,       /* a request: memory from the caller's fd, within the quota */
         PIN_REGION,   /* memory the container holds already (a discardable region's granule), within the quota */
         PIN_RESTORE,  /* after a restart: memory from the fd store; the kernel still maps it, repoint it */
-        PIN_ROLLBACK, /* a mapping a failed Update removed, back again: m->region is still held */
+        PIN_ROLLBACK, /* a mapping a failed Update removed, back again: m->window is still held */
 } PinKind;
 
 typedef struct PinSource {

@@ -105,7 +105,7 @@ int container_new(Broker *b, const char *owner, uid_t uid, const char *label, Co
 
 void container_mapping_free(Container *c, Mapping *m) {
         quota_release(c->broker, c->uid, 0, 1, mapping_table_node_size(&m->node));
-        memory_pool_release(c->memory, m->region);
+        memory_pool_release(c->memory, m->window);
         free(m);
 }
 

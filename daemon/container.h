@@ -17,7 +17,7 @@
 
 typedef struct Mapping {
         MappingTableNode node; /* IOVA interval */
-        MemoryRegion *region;  /* borrowed slice of the daemon's view of the VMM's file */
+        MemoryWindow *window;  /* borrowed: the daemon's view of the part of the VMM's file it lies in */
         uint64_t offset;       /* in the file */
         uint32_t flags;        /* BROKER_MAP_READ|WRITE */
 } Mapping;
@@ -26,7 +26,7 @@ typedef struct Mapping {
  * balloons): each populated granule is one Mapping of its own, because type1 removes mappings whole. */
 typedef struct DiscardRegion {
         MappingTableNode node; /* IOVA interval of the whole region */
-        MemoryRegion *region;  /* reference held for the region's life: Populate needs the memory */
+        MemoryWindow *window;  /* reference held for the region's life: Populate maps its granules in it */
         uint64_t offset;       /* in the file, of node.first */
         uint32_t flags;
         uint64_t granule;

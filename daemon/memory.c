@@ -11,25 +11,39 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 
+#include "macro.h"
+#include "mapping-table.h"
 #include "memory.h"
 
+struct MemoryWindow {
+        MappingTableNode node; /* the file offsets [first, last] it maps */
+        MemoryRegion *region;
+        void *addr;            /* the daemon's address of file offset node.first */
+        unsigned n_ref;        /* DMA mappings (and discardable regions) borrowing it */
+        bool indexed;          /* in region->windows; a larger window covering it may have replaced it there */
+};
+
 struct MemoryRegion {
-        MemoryRegion *next;
+        MemoryRegion *next, *prev;
         unsigned id;
-        unsigned n_ref;
         dev_t dev;
         ino_t ino;
         int prot;
-        int fd;          /* kept for the region's lifetime (and, later, the fd store) */
-        void *addr;
-        uint64_t length; /* mapped bytes from file offset 0 */
-        void *data;      /* the watcher's (memory_region_set_data()) */
-        bool charged;    /* to the pool's account: one fd and length bytes of address space */
+        int fd;              /* kept for the region's lifetime (and the fd store) */
+        uint64_t page_size;  /* the file's: windows end on it */
+        uint64_t granule;    /* windows start on it */
+        /* The windows a new mapping may share, by file offset. They never overlap, so one lookup finds
+         * the only candidate; a window that a larger one replaced here lives on, unindexed, until the
+         * mappings that borrow it go (the IOMMU pins through its addresses: it cannot move). */
+        MappingTable windows;
+        size_t n_windows;    /* every live window, indexed or not: the region goes with the last */
+        void *data;          /* the watcher's (memory_region_set_data()) */
+        bool charged;        /* one fd, to the pool's account */
 };
 
 struct MemoryPool {
         MemoryRegion *regions;
-        size_t n_regions;
+        size_t n_regions, n_windows;
         unsigned next_id;
         const MemoryPoolWatch *watch;
         void *watch_userdata;
@@ -127,83 +141,186 @@ MemoryPool *memory_pool_new(void) {
         return calloc(1, sizeof(MemoryPool));
 }
 
-static void memory_region_free(MemoryPool *pool, MemoryRegion *r) {
-        if (pool && pool->watch && pool->watch->region_removed)
+static void region_link(MemoryPool *pool, MemoryRegion *r) {
+        r->prev = NULL;
+        r->next = pool->regions;
+        if (r->next)
+                r->next->prev = r;
+        pool->regions = r;
+        pool->n_regions++;
+}
+
+static void region_unlink(MemoryPool *pool, MemoryRegion *r) {
+        if (r->prev)
+                r->prev->next = r->next;
+        else
+                pool->regions = r->next;
+        if (r->next)
+                r->next->prev = r->prev;
+        pool->n_regions--;
+}
+
+/* Frees a region that has no window; notify: the watcher knew it (added or adopted). */
+static void region_free(MemoryPool *pool, MemoryRegion *r, bool notify) {
+        assert(r->n_windows == 0);
+
+        if (notify && pool->watch && pool->watch->region_removed)
                 pool->watch->region_removed(pool->watch_userdata, r);
-        if (r->addr && r->addr != MAP_FAILED)
-                (void) munmap(r->addr, r->length);
         safe_close(r->fd);
         if (r->charged)
-                pool->account->release(pool->account_userdata, 1, r->length);
+                pool->account->release(pool->account_userdata, 1, 0);
         free(r);
 }
 
 MemoryPool *memory_pool_free(MemoryPool *pool) {
         if (!pool)
                 return NULL;
-        /* Every DMA mapping releases its region before the pool goes: a leftover is a bug. */
+        /* Every DMA mapping releases its window before the pool goes, and with the last window its
+         * region: a leftover is a bug. */
         assert(!pool->regions);
-        while (pool->regions) {
-                MemoryRegion *r = pool->regions;
-                pool->regions = r->next;
-                memory_region_free(pool, r);
-        }
         free(pool);
         return NULL;
 }
 
-static int memory_pool_charge(MemoryPool *pool, uint64_t length, bool force, BrokerError *e) {
+static int memory_pool_charge(MemoryPool *pool, uint64_t fds, uint64_t address_space, bool force, BrokerError *e) {
         if (!pool->account)
                 return 0;
-        return pool->account->charge(pool->account_userdata, 1, length, force, e);
+        return pool->account->charge(pool->account_userdata, fds, address_space, force, e);
 }
 
-static void memory_pool_uncharge(MemoryPool *pool, uint64_t length) {
+static void memory_pool_uncharge(MemoryPool *pool, uint64_t fds, uint64_t address_space) {
         if (pool->account)
-                pool->account->release(pool->account_userdata, 1, length);
+                pool->account->release(pool->account_userdata, fds, address_space);
 }
 
 static int prot_for(uint32_t flags) {
         return flags & BROKER_MAP_WRITE ? PROT_READ | PROT_WRITE : PROT_READ;
 }
 
-int memory_pool_acquire(MemoryPool *pool, int fd, const MemoryFileInfo *info, uint64_t offset,
-                        uint64_t size, uint32_t flags, MemoryRegion **ret, uint64_t *ret_vaddr,
-                        BrokerError *e) {
-        int prot = prot_for(flags);
-        _cleanup_free_ MemoryRegion *r = NULL;
+static uint64_t granule_for(uint64_t page_size) {
+        return page_size > MEMORY_WINDOW_GRANULE ? page_size : MEMORY_WINDOW_GRANULE;
+}
+
+static int map_error(int error, int prot, BrokerError *e) {
+        if (error == EPERM || error == EACCES)
+                return broker_error_set(e, BROKER_ERROR_BAD_MEMORY,
+                                        "The memory file cannot be mapped %s (sealed against writing, or on a "
+                                        "noexec/read-only mount?).", prot & PROT_WRITE ? "writable" : "readable");
+        if (error == ENODEV || error == EINVAL)
+                return broker_error_set(e, BROKER_ERROR_BAD_MEMORY,
+                                        "The memory file does not support shared mappings.");
+        return broker_error_set_errno(e, -error, "Cannot map the memory file");
+}
+
+/* A reference to a window of r covering [offset, offset+size): the indexed one that covers it, or a
+ * new one. force: charged whatever the limits say (a restart). */
+static int window_acquire(MemoryPool *pool, MemoryRegion *r, uint64_t offset, uint64_t size, bool force,
+                          MemoryWindow **ret, BrokerError *e) {
+        _cleanup_free_ MemoryWindow *w = NULL;
+        MappingTableNode *node, *next;
+        uint64_t last = offset + (size - 1), first, end, file_end;
         struct stat st;
-        uint64_t length;
+        void *addr;
+        int q;
+
+        assert(size > 0 && last >= offset);
+
+        /* Indexed windows never overlap: the one holding offset is the only one that can cover the
+         * range. O(log n) in the windows of this file. */
+        node = mapping_table_find(&r->windows, offset);
+        if (node && node->last >= last) {
+                MemoryWindow *found = container_of(node, MemoryWindow, node);
+                found->n_ref++;
+                *ret = found;
+                return 0;
+        }
+
+        /* Not past the end of the file as it is now: the pages there do not exist, and pinning them
+         * would fail in the kernel with a less helpful error. */
+        if (fstat(r->fd, &st) < 0)
+                return broker_error_set_errno(e, -errno, "Cannot fstat the memory fd");
+        file_end = (uint64_t) st.st_size - (uint64_t) st.st_size % r->page_size;
+        if (last >= file_end)
+                return broker_error_set(e, BROKER_ERROR_OUT_OF_RANGE,
+                                        "Offset 0x%" PRIx64 " + size 0x%" PRIx64 " lies beyond the end of the "
+                                        "memory file, which is 0x%" PRIx64 " bytes now (it shrank?).",
+                                        offset, size, (uint64_t) st.st_size);
+
+        /* The granules the range touches, clipped to the file's end... */
+        first = offset - offset % r->granule;
+        end = last - last % r->granule + r->granule;
+        if (end > file_end || end < first)
+                end = file_end;
+        /* ... and the windows there, which the new one replaces in the index so that later requests
+         * share one mapping rather than map these granules a third time. Indexed windows start on a
+         * granule and end on one or at the file's end, so the union meets no further window. */
+        for (node = mapping_table_first_intersecting(&r->windows, first, end - 1); node && node->first <= end - 1;
+             node = mapping_table_next(node)) {
+                if (node->first < first)
+                        first = node->first;
+                if (node->last >= end)
+                        end = node->last + 1;
+        }
+
+        w = calloc(1, sizeof(*w));
+        if (!w)
+                return -ENOMEM;
+        /* What is reserved is the owner's to pay for, refused before it is taken. */
+        q = memory_pool_charge(pool, 0, end - first, force, e);
+        if (q < 0)
+                return q;
+        /* MAP_NORESERVE: the daemon never touches guest memory; the IOMMU pins what it maps. */
+        addr = mmap(NULL, end - first, r->prot, MAP_SHARED | MAP_NORESERVE, r->fd, (off_t) first);
+        if (addr == MAP_FAILED) {
+                q = errno;
+                memory_pool_uncharge(pool, 0, end - first);
+                return map_error(q, r->prot, e);
+        }
+
+        for (node = mapping_table_first_intersecting(&r->windows, first, end - 1); node && node->first <= end - 1;
+             node = next) {
+                next = mapping_table_next(node);
+                mapping_table_remove(&r->windows, node);
+                container_of(node, MemoryWindow, node)->indexed = false;
+        }
+        mapping_table_node_init(&w->node, first, end - first);
+        q = mapping_table_insert(&r->windows, &w->node, NULL);
+        assert(q == 0);
+        w->indexed = true;
+        w->region = r;
+        w->addr = addr;
+        w->n_ref = 1;
+        r->n_windows++;
+        pool->n_windows++;
+        *ret = TAKE_PTR(w);
+        return 0;
+}
+
+static MemoryRegion *find_region(MemoryPool *pool, const MemoryFileInfo *info, int prot) {
+        /* Linear in the distinct files the container holds, which its owner's "fds" limit bounds (and
+         * which a VMM keeps to a few memory backends); the windows inside are a tree. */
+        for (MemoryRegion *i = pool->regions; i; i = i->next)
+                if (i->dev == info->dev && i->ino == info->ino && (i->prot & prot) == prot)
+                        return i;
+        return NULL;
+}
+
+int memory_pool_acquire(MemoryPool *pool, int fd, const MemoryFileInfo *info, uint64_t offset,
+                        uint64_t size, uint32_t flags, MemoryWindow **ret, BrokerError *e) {
+        int prot = prot_for(flags), q;
+        MemoryRegion *r;
 
         assert(pool);
         assert(info);
         assert(ret);
-        assert(ret_vaddr);
 
-        for (MemoryRegion *i = pool->regions; i; i = i->next)
-                if (i->dev == info->dev && i->ino == info->ino && (i->prot & prot) == prot &&
-                    offset + size <= i->length) {
-                        i->n_ref++;
-                        *ret = i;
-                        *ret_vaddr = (uint64_t) (uintptr_t) i->addr + offset;
-                        return 0;
-                }
-
-        /* Map the whole file as it is now, so later requests into the same file share the mapping
-         * (one VMA per file instead of one per DMA mapping: vm.max_map_count is 65530). */
-        if (fstat(fd, &st) < 0)
-                return broker_error_set_errno(e, -errno, "Cannot fstat the memory fd");
-        length = (uint64_t) st.st_size;
-        if (length % info->page_size)
-                length -= length % info->page_size;
-        if (length < offset + size)
-                return broker_error_set(e, BROKER_ERROR_OUT_OF_RANGE,
-                                        "The memory file shrank to 0x%" PRIx64 " bytes while being mapped.",
-                                        (uint64_t) st.st_size);
+        r = find_region(pool, info, prot);
+        if (r)
+                return window_acquire(pool, r, offset, size, false, ret, e);
 
         /* A new region means a new fd to keep: whoever keeps it (the state store) may refuse first. */
         if (pool->watch && pool->watch->region_admit) {
-                int q = pool->watch->region_admit(pool->watch_userdata, fd, info, e);
+                q = pool->watch->region_admit(pool->watch_userdata, fd, info, e);
                 if (q < 0)
                         return q;
         }
@@ -211,82 +328,84 @@ int memory_pool_acquire(MemoryPool *pool, int fd, const MemoryFileInfo *info, ui
         r = calloc(1, sizeof(*r));
         if (!r)
                 return -ENOMEM;
-
-        /* The fd and the address space are the owner's to pay for, refused before either is taken. */
-        int q = memory_pool_charge(pool, length, false, e);
-        if (q < 0)
+        /* The fd is the owner's to pay for, refused before it is taken. */
+        q = memory_pool_charge(pool, 1, 0, false, e);
+        if (q < 0) {
+                free(r);
                 return q;
+        }
         r->charged = !!pool->account;
-
         r->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
         if (r->fd < 0) {
                 q = -errno;
-                memory_pool_uncharge(pool, length);
+                region_free(pool, r, false);
                 return broker_error_set_errno(e, q, "Cannot duplicate the memory fd");
         }
-
-        /* MAP_NORESERVE: the daemon never touches guest memory; the IOMMU pins what it maps. */
-        r->addr = mmap(NULL, length, prot, MAP_SHARED | MAP_NORESERVE, r->fd, 0);
-        if (r->addr == MAP_FAILED) {
-                int error = errno;
-                r->fd = safe_close(r->fd);
-                memory_pool_uncharge(pool, length);
-                if (error == EPERM || error == EACCES)
-                        return broker_error_set(e, BROKER_ERROR_BAD_MEMORY,
-                                                "The memory file cannot be mapped %s (sealed against writing, or "
-                                                "on a noexec/read-only mount?).",
-                                                prot & PROT_WRITE ? "writable" : "readable");
-                if (error == ENODEV || error == EINVAL)
-                        return broker_error_set(e, BROKER_ERROR_BAD_MEMORY,
-                                                "The memory file does not support shared mappings.");
-                return broker_error_set_errno(e, -error, "Cannot map the memory file");
-        }
-
-        r->n_ref = 1;
-        r->id = pool->next_id++;
         r->dev = info->dev;
         r->ino = info->ino;
         r->prot = prot;
-        r->length = length;
-        r->next = pool->regions;
-        pool->regions = r;
-        pool->n_regions++;
+        r->page_size = info->page_size;
+        r->granule = granule_for(info->page_size);
 
-        *ret = r;
-        *ret_vaddr = (uint64_t) (uintptr_t) r->addr + offset;
-        TAKE_PTR(r);
+        q = window_acquire(pool, r, offset, size, false, ret, e);
+        if (q < 0) {
+                region_free(pool, r, false);
+                return q;
+        }
+        r->id = pool->next_id++;
+        region_link(pool, r);
         if (pool->watch && pool->watch->region_added)
-                pool->watch->region_added(pool->watch_userdata, *ret);
+                pool->watch->region_added(pool->watch_userdata, r);
         return 0;
 }
 
-void memory_pool_release(MemoryPool *pool, MemoryRegion *region) {
-        assert(pool);
-        assert(region);
-        assert(region->n_ref > 0);
+void memory_pool_release(MemoryPool *pool, MemoryWindow *w) {
+        MemoryRegion *r;
 
-        if (--region->n_ref > 0)
+        assert(pool);
+        assert(w);
+        assert(w->n_ref > 0);
+
+        if (--w->n_ref > 0)
                 return;
 
-        for (MemoryRegion **p = &pool->regions; *p; p = &(*p)->next)
-                if (*p == region) {
-                        *p = region->next;
-                        break;
-                }
-        pool->n_regions--;
-        memory_region_free(pool, region);
+        r = w->region;
+        if (w->indexed)
+                mapping_table_remove(&r->windows, &w->node);
+        (void) munmap(w->addr, memory_window_length(w));
+        memory_pool_uncharge(pool, 0, memory_window_length(w));
+        free(w);
+        r->n_windows--;
+        pool->n_windows--;
+        if (r->n_windows > 0)
+                return;
+        region_unlink(pool, r);
+        region_free(pool, r, true);
 }
 
 size_t memory_pool_size(const MemoryPool *pool) {
         return pool->n_regions;
 }
 
-int memory_region_fd(const MemoryRegion *region) {
-        return region->fd;
+size_t memory_pool_n_windows(const MemoryPool *pool) {
+        return pool->n_windows;
 }
 
-uint64_t memory_region_vaddr(const MemoryRegion *region, uint64_t offset) {
-        return (uint64_t) (uintptr_t) region->addr + offset;
+uint64_t memory_window_vaddr(const MemoryWindow *w, uint64_t offset) {
+        assert(offset >= w->node.first && offset <= w->node.last);
+        return (uint64_t) (uintptr_t) w->addr + (offset - w->node.first);
+}
+
+uint64_t memory_window_length(const MemoryWindow *w) {
+        return mapping_table_node_size(&w->node);
+}
+
+MemoryRegion *memory_window_region(const MemoryWindow *w) {
+        return w->region;
+}
+
+int memory_region_fd(const MemoryRegion *region) {
+        return region->fd;
 }
 
 unsigned memory_region_id(const MemoryRegion *region) {
@@ -303,14 +422,10 @@ void memory_pool_set_watch(MemoryPool *pool, const MemoryPoolWatch *watch, void 
 }
 
 void memory_pool_set_account(MemoryPool *pool, const MemoryPoolAccount *account, void *userdata) {
-        /* Regions charged to one account are released to it: set it before the first region. */
+        /* What was charged to one account is released to it: set it before the first region. */
         assert(!pool->regions);
         pool->account = account;
         pool->account_userdata = userdata;
-}
-
-uint64_t memory_region_length(const MemoryRegion *region) {
-        return region->length;
 }
 
 void memory_region_set_data(MemoryRegion *region, void *data) {
@@ -339,78 +454,70 @@ MemoryRegion *memory_region_next(MemoryRegion *region) {
 int memory_pool_adopt(MemoryPool *pool, int fd, unsigned id, uint32_t flags, BrokerError *e) {
         MemoryFileInfo info;
         MemoryRegion *r;
-        uint64_t length;
         int ret;
 
         assert(pool);
 
-        for (MemoryRegion *i = pool->regions; i; i = i->next)
-                if (i->id == id)
-                        return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "Memory region %u appears twice.", id);
+        if (memory_pool_find_id(pool, id))
+                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "Memory region %u appears twice.", id);
 
         ret = memory_check_fd(fd, flags, &info, e);
         if (ret < 0)
                 return ret;
-        length = info.file_size - info.file_size % info.page_size;
-        if (length == 0)
+        if (info.file_size < info.page_size)
                 return broker_error_set(e, BROKER_ERROR_BAD_MEMORY, "Memory region %u is empty.", id);
 
+        /* Nothing is mapped here: the windows come back with the mappings that borrow them
+         * (memory_pool_acquire_id()), so a restart reserves what the mappings need, not the files. */
         r = calloc(1, sizeof(*r));
         if (!r)
                 return -ENOMEM;
-        ret = memory_pool_charge(pool, length, true, e);
+        ret = memory_pool_charge(pool, 1, 0, true, e);
         if (ret < 0) {
                 free(r);
                 return ret;
         }
         r->charged = !!pool->account;
-        r->addr = mmap(NULL, length, prot_for(flags), MAP_SHARED | MAP_NORESERVE, fd, 0);
-        if (r->addr == MAP_FAILED) {
-                ret = -errno;
-                memory_pool_uncharge(pool, length);
-                free(r);
-                return broker_error_set_errno(e, ret, "Cannot map memory region %u again", id);
-        }
         r->fd = fd;
         r->id = id;
         r->dev = info.dev;
         r->ino = info.ino;
         r->prot = prot_for(flags);
-        r->length = length;
-        r->next = pool->regions;
-        pool->regions = r;
-        pool->n_regions++;
+        r->page_size = info.page_size;
+        r->granule = granule_for(info.page_size);
+        region_link(pool, r);
         if (id >= pool->next_id)
                 pool->next_id = id + 1;
         return 0;
 }
 
-int memory_pool_acquire_id(MemoryPool *pool, unsigned id, uint64_t offset, uint64_t size, MemoryRegion **ret,
-                           uint64_t *ret_vaddr, BrokerError *e) {
-        for (MemoryRegion *r = pool->regions; r; r = r->next) {
-                if (r->id != id)
-                        continue;
-                if (offset + size < offset || offset + size > r->length)
-                        return broker_error_set(e, BROKER_ERROR_OUT_OF_RANGE,
-                                                "Mapping at offset 0x%" PRIx64 " no longer fits memory region %u.",
-                                                offset, id);
-                r->n_ref++;
-                *ret = r;
-                *ret_vaddr = (uint64_t) (uintptr_t) r->addr + offset;
-                return 0;
-        }
-        return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "Memory region %u was not kept.", id);
+int memory_pool_acquire_id(MemoryPool *pool, unsigned id, uint64_t offset, uint64_t size, bool restore,
+                           MemoryWindow **ret, BrokerError *e) {
+        MemoryRegion *r;
+
+        assert(pool);
+        assert(ret);
+
+        r = memory_pool_find_id(pool, id);
+        if (!r)
+                return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "Memory region %u was not kept.", id);
+        /* From the state store, so checked like input. */
+        if (size == 0 || offset + size < offset || (offset | size) % r->page_size)
+                return broker_error_set(e, BROKER_ERROR_OUT_OF_RANGE,
+                                        "Mapping at offset 0x%" PRIx64 " (0x%" PRIx64 " bytes) does not fit memory "
+                                        "region %u.", offset, size, id);
+        return window_acquire(pool, r, offset, size, restore, ret, e);
 }
 
 void memory_pool_prune(MemoryPool *pool) {
-        for (MemoryRegion **p = &pool->regions; *p;) {
-                MemoryRegion *r = *p;
-                if (r->n_ref == 0) {
-                        *p = r->next;
-                        pool->n_regions--;
-                        memory_region_free(pool, r);
-                } else
-                        p = &r->next;
+        MemoryRegion *r, *next;
+
+        for (r = pool->regions; r; r = next) {
+                next = r->next;
+                if (r->n_windows == 0) {
+                        region_unlink(pool, r);
+                        region_free(pool, r, true);
+                }
         }
 }
 

@@ -167,8 +167,9 @@ int quota_charge_memory(Broker *b, uid_t uid, uint64_t fds, uint64_t address_spa
                                         u->fds, u->limits.fds);
         if (!force && exceeds(u->address_space, address_space, u->limits.address_space))
                 return broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED,
-                                        "Mapping the memory file (0x%" PRIx64 " bytes) would reserve 0x%" PRIx64
-                                        " bytes of the broker's address space for uid %u; the limit "
+                                        "Mapping would reserve 0x%" PRIx64 " more bytes of the broker's address "
+                                        "space (the broker maps memory files in windows of whole 1 GiB granules "
+                                        "around what is mapped), 0x%" PRIx64 " in all for uid %u; the limit "
                                         "\"address_space\" is 0x%" PRIx64 ".", address_space,
                                         u->address_space + address_space, uid, u->limits.address_space);
 

@@ -76,10 +76,11 @@ static int encode(const Container *c, const char *backend, bool head, FILE *f) {
                 json_object *l = json_object_new_array();
                 for (node = mapping_table_first(&c->discardable); node; node = mapping_table_next(node)) {
                         DiscardRegion *d = container_of(node, DiscardRegion, node);
+                        const MemoryRegion *region = memory_window_region(d->window);
                         json_object *a = json_object_new_array_ext(6);
                         json_object_array_add(a, json_u64(node->first));
                         json_object_array_add(a, json_u64(mapping_table_node_size(node)));
-                        json_object_array_add(a, json_object_new_int64(memory_region_id(d->region)));
+                        json_object_array_add(a, json_object_new_int64(memory_region_id(region)));
                         json_object_array_add(a, json_u64(d->offset));
                         json_object_array_add(a, json_object_new_int64(d->flags));
                         json_object_array_add(a, json_u64(d->granule));
@@ -106,7 +107,7 @@ static int encode(const Container *c, const char *backend, bool head, FILE *f) {
                 fput_u64(f, node->first);
                 fputc(',', f);
                 fput_u64(f, mapping_table_node_size(node));
-                fprintf(f, ",%u,", memory_region_id(m->region));
+                fprintf(f, ",%u,", memory_region_id(memory_window_region(m->window)));
                 fput_u64(f, m->offset);
                 fprintf(f, ",%" PRIu32 "]", m->flags);
         }

@@ -184,7 +184,7 @@ static void on_mapping(Container *c, const Mapping *m, bool added) {
         if (added) {
                 r.map.size = mapping_table_node_size(&m->node);
                 r.map.offset = m->offset;
-                r.map.region = memory_region_id(m->region);
+                r.map.region = memory_region_id(memory_window_region(m->window));
                 r.map.flags = m->flags;
         }
         log_append(c->broker, &r);

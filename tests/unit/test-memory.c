@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,7 +16,7 @@
 
 #include "memory.h"
 
-static int new_memfd(size_t size) {
+static int new_memfd(uint64_t size) {
         int fd = memfd_create("test", MFD_CLOEXEC | MFD_ALLOW_SEALING);
         assert_true(fd >= 0);
         assert_int_equal(ftruncate(fd, (off_t) size), 0);
@@ -110,13 +111,19 @@ static void test_ranges(void **state) {
         assert_non_null(strstr(e.message, "huge page"));
 }
 
+#define GiB (UINT64_C(1) << 30)
+
+/* Whether addr is mapped in this process (msync fails with ENOMEM on an unmapped page). */
+static bool is_mapped(uint64_t addr) {
+        return msync((void *) (uintptr_t) (addr & ~UINT64_C(4095)), 4096, MS_ASYNC) == 0;
+}
+
 static void test_pool(void **state) {
         MemoryPool *pool = memory_pool_new();
         int a = new_memfd(1 << 20), b = new_memfd(1 << 20);
         int a_ro = reopen(a, O_RDONLY);
         MemoryFileInfo ia, ib, ia_ro;
-        MemoryRegion *r1, *r2, *r3, *r4, *r5;
-        uint64_t v1, v2, v3, v4, v5;
+        MemoryWindow *w1, *w2, *w3, *w4, *w5, *w6;
 
         assert_non_null(pool);
         assert_int_equal(memory_check_fd(a, 3, &ia, NULL), 0);
@@ -124,41 +131,53 @@ static void test_pool(void **state) {
         assert_int_equal(memory_check_fd(a_ro, 1, &ia_ro, NULL), 0);
 
         /* Read-only first: a region with PROT_READ. */
-        assert_int_equal(memory_pool_acquire(pool, a_ro, &ia_ro, 0, 4096, 1, &r1, &v1, NULL), 0);
+        assert_int_equal(memory_pool_acquire(pool, a_ro, &ia_ro, 0, 4096, 1, &w1, NULL), 0);
         assert_int_equal(memory_pool_size(pool), 1);
         /* The same file for writing needs a new, writable region... */
-        assert_int_equal(memory_pool_acquire(pool, a, &ia, 8192, 4096, 3, &r2, &v2, NULL), 0);
+        assert_int_equal(memory_pool_acquire(pool, a, &ia, 8192, 4096, 3, &w2, NULL), 0);
         assert_int_equal(memory_pool_size(pool), 2);
-        assert_ptr_not_equal(r1, r2);
-        /* ... which then serves reads too. */
-        assert_int_equal(memory_pool_acquire(pool, a, &ia, 4096, 4096, 1, &r3, &v3, NULL), 0);
+        assert_ptr_not_equal(memory_window_region(w1), memory_window_region(w2));
+        /* ... and either serves reads, in the window it has there (the whole small file). */
+        assert_int_equal(memory_pool_acquire(pool, a, &ia, 4096, 4096, 1, &w3, NULL), 0);
         assert_int_equal(memory_pool_size(pool), 2);
-        assert_true(r3 == r1 || r3 == r2);
+        assert_true(w3 == w1 || w3 == w2);
+        assert_int_equal(memory_pool_n_windows(pool), 2);
+        assert_int_equal(memory_window_length(w2), 1 << 20);
         /* Another file, another region. */
-        assert_int_equal(memory_pool_acquire(pool, b, &ib, 0, 1 << 20, 3, &r4, &v4, NULL), 0);
+        assert_int_equal(memory_pool_acquire(pool, b, &ib, 0, 1 << 20, 3, &w4, NULL), 0);
         assert_int_equal(memory_pool_size(pool), 3);
 
         /* The daemon's address really is the file at that offset. */
         assert_int_equal(pwrite(a, "broker", 6, 8192), 6);
-        assert_memory_equal((const void *) (uintptr_t) v2, "broker", 6);
+        assert_memory_equal((const void *) (uintptr_t) memory_window_vaddr(w2, 8192), "broker", 6);
         assert_int_equal(pwrite(a, "pinned", 6, 4096), 6);
-        assert_memory_equal((const void *) (uintptr_t) v3, "pinned", 6);
+        assert_memory_equal((const void *) (uintptr_t) memory_window_vaddr(w3, 4096), "pinned", 6);
 
-        /* The file grew: a request beyond the first mapping gets a region that covers it. */
+        /* The file grew: a request beyond the first window gets a window of the same region that covers
+         * the grown granule, and that window serves the requests there from now on. */
         assert_int_equal(ftruncate(a, 4 << 20), 0);
         assert_int_equal(memory_check_fd(a, 3, &ia, NULL), 0);
-        assert_int_equal(memory_pool_acquire(pool, a, &ia, 3 << 20, 4096, 3, &r5, &v5, NULL), 0);
-        assert_int_equal(memory_pool_size(pool), 4);
+        assert_int_equal(memory_pool_acquire(pool, a, &ia, 3 << 20, 4096, 3, &w5, NULL), 0);
+        assert_int_equal(memory_pool_size(pool), 3);
+        assert_ptr_equal(memory_window_region(w5), memory_window_region(w2));
+        assert_int_equal(memory_window_length(w5), 4 << 20);
         assert_int_equal(pwrite(a, "grown", 5, 3 << 20), 5);
-        assert_memory_equal((const void *) (uintptr_t) v5, "grown", 5);
+        assert_memory_equal((const void *) (uintptr_t) memory_window_vaddr(w5, 3 << 20), "grown", 5);
+        assert_int_equal(memory_pool_acquire(pool, a, &ia, 0, 4096, 3, &w6, NULL), 0);
+        assert_ptr_equal(w6, w5);
+        /* The window it replaced still maps what its mapping pins. */
+        assert_memory_equal((const void *) (uintptr_t) memory_window_vaddr(w2, 8192), "broker", 6);
 
-        memory_pool_release(pool, r1);
-        memory_pool_release(pool, r2);
-        memory_pool_release(pool, r3);
+        memory_pool_release(pool, w1);
+        memory_pool_release(pool, w2);
+        memory_pool_release(pool, w3);
         assert_int_equal(memory_pool_size(pool), 2);
-        memory_pool_release(pool, r4);
-        memory_pool_release(pool, r5);
+        memory_pool_release(pool, w4);
+        memory_pool_release(pool, w5);
+        assert_int_equal(memory_pool_size(pool), 1);
+        memory_pool_release(pool, w6);
         assert_int_equal(memory_pool_size(pool), 0);
+        assert_int_equal(memory_pool_n_windows(pool), 0);
         memory_pool_free(pool);
         close(a); close(b); close(a_ro);
 }
@@ -168,23 +187,22 @@ static void test_sealed(void **state) {
         int fd = new_memfd(1 << 16);
         BrokerError e = BROKER_ERROR_INIT;
         MemoryFileInfo info;
-        MemoryRegion *r;
-        uint64_t v;
+        MemoryWindow *w;
 
         assert_int_equal(fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE), 0);
         assert_int_equal(memory_check_fd(fd, 3, &info, NULL), 0);
-        assert_true(memory_pool_acquire(pool, fd, &info, 0, 4096, 3, &r, &v, &e) < 0);
+        assert_true(memory_pool_acquire(pool, fd, &info, 0, 4096, 3, &w, &e) < 0);
         assert_int_equal(e.code, BROKER_ERROR_BAD_MEMORY);
         assert_int_equal(memory_pool_size(pool), 0);
         /* Reading from a sealed file is fine. */
-        assert_int_equal(memory_pool_acquire(pool, fd, &info, 0, 4096, 1, &r, &v, NULL), 0);
-        memory_pool_release(pool, r);
+        assert_int_equal(memory_pool_acquire(pool, fd, &info, 0, 4096, 1, &w, NULL), 0);
+        memory_pool_release(pool, w);
         memory_pool_free(pool);
         close(fd);
 }
 
 typedef struct TestAccount {
-        uint64_t fds, address_space, max_fds;
+        uint64_t fds, address_space, max_fds, max_address_space;
 } TestAccount;
 
 static int test_account_charge(void *userdata, uint64_t fds, uint64_t address_space, bool force, BrokerError *e) {
@@ -192,6 +210,8 @@ static int test_account_charge(void *userdata, uint64_t fds, uint64_t address_sp
 
         if (!force && a->fds + fds > a->max_fds)
                 return broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED, "fds");
+        if (!force && a->address_space + address_space > a->max_address_space)
+                return broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED, "address_space");
         a->fds += fds;
         a->address_space += address_space;
         return 0;
@@ -207,47 +227,190 @@ static void test_account_release(void *userdata, uint64_t fds, uint64_t address_
 
 static const MemoryPoolAccount test_account = { test_account_charge, test_account_release };
 
-/* Every region is charged one fd and its mapping's length, refused before anything is made, and
- * given back when it goes; a shared region is charged once. */
+/* Every region is charged one fd, every window the address space it maps; refused before anything is
+ * made, and given back when it goes; a shared region or window is charged once. */
 static void test_account_regions(void **state) {
         MemoryPool *pool = memory_pool_new();
-        TestAccount acct = { .max_fds = 2 };
+        TestAccount acct = { .max_fds = 2, .max_address_space = 3 * GiB };
         BrokerError e = BROKER_ERROR_INIT;
-        int a = new_memfd(1 << 20), b = new_memfd(1 << 16), c = new_memfd(1 << 16);
+        int a = new_memfd(1 << 20), b = new_memfd(4 * GiB), c = new_memfd(1 << 16);
         MemoryFileInfo ia, ib, ic;
-        MemoryRegion *r1, *r2, *r3, *r4;
-        uint64_t v;
+        MemoryWindow *w1, *w2, *w3, *w4, *w5;
 
         memory_pool_set_account(pool, &test_account, &acct);
         assert_int_equal(memory_check_fd(a, 3, &ia, NULL), 0);
         assert_int_equal(memory_check_fd(b, 3, &ib, NULL), 0);
         assert_int_equal(memory_check_fd(c, 3, &ic, NULL), 0);
 
-        assert_int_equal(memory_pool_acquire(pool, a, &ia, 0, 4096, 3, &r1, &v, NULL), 0);
+        assert_int_equal(memory_pool_acquire(pool, a, &ia, 0, 4096, 3, &w1, NULL), 0);
         assert_int_equal(acct.fds, 1);
-        assert_int_equal(acct.address_space, 1 << 20); /* the whole file is mapped */
-        assert_int_equal(memory_region_length(r1), 1 << 20);
-        assert_int_equal(memory_pool_acquire(pool, a, &ia, 4096, 4096, 3, &r2, &v, NULL), 0);
-        assert_ptr_equal(r1, r2);
+        assert_int_equal(acct.address_space, 1 << 20); /* the granule, clipped to the file's end */
+        assert_int_equal(memory_pool_acquire(pool, a, &ia, 4096, 4096, 3, &w2, NULL), 0);
+        assert_ptr_equal(w1, w2);
         assert_int_equal(acct.fds, 1);
-        assert_int_equal(memory_pool_acquire(pool, b, &ib, 0, 4096, 3, &r3, &v, NULL), 0);
+        assert_int_equal(acct.address_space, 1 << 20);
+        /* A 4 KiB Map of a sparse 4 GiB file reserves one granule, not the file. */
+        assert_int_equal(memory_pool_acquire(pool, b, &ib, 0, 4096, 3, &w3, NULL), 0);
         assert_int_equal(acct.fds, 2);
-        assert_int_equal(acct.address_space, (1 << 20) + (1 << 16));
+        assert_int_equal(acct.address_space, (1 << 20) + GiB);
+        assert_int_equal(memory_pool_acquire(pool, b, &ib, GiB, 4096, 3, &w4, NULL), 0);
+        assert_int_equal(acct.address_space, (1 << 20) + 2 * GiB);
 
+        /* A third window of b would pass the address space limit: refused, nothing made. */
+        assert_true(memory_pool_acquire(pool, b, &ib, 2 * GiB, 4096, 3, &w5, &e) < 0);
+        assert_int_equal(e.code, BROKER_ERROR_QUOTA_EXCEEDED);
+        assert_string_equal(e.message, "address_space");
+        assert_int_equal(memory_pool_n_windows(pool), 3);
+        assert_int_equal(acct.address_space, (1 << 20) + 2 * GiB);
         /* A third file is refused, and nothing was made of it. */
-        assert_true(memory_pool_acquire(pool, c, &ic, 0, 4096, 3, &r4, &v, &e) < 0);
+        e = BROKER_ERROR_INIT;
+        assert_true(memory_pool_acquire(pool, c, &ic, 0, 4096, 3, &w5, &e) < 0);
         assert_int_equal(e.code, BROKER_ERROR_QUOTA_EXCEEDED);
         assert_int_equal(memory_pool_size(pool), 2);
         assert_int_equal(acct.fds, 2);
 
-        memory_pool_release(pool, r1);
+        memory_pool_release(pool, w1);
         assert_int_equal(acct.fds, 2);
-        memory_pool_release(pool, r2);
-        memory_pool_release(pool, r3);
+        memory_pool_release(pool, w2);
+        assert_int_equal(acct.fds, 1);
+        assert_int_equal(acct.address_space, 2 * GiB);
+        memory_pool_release(pool, w3);
+        assert_int_equal(acct.address_space, GiB);
+        assert_int_equal(acct.fds, 1);
+        memory_pool_release(pool, w4);
         assert_int_equal(acct.fds, 0);
         assert_int_equal(acct.address_space, 0);
         memory_pool_free(pool);
         close(a); close(b); close(c);
+}
+
+/* Windows of one sparse file: shared inside a granule, one per granule otherwise, one covering all
+ * granules a request crosses (which then serves the requests there), clipped to the file's end,
+ * unmapped with their last mapping. */
+static void test_windows(void **state) {
+        MemoryPool *pool = memory_pool_new();
+        TestAccount acct = { .max_fds = 1, .max_address_space = UINT64_MAX };
+        int fd = new_memfd(3 * GiB + 8192);
+        MemoryWindow *w1, *w2, *w3, *w4, *w5, *w6;
+        uint64_t v1, v3;
+        MemoryFileInfo info;
+
+        memory_pool_set_account(pool, &test_account, &acct);
+        assert_int_equal(memory_check_fd(fd, 3, &info, NULL), 0);
+
+        assert_int_equal(memory_pool_acquire(pool, fd, &info, 0, 4096, 3, &w1, NULL), 0);
+        assert_int_equal(memory_window_length(w1), GiB);
+        assert_int_equal(memory_pool_acquire(pool, fd, &info, GiB - 4096, 4096, 3, &w2, NULL), 0);
+        assert_ptr_equal(w2, w1);
+        assert_int_equal(memory_pool_acquire(pool, fd, &info, GiB + 4096, 4096, 3, &w3, NULL), 0);
+        assert_ptr_not_equal(w3, w1);
+        assert_int_equal(memory_window_length(w3), GiB);
+        /* The last granule holds 8 KiB of file: that is all its window maps. */
+        assert_int_equal(memory_pool_acquire(pool, fd, &info, 3 * GiB, 8192, 3, &w4, NULL), 0);
+        assert_int_equal(memory_window_length(w4), 8192);
+        assert_int_equal(memory_pool_n_windows(pool), 3);
+        assert_int_equal(memory_pool_size(pool), 1);
+        assert_int_equal(acct.address_space, 2 * GiB + 8192);
+        assert_int_equal(acct.fds, 1);
+
+        /* Across the first two granules: one window over both, which the next request inside either
+         * shares; the two it replaced stay for the mappings that hold them. */
+        assert_int_equal(memory_pool_acquire(pool, fd, &info, GiB - 4096, 8192, 3, &w5, NULL), 0);
+        assert_int_equal(memory_window_length(w5), 2 * GiB);
+        assert_int_equal(memory_pool_n_windows(pool), 4);
+        assert_int_equal(acct.address_space, 4 * GiB + 8192);
+        assert_int_equal(memory_pool_acquire(pool, fd, &info, 4096, 4096, 3, &w6, NULL), 0);
+        assert_ptr_equal(w6, w5);
+
+        /* Every window shows the same file. */
+        v1 = memory_window_vaddr(w1, GiB - 4096);
+        v3 = memory_window_vaddr(w3, GiB + 4096);
+        assert_int_equal(pwrite(fd, "window", 6, (off_t) (GiB - 4096)), 6);
+        assert_memory_equal((const void *) (uintptr_t) v1, "window", 6);
+        assert_memory_equal((const void *) (uintptr_t) memory_window_vaddr(w5, GiB - 4096), "window", 6);
+        assert_int_equal(pwrite(fd, "second", 6, (off_t) (GiB + 4096)), 6);
+        assert_memory_equal((const void *) (uintptr_t) v3, "second", 6);
+        assert_memory_equal((const void *) (uintptr_t) memory_window_vaddr(w5, GiB + 4096), "second", 6);
+
+        /* The last mapping of a window unmaps it and gives its address space back. */
+        memory_pool_release(pool, w1);
+        assert_true(is_mapped(v1));
+        memory_pool_release(pool, w2);
+        assert_false(is_mapped(v1));
+        assert_int_equal(memory_pool_n_windows(pool), 3);
+        assert_int_equal(acct.address_space, 3 * GiB + 8192);
+        memory_pool_release(pool, w3);
+        assert_false(is_mapped(v3));
+        memory_pool_release(pool, w5);
+        memory_pool_release(pool, w6);
+        assert_int_equal(memory_pool_n_windows(pool), 1);
+        assert_int_equal(acct.address_space, 8192);
+        assert_int_equal(acct.fds, 1);
+        memory_pool_release(pool, w4);
+        assert_int_equal(memory_pool_size(pool), 0);
+        assert_int_equal(acct.address_space, 0);
+        assert_int_equal(acct.fds, 0);
+        memory_pool_free(pool);
+        close(fd);
+}
+
+/* After a restart: adopting a file maps nothing; the restored mappings make their windows again (held
+ * whatever the limits say), a new request through the same region stays within them, and regions no
+ * mapping came back to are pruned. */
+static void test_adopt(void **state) {
+        MemoryPool *pool = memory_pool_new();
+        TestAccount acct = { .max_fds = 0, .max_address_space = 0 };
+        BrokerError e = BROKER_ERROR_INIT;
+        int a = new_memfd(3 * GiB), b = new_memfd(1 << 20);
+        MemoryWindow *w1, *w2, *w3;
+
+        memory_pool_set_account(pool, &test_account, &acct);
+        assert_int_equal(memory_pool_adopt(pool, dup(a), 7, 3, NULL), 0);
+        assert_int_equal(memory_pool_adopt(pool, dup(b), 8, 1, NULL), 0);
+        assert_true(memory_pool_adopt(pool, dup(b), 8, 1, &e) < 0);
+        assert_int_equal(e.code, BROKER_ERROR_INVALID_ARGS);
+        assert_int_equal(memory_pool_size(pool), 2);
+        assert_int_equal(memory_pool_n_windows(pool), 0);
+        assert_int_equal(acct.fds, 2);
+        assert_int_equal(acct.address_space, 0);
+
+        assert_int_equal(memory_pool_acquire_id(pool, 7, GiB + 4096, 4096, true, &w1, NULL), 0);
+        assert_int_equal(memory_window_length(w1), GiB);
+        assert_int_equal(acct.address_space, GiB);
+        assert_int_equal(memory_pool_acquire_id(pool, 7, GiB, 8192, true, &w2, NULL), 0);
+        assert_ptr_equal(w2, w1);
+        assert_int_equal(pwrite(a, "kept", 4, (off_t) GiB + 4096), 4);
+        assert_memory_equal((const void *) (uintptr_t) memory_window_vaddr(w1, GiB + 4096), "kept", 4);
+
+        /* Not a restore: the limits apply. */
+        e = BROKER_ERROR_INIT;
+        assert_true(memory_pool_acquire_id(pool, 7, 0, 4096, false, &w3, &e) < 0);
+        assert_int_equal(e.code, BROKER_ERROR_QUOTA_EXCEEDED);
+        /* What the state says must fit the file, and name a kept region. */
+        e = BROKER_ERROR_INIT;
+        assert_true(memory_pool_acquire_id(pool, 7, 3 * GiB, 4096, true, &w3, &e) < 0);
+        assert_int_equal(e.code, BROKER_ERROR_OUT_OF_RANGE);
+        e = BROKER_ERROR_INIT;
+        assert_true(memory_pool_acquire_id(pool, 7, UINT64_MAX - 4095, 8192, true, &w3, &e) < 0);
+        assert_int_equal(e.code, BROKER_ERROR_OUT_OF_RANGE);
+        e = BROKER_ERROR_INIT;
+        assert_true(memory_pool_acquire_id(pool, 9, 0, 4096, true, &w3, &e) < 0);
+        assert_int_equal(e.code, BROKER_ERROR_INVALID_ARGS);
+        assert_int_equal(memory_pool_n_windows(pool), 1);
+        assert_int_equal(acct.address_space, GiB);
+
+        memory_pool_prune(pool);
+        assert_int_equal(memory_pool_size(pool), 1);
+        assert_null(memory_pool_find_id(pool, 8));
+        assert_int_equal(acct.fds, 1);
+
+        memory_pool_release(pool, w1);
+        memory_pool_release(pool, w2);
+        assert_int_equal(memory_pool_size(pool), 0);
+        assert_int_equal(acct.fds, 0);
+        assert_int_equal(acct.address_space, 0);
+        memory_pool_free(pool);
+        close(a); close(b);
 }
 
 static void test_hugetlb(void **state) {
@@ -277,6 +440,8 @@ int main(void) {
                 cmocka_unit_test(test_pool),
                 cmocka_unit_test(test_sealed),
                 cmocka_unit_test(test_account_regions),
+                cmocka_unit_test(test_windows),
+                cmocka_unit_test(test_adopt),
                 cmocka_unit_test(test_hugetlb),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
