@@ -29,6 +29,9 @@ import subprocess
 import time
 
 EDU_VENDOR, EDU_DEVICE = 0x1234, 0x11E8
+# QEMU's ivshmem-plain (hw/misc/ivshmem-pci.c): BAR2, 64-bit prefetchable, is its shared memory.
+IVSHMEM_VENDOR, IVSHMEM_DEVICE = 0x1AF4, 0x1110
+IVSHMEM_SHM_BAR = 2
 
 # Registers of QEMU's edu (hw/misc/edu.c), which the sim backend's devices copy (SPEC).
 EDU_IDENTITY = 0x00
@@ -371,6 +374,41 @@ class Edu:
     def to_ram(self, ram, count, offset=0):
         """The device buffer at `offset` -> guest RAM at `ram`."""
         return self.dma(EDU_BUFFER + offset, ram, count, to_ram=True)
+
+
+class Ivshmem:
+    """QEMU's ivshmem-plain: its BAR2 is a RAM region backed by a memory backend of the command line
+    (ivshmem_args). While the guest decodes it (BAR2 programmed, memory space enabled in the command
+    register) it is guest-physical RAM, so QEMU's vfio listener maps it for a vfio(-user) device,
+    with the backend's fd for vfio-user; when the guest turns decoding off or moves the BAR, QEMU
+    unmaps it. That is the one way a qtest guest, which never runs guest code, makes QEMU map and
+    unmap DMA memory while it runs: guest RAM itself stays mapped for QEMU's whole life."""
+
+    def __init__(self, qt):
+        self.pci = Pci(qt)
+        self.dev, self.fn = self.pci.find(IVSHMEM_VENDOR, IVSHMEM_DEVICE)
+        self.size, _ = self.pci.size_bar(self.dev, self.fn, IVSHMEM_SHM_BAR)
+
+    def place(self, base):
+        """Programs BAR2 at `base` (decoding stays as it is)."""
+        if base % self.size:
+            raise QtestError("0x%x is not aligned to the ivshmem BAR's size 0x%x" % (base, self.size))
+        offset = PCI_BAR0 + 4 * IVSHMEM_SHM_BAR
+        self.pci.write32(self.dev, self.fn, offset, base & 0xFFFFFFFF)
+        self.pci.write32(self.dev, self.fn, offset + 4, base >> 32)
+
+    def decode(self, on):
+        """Memory space enable in the command register: the BAR appears in, or leaves, the guest's
+        physical address space (and so QEMU's DMA_MAP, or DMA_UNMAP, of it)."""
+        command = self.pci.read16(self.dev, self.fn, PCI_COMMAND)
+        command = command | PCI_COMMAND_MEMORY if on else command & ~PCI_COMMAND_MEMORY
+        self.pci.write16(self.dev, self.fn, PCI_COMMAND, command)
+
+
+def ivshmem_args(size_mib=1, backend_id="shm"):
+    """Extra QEMU arguments for an ivshmem-plain whose BAR2 is a shareable memfd of `size_mib` MiB."""
+    return ["-object", "memory-backend-memfd,id=%s,size=%dM,share=on" % (backend_id, size_mib),
+            "-device", "ivshmem-plain,memdev=%s" % backend_id]
 
 
 def setup_edu(qt, vendor=EDU_VENDOR, device=EDU_DEVICE, base=DEFAULT_BAR_BASE):

@@ -12,6 +12,10 @@ polkitd whose rules let "nobody" attach the group of 0000:00:01.0).
   2. The device stays served across clients: `run` holds the container for a stand-in VMM (sleep),
      QEMU #1 connects and is killed with SIGKILL (its mappings go, the device stays served), QEMU #2
      connects and works, and a QEMU of another uid is refused.
+  3. An IOVA QEMU unmaps while it runs: the qtest guest turns on decoding of an ivshmem-plain's RAM
+     BAR (a memfd), QEMU sends DMA_MAP for it and the device DMAs there both ways; the guest turns
+     decoding off, QEMU sends DMA_UNMAP, the container's mapping goes and a DMA from or to that IOVA
+     faults and moves nothing.
 
   test-qemu-broker.py --root-script make-qemu-root.sh --ctl vfio-brokerctl
 TAP on stdout."""
@@ -35,6 +39,9 @@ RAM_MIB = 128
 SRC, DST = 0x100000, 0x200000
 OUTSIDE = 0x0C000000
 COUNT = 2048
+# Where the guest decodes the ivshmem's BAR2 in step 3: above guest RAM and away from OUTSIDE, below
+# the edu's 28-bit DMA mask.
+SHM = 0x0D000000
 
 n = 0
 failed = 0
@@ -95,6 +102,76 @@ def qemu_argv(sock):
     return qtest.qemu_argv([qtest.vfio_user_device(sock)], ram_mib=RAM_MIB)
 
 
+def qemu_unmaps(ctl, root, tmp, sock):
+    """3. QEMU's own DMA_UNMAP at run time makes the IOVA fault. Guest RAM stays mapped as long as
+    QEMU runs, so the memory that comes and goes is an ivshmem-plain's BAR2 (a shareable memfd):
+    QEMU's vfio listener maps it with its fd while the guest decodes the BAR, and unmaps it when the
+    guest stops decoding it. The sim device DMAs through the container's mappings only, so after
+    the unmap its transfers fault and move nothing (the daemon logs "DMA fault, nothing moved")."""
+    label = "qemu-unmap"
+    argv = [ctl, "run", "--device", DEVICE, "--socket", sock, "--label", label, "--"] + \
+        in_tree(root, tmp, qtest.qemu_argv([qtest.vfio_user_device("/tmp/edu.sock")], ram_mib=RAM_MIB,
+                                           extra=qtest.ivshmem_args(1)))
+
+    def state():
+        mine = [x for x in containers(ctl) if x.get("label") == label]
+        return (mine[0]["mappings"], mine[0]["mapped_bytes"]) if mine else (None, None)
+
+    qt = qtest.Qtest(argv, user="%d:%d" % (NOBODY, NOBODY), stderr=sys.stderr, timeout=60)
+    with qt:
+        edu, _ = qtest.setup_edu(qt)
+        shm = qtest.Ivshmem(qt)
+        shm.place(SHM)
+        before = state()
+        shm.decode(True)
+        mapped = wait_for(lambda: state()[0] == before[0] + 1 and state(), 5)
+        tap(mapped and mapped[1] == before[1] + shm.size,
+            "decoding the ivshmem BAR at 0x%x makes QEMU map it: mappings %s -> %s, mapped bytes %s -> %s" %
+            (SHM, before[0], state()[0], before[1], state()[1]))
+
+        # While mapped: the ivshmem memory -> device -> guest RAM, and guest RAM -> device -> ivshmem.
+        a, b = qtest.pattern(COUNT, 5), qtest.pattern(COUNT, 6)
+        qt.write(SHM, a)
+        qt.write(DST, b"\0" * COUNT)
+        edu.to_device(SHM, COUNT)
+        edu.to_ram(DST, COUNT)
+        from_shm = qt.read(DST, COUNT) == a
+        qt.write(SRC, b)
+        edu.to_device(SRC, COUNT)
+        edu.to_ram(SHM + 0x1000, COUNT)
+        tap(from_shm and qt.read(SHM + 0x1000, COUNT) == b,
+            "while QEMU has it mapped the device DMAs from and to the ivshmem at IOVA 0x%x" % SHM)
+        canary = qtest.pattern(COUNT, 8)
+        qt.write(SHM + 0x2000, canary)
+
+        shm.decode(False)
+        tap(wait_for(lambda: state() == before, 5),
+            "decoding off makes QEMU unmap it: the container's mapping goes (mappings %s, mapped bytes %s)" %
+            state())
+
+        # The device buffer holds b: a DMA from the unmapped IOVA must leave it so.
+        edu.to_device(SHM, COUNT)
+        qt.write(DST, b"\0" * COUNT)
+        edu.to_ram(DST, COUNT)
+        got = qt.read(DST, COUNT)
+        tap(got == b, "a DMA from the IOVA QEMU unmapped faults and moves nothing into the device (%s)" %
+            ("the buffer is as before" if got == b else "the ivshmem data came" if got == a else "other bytes"))
+
+        # The device buffer -> the unmapped IOVA: the ivshmem memory, decoded again to read it, is
+        # as the guest left it.
+        c = qtest.pattern(COUNT, 7)
+        qt.write(SRC, c)
+        edu.to_device(SRC, COUNT)
+        edu.to_ram(SHM + 0x2000, COUNT)
+        shm.decode(True)
+        again = wait_for(lambda: state()[0] == before[0] + 1, 5)
+        landed = qt.read(SHM + 0x2000, COUNT)
+        tap(again and landed == canary and qt.read(SHM, COUNT) == a and qt.read(SHM + 0x1000, COUNT) == b,
+            "a DMA to the IOVA QEMU unmapped moves nothing into the ivshmem (mapped again: %s)" % bool(again))
+        tap(qt.quit() == 0, "QEMU exits cleanly after mapping and unmapping the ivshmem")
+    tap(wait_for(lambda: state() == (None, None)), "no container is left behind")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--root-script", required=True)
@@ -107,7 +184,6 @@ def main():
         return 1
     root = build.stdout.strip().splitlines()[-1]
 
-    print("1..15", flush=True)
     tmp = tempfile.mkdtemp(prefix="vfio-user-")
     os.chmod(tmp, 0o777)
     sock = os.path.join(tmp, "edu.sock")
@@ -169,6 +245,10 @@ def main():
     tap(holder.wait(timeout=30) == 128 + signal.SIGTERM and
         wait_for(lambda: not [x for x in containers(args.ctl) if x.get("label") == "holder"]),
         "stopping the run stops the VMM and closes the container")
+
+    # 3. An IOVA QEMU unmapped at run time.
+    qemu_unmaps(args.ctl, root, tmp, sock)
+    print("1..%d" % n, flush=True)
     return 1 if failed else 0
 
 

@@ -6,8 +6,9 @@ Proves, before the broker serves anything, every piece the end-to-end vfio-user 
 Debian testing's QEMU with the vfio-user-pci client, its command line (memfd guest RAM shareable as
 fds, the vfio-user socket reachable from the chrooted QEMU, an unprivileged uid), what its client
 sends a server before it asks about the device (its guest RAM as DMA_MAPs with fds), and a qtest guest
-that finds a PCI device, programs its BAR and makes it DMA between guest RAM and its buffer. At
-integration only the -device argument changes (EDU_DEVICE below; see man/vfio-brokerctl-run.md.draft).
+that finds a PCI device, programs its BAR and makes it DMA between guest RAM and its buffer, and
+a memory region QEMU maps and unmaps while it runs (an ivshmem BAR, check_unmap). At integration
+only the -device argument changes (EDU_DEVICE below; see man/vfio-brokerctl-run.md.draft).
 
   test-qemu-edu.py --root-script make-qemu-root.sh   on the host (QEMU chrooted into the cached tree)
   test-qemu-edu.py --inside                          inside the tree already (the real-kernel VM)
@@ -37,6 +38,9 @@ SRC, DST, ALIAS_PROBE = 0x100000, 0x200000, 0x300000
 # Below edu's 28-bit DMA mask but above the 128 MiB of guest RAM: nothing is there.
 OUTSIDE = 0x0C000000
 COUNT = 2048   # QEMU 7.2's edu aborted on a full 4096-byte transfer; the VM tests keep to 2 KiB too
+# Where check_unmap's guest decodes the ivshmem's BAR2: above guest RAM, away from OUTSIDE, below
+# edu's 28-bit DMA mask.
+SHM = 0x0D000000
 
 # docs/interop/vfio-user.rst
 VFIO_USER_VERSION = 1
@@ -314,6 +318,139 @@ def check_edu(env, device):
             note(err)
 
 
+def wait_for(cond, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    return cond()
+
+
+def dmar_faults():
+    """Faults the IOMMU reported: the count of its fault interrupt (dmar_fault(), "DMAR-MSI"), as
+    tests/vm/vm-client.c reads it (dmesg rate-limits the messages). None without such a line."""
+    try:
+        with open("/proc/interrupts") as f:
+            lines = [line for line in f if "DMAR-MSI" in line]
+    except OSError:
+        return None
+    if not lines:
+        return None
+    total = 0
+    for line in lines:
+        for field in line.split(":", 1)[1].split():
+            if not field.isdigit():
+                break
+            total += int(field)
+    return total
+
+
+def more_dmar_faults(than):
+    """The fault count once it is above `than` (faults are reported by an interrupt, a moment after
+    the DMA); None if it stays there or cannot be read."""
+    n = wait_for(lambda: than is not None and (dmar_faults() or 0) > than and dmar_faults())
+    return n or None
+
+
+def pinned_kib(pid):
+    """What process `pid` has locked or pinned (VmLck + VmPin), in KiB: where type1 accounts the
+    pages the broker pins for its mappings."""
+    kib = 0
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(("VmLck:", "VmPin:")):
+                kib += int(line.split()[1])
+    return kib
+
+
+def check_unmap(env, device, broker_pid=None, dmar=False):
+    """An IOVA QEMU unmaps while it runs: an ivshmem-plain's BAR2 (a memfd) is guest-physical RAM
+    while the qtest guest decodes it, so QEMU's vfio listener maps it for a vfio-user device and
+    unmaps it when decoding goes off (guest RAM itself stays mapped as long as QEMU runs). The
+    device DMAs there both ways while it is decoded; afterwards a DMA from or to that address moves
+    nothing. With QEMU's own edu this shows the guest's part (the BAR really leaves the address
+    space); with the broker's real edu (the VM) `broker_pid` also checks the broker pins and unpins
+    the ivshmem as QEMU maps and unmaps it, and `dmar` that the blocked DMAs fault in the IOMMU."""
+    errors = tempfile.TemporaryFile()
+    argv = qtest.qemu_argv([device], ram_mib=RAM_MIB, extra=qtest.ivshmem_args(1))
+    try:
+        qt = qtest.Qtest(argv, root=env.root, tmpdir=env.tmp, user=env.user, stderr=errors)
+    except (OSError, qtest.QtestError) as e:
+        tap(False, "QEMU starts under qtest with -device %s and an ivshmem-plain: %s" % (device, e))
+        time.sleep(1)
+        errors.seek(0)
+        note(errors.read().decode(errors="replace").strip())
+        return
+    with qt:
+        try:
+            edu, _ = qtest.setup_edu(qt)
+            shm = qtest.Ivshmem(qt)
+            shm.place(SHM)
+            p0 = pinned_kib(broker_pid) if broker_pid else None
+            shm.decode(True)
+            if broker_pid:
+                p1 = wait_for(lambda: pinned_kib(broker_pid) >= p0 + (shm.size >> 10) and pinned_kib(broker_pid))
+                tap(p1, "decoding the ivshmem BAR at 0x%x: QEMU maps it and the broker pins its %d KiB "
+                    "(%d -> %d KiB)" % (SHM, shm.size >> 10, p0, pinned_kib(broker_pid)))
+
+            # Decoded: the ivshmem -> device -> guest RAM, and guest RAM -> device -> the ivshmem.
+            a, b, canary = qtest.pattern(COUNT, 5), qtest.pattern(COUNT, 6), qtest.pattern(COUNT, 8)
+            qt.write(SHM, a)
+            qt.write(DST, b"\0" * COUNT)
+            edu.to_device(SHM, COUNT)
+            edu.to_ram(DST, COUNT)
+            from_shm = qt.read(DST, COUNT) == a
+            qt.write(SRC, b)
+            edu.to_device(SRC, COUNT)
+            edu.to_ram(SHM + 0x1000, COUNT)
+            tap(from_shm and qt.read(SHM + 0x1000, COUNT) == b,
+                "the device DMAs from and to the ivshmem at 0x%x while the guest decodes it" % SHM)
+            qt.write(SHM + 0x2000, canary)
+
+            shm.decode(False)
+            if broker_pid:
+                tap(wait_for(lambda: pinned_kib(broker_pid) <= p0),
+                    "decoding off: QEMU unmaps it and the broker unpins it (%d KiB, was %d KiB before the map)" %
+                    (pinned_kib(broker_pid), p0))
+
+            # The device buffer holds b; a DMA from the unmapped SHM must not bring the ivshmem's a.
+            f0 = dmar_faults()
+            edu.to_device(SHM, COUNT)
+            f1 = more_dmar_faults(f0) if dmar else None
+            qt.write(DST, b"\0" * COUNT)
+            edu.to_ram(DST, COUNT)
+            got = qt.read(DST, COUNT)
+            tap(got != a, "a DMA from 0x%x after the unmap brings none of the ivshmem's data into the device (%s)" %
+                (SHM, "the buffer is as before" if got == b else "zeros" if got == b"\0" * COUNT else
+                 "the ivshmem data" if got == a else "other bytes"))
+
+            # The device buffer -> SHM: the ivshmem, decoded again to read it, is as the guest left it.
+            f2 = dmar_faults()
+            edu.to_ram(SHM + 0x2000, COUNT)
+            f3 = more_dmar_faults(f2) if dmar else None
+            shm.decode(True)
+            landed = qt.read(SHM + 0x2000, COUNT)
+            tap(landed == canary and qt.read(SHM, COUNT) == a and qt.read(SHM + 0x1000, COUNT) == b,
+                "a DMA to 0x%x after the unmap moves nothing into the ivshmem" % SHM)
+            if dmar:
+                tap(f1 is not None and f3 is not None,
+                    "the DMA from and the DMA to the IOVA QEMU unmapped fault in the IOMMU (DMAR %s -> %s, %s -> %s)" %
+                    (f0, f1 or dmar_faults(), f2, f3 or dmar_faults()))
+            if broker_pid:
+                tap(wait_for(lambda: pinned_kib(broker_pid) >= p0 + (shm.size >> 10)),
+                    "decoding again: QEMU maps it again (%d KiB pinned)" % pinned_kib(broker_pid))
+        except qtest.QtestError as e:
+            tap(False, "the qtest guest maps and unmaps the ivshmem: %s" % e)
+        rc = qt.quit()
+        tap(rc == 0, "QEMU exits cleanly after the ivshmem came and went (status %s)" % rc)
+        errors.seek(0)
+        err = errors.read().decode(errors="replace").strip()
+        if err:
+            note(err)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     where = ap.add_mutually_exclusive_group(required=True)
@@ -322,6 +459,10 @@ def main():
     where.add_argument("--inside", action="store_true", help="already inside the tree (the VM)")
     ap.add_argument("--user", default="65534:65534", help="uid:gid QEMU runs as (default: nobody)")
     ap.add_argument("--device", default="edu", help="the -device under test (default: QEMU's own edu)")
+    ap.add_argument("--broker-pid", type=int,
+                    help="the device is this vfio-brokerd's: check it pins and unpins what QEMU maps and unmaps")
+    ap.add_argument("--dmar", action="store_true",
+                    help="the device DMAs through an Intel IOMMU: blocked DMAs must count as DMAR faults")
     args = ap.parse_args()
 
     root = args.root
@@ -338,6 +479,7 @@ def main():
         check_version(env)
         check_vfio_user_client(env)
         check_edu(env, args.device)
+        check_unmap(env, args.device, args.broker_pid, args.dmar)
     finally:
         env.cleanup()
     print("1..%d" % n)

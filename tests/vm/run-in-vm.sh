@@ -158,7 +158,9 @@ elif [ -f /lib/modules/nested/order ]; then
         while [ ! -S $q/tmp/edu.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
         [ -S $q/tmp/edu.sock ]
         tap $? "nested QEMU + broker: vfio-brokerctl run serves $edu on a socket in the tree"
-        chroot $q python3 /tmp/qemu/test-qemu-edu.py --inside --user 0:0 \
+        # --broker-pid, --dmar: when QEMU unmaps an IOVA at run time (the ivshmem BAR of check_unmap),
+        # the broker unpins it and the edu's DMA there is a DMAR fault.
+        chroot $q python3 /tmp/qemu/test-qemu-edu.py --inside --user 0:0 --broker-pid $DAEMON_PID --dmar \
                 --device '{"driver":"vfio-user-pci","id":"vfu0","socket":{"type":"unix","path":"/tmp/edu.sock"}}' \
                 > /tmp/nested-broker.tap 2>&1
         status=$?
