@@ -204,7 +204,7 @@ static int method_update(sd_bus_message *m, void *userdata, sd_bus_error *error)
         _cleanup_free_ UpdateUnmap *unmaps = NULL;
         _cleanup_free_ UpdateMap *maps = NULL;
         _cleanup_free_ int *fds = NULL;
-        size_t n_unmaps = 0, n_maps = 0, n_fds = 0;
+        size_t n_unmaps = 0, n_maps = 0, n_fds = 0, cap_unmaps = 0, cap_maps = 0;
         int r;
 
         /* Parse everything first: the fds are borrowed from the message, memory.c dups what it keeps. */
@@ -221,10 +221,13 @@ static int method_update(sd_bus_message *m, void *userdata, sd_bus_error *error)
                 if (n_unmaps >= BROKER_UPDATE_MAX)
                         return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "At most %d unmaps per Update.",
                                                  BROKER_UPDATE_MAX);
-                UpdateUnmap *a = realloc(unmaps, (n_unmaps + 1) * sizeof(*a));
-                if (!a)
-                        return -ENOMEM;
-                unmaps = a;
+                if (n_unmaps == cap_unmaps) {
+                        cap_unmaps = cap_unmaps ? cap_unmaps * 2 : 16;
+                        UpdateUnmap *a = realloc(unmaps, cap_unmaps * sizeof(*a));
+                        if (!a)
+                                return -ENOMEM;
+                        unmaps = a;
+                }
                 unmaps[n_unmaps++] = u;
         }
         r = sd_bus_message_exit_container(m);
@@ -269,10 +272,13 @@ static int method_update(sd_bus_message *m, void *userdata, sd_bus_error *error)
                 if (n_maps >= BROKER_UPDATE_MAX)
                         return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "At most %d maps per Update.",
                                                  BROKER_UPDATE_MAX);
-                UpdateMap *a = realloc(maps, (n_maps + 1) * sizeof(*a));
-                if (!a)
-                        return -ENOMEM;
-                maps = a;
+                if (n_maps == cap_maps) {
+                        cap_maps = cap_maps ? cap_maps * 2 : 16;
+                        UpdateMap *a = realloc(maps, cap_maps * sizeof(*a));
+                        if (!a)
+                                return -ENOMEM;
+                        maps = a;
+                }
                 maps[n_maps++] = u;
         }
         r = sd_bus_message_exit_container(m);

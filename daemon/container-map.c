@@ -125,13 +125,16 @@ int container_check_map(Container *c, int fd, uint64_t offset, uint64_t size, ui
 }
 
 Mapping *mapping_new(uint64_t iova, uint64_t size, uint64_t offset, uint32_t flags) {
-        Mapping *m = calloc(1, sizeof(*m));
+        Mapping *m;
 
+        /* Offsets are page-aligned by the checks (and by restore's) before they get here. */
+        assert(!(offset & MAPPING_FLAGS_MASK));
+        assert(!(flags & ~MAPPING_FLAGS_MASK));
+        m = calloc(1, sizeof(*m));
         if (!m)
                 return NULL;
         mapping_table_node_init(&m->node, iova, size);
-        m->offset = offset;
-        m->flags = flags;
+        m->offset_flags = offset | flags;
         return m;
 }
 
@@ -180,11 +183,11 @@ int container_pin(Container *c, Mapping *m, const PinSource *src, BrokerError *e
 
         switch (src->kind) {
         case PIN_FD:
-                r = memory_pool_acquire(c->memory, src->fd, src->info, m->offset, size, m->flags, &m->window, e);
+                r = memory_pool_acquire(c->memory, src->fd, src->info, mapping_offset(m), size, mapping_flags(m), &m->window, e);
                 break;
         case PIN_REGION:
         case PIN_RESTORE:
-                r = memory_pool_acquire_id(c->memory, src->region, m->offset, size, src->kind == PIN_RESTORE,
+                r = memory_pool_acquire_id(c->memory, src->region, mapping_offset(m), size, src->kind == PIN_RESTORE,
                                            &m->window, e);
                 break;
         case PIN_ROLLBACK:
@@ -194,12 +197,12 @@ int container_pin(Container *c, Mapping *m, const PinSource *src, BrokerError *e
         }
         if (r < 0)
                 goto fail_quota;
-        vaddr = memory_window_vaddr(m->window, m->offset);
+        vaddr = memory_window_vaddr(m->window, mapping_offset(m));
 
         if (src->kind == PIN_RESTORE)
-                r = backend_container_restore_mapping(c->backend, vaddr, m->node.first, size, m->flags);
+                r = backend_container_restore_mapping(c->backend, vaddr, m->node.first, size, mapping_flags(m));
         else
-                r = backend_container_map(c->backend, vaddr, m->node.first, size, m->flags);
+                r = backend_container_map(c->backend, vaddr, m->node.first, size, mapping_flags(m));
         if (r < 0) {
                 r = container_backend_error(c, src->kind == PIN_RESTORE ? BACKEND_OPERATION_UPDATE_DMA_VADDR :
                                             BACKEND_OPERATION_MAP_DMA, r,

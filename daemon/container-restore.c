@@ -65,7 +65,8 @@ int container_restore_mapping(Container *c, unsigned region, uint64_t offset, ui
         _cleanup_free_ Mapping *m = NULL;
         int r;
 
-        if (size == 0 || iova + (size - 1) < iova || (flags & ~(BROKER_MAP_READ | BROKER_MAP_WRITE)) || !flags)
+        if (size == 0 || iova + (size - 1) < iova || (flags & ~(BROKER_MAP_READ | BROKER_MAP_WRITE)) || !flags ||
+            offset % 4096 || size % 4096)
                 return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "Malformed mapping in the state.");
         if (mapping_table_first_intersecting(&c->mappings, iova, iova + (size - 1)))
                 return broker_error_set(e, BROKER_ERROR_OVERLAP, "Overlapping mappings in the state.");

@@ -18,9 +18,20 @@
 typedef struct Mapping {
         MappingTableNode node; /* IOVA interval */
         MemoryWindow *window;  /* borrowed: the daemon's view of the part of the VMM's file it lies in */
-        uint64_t offset;       /* in the file */
-        uint32_t flags;        /* BROKER_MAP_READ|WRITE */
+        /* The offset in the file (page-aligned) with BROKER_MAP_READ|WRITE in its low bits: 56 bytes
+         * in all, malloc's 64-byte class, where a flags field of its own made it 80. */
+        uint64_t offset_flags;
 } Mapping;
+
+#define MAPPING_FLAGS_MASK UINT64_C(3)
+
+static inline uint64_t mapping_offset(const Mapping *m) {
+        return m->offset_flags & ~MAPPING_FLAGS_MASK;
+}
+
+static inline uint32_t mapping_flags(const Mapping *m) {
+        return (uint32_t) (m->offset_flags & MAPPING_FLAGS_MASK);
+}
 
 /* A range mapped in fixed-size granules that the VMM may discard and populate again (virtio-mem,
  * balloons): each populated granule is one Mapping of its own, because type1 removes mappings whole. */

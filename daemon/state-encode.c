@@ -108,8 +108,8 @@ static int encode(const Container *c, const char *backend, bool head, FILE *f) {
                 fputc(',', f);
                 fput_u64(f, mapping_table_node_size(node));
                 fprintf(f, ",%u,", memory_region_id(memory_window_region(m->window)));
-                fput_u64(f, m->offset);
-                fprintf(f, ",%" PRIu32 "]", m->flags);
+                fput_u64(f, mapping_offset(m));
+                fprintf(f, ",%" PRIu32 "]", mapping_flags(m));
         }
         r = fputs("]}", f) < 0 || ferror(f) ? -EIO : 0;
         json_object_put(root);

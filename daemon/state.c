@@ -183,9 +183,9 @@ static void on_mapping(Container *c, const Mapping *m, bool added) {
 
         if (added) {
                 r.map.size = mapping_table_node_size(&m->node);
-                r.map.offset = m->offset;
+                r.map.offset = mapping_offset(m);
                 r.map.region = memory_region_id(memory_window_region(m->window));
-                r.map.flags = m->flags;
+                r.map.flags = mapping_flags(m);
         }
         log_append(c->broker, &r);
         c->broker->state->live += added ? 1 : -1;
