@@ -160,6 +160,21 @@ static void bus_call(sd_bus *bus, const char *path, const char *member, sd_bus_m
         }
 }
 
+/* The floor of a call through the broker: an empty round trip on the same bus. */
+static double bus_round_trip(unsigned n) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        double t;
+
+        if (sd_bus_open_system(&bus) < 0)
+                die("sd_bus_open_system");
+        t = now();
+        for (unsigned i = 0; i < n; i++)
+                if (sd_bus_call_method(bus, "org.vfiobroker.Broker1", "/org/vfiobroker/Broker1",
+                                       "org.freedesktop.DBus.Peer", "Ping", NULL, NULL, "") < 0)
+                        die("Ping");
+        return (now() - t) / n;
+}
+
 static void brokered(unsigned group, int memfd, unsigned pairs, double *ret_big, double *ret_pair) {
         /* pairs == 0: only the big map. */
         _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
@@ -227,6 +242,9 @@ int main(int argc, char *argv[]) {
                d_fresh[2] / d_big);
         printf("%-36s %11.1f us %11.1f us %7.2fx\n", "4 KiB map+unmap pair (mean)", d_pair * 1e6, b_pair * 1e6,
                b_pair / d_pair);
+        double rt = bus_round_trip(pairs > 100 ? 100 : pairs + 1);
+        printf("%-36s %14s %11.1f us %7.2fx\n", "  floor: two empty bus round trips", "-", 2 * rt * 1e6,
+               b_pair / (2 * rt));
 
         /* Huge pages, where the VMM's memory has them. */
         int huge = memfd_create("bench-ram-huge", MFD_CLOEXEC | MFD_HUGETLB);
