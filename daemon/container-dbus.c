@@ -204,10 +204,11 @@ static int method_update(sd_bus_message *m, void *userdata, sd_bus_error *error)
         _cleanup_free_ UpdateUnmap *unmaps = NULL;
         _cleanup_free_ UpdateMap *maps = NULL;
         _cleanup_free_ int *fds = NULL;
-        size_t n_unmaps = 0, n_maps = 0, n_fds = 0;
+        size_t n_unmaps = 0, n_maps = 0, n_fds = 0, allocated = 0;
         int r;
 
-        /* Parse everything first: the fds are borrowed from the message, memory.c dups what it keeps. */
+        /* Parse everything first: the fds are borrowed from the message, memory.c dups what it keeps.
+         * The arrays grow by doubling: one element at a time is quadratic in 65536 entries. */
         r = sd_bus_message_enter_container(m, 'a', "(tt)");
         if (r < 0)
                 return r;
@@ -221,10 +222,12 @@ static int method_update(sd_bus_message *m, void *userdata, sd_bus_error *error)
                 if (n_unmaps >= BROKER_UPDATE_MAX)
                         return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "At most %d unmaps per Update.",
                                                  BROKER_UPDATE_MAX);
-                UpdateUnmap *a = realloc(unmaps, (n_unmaps + 1) * sizeof(*a));
-                if (!a)
-                        return -ENOMEM;
-                unmaps = a;
+                if (n_unmaps == allocated) {
+                        UpdateUnmap *a = reallocarray(unmaps, allocated = allocated * 2 ?: 64, sizeof(*a));
+                        if (!a)
+                                return -ENOMEM;
+                        unmaps = a;
+                }
                 unmaps[n_unmaps++] = u;
         }
         r = sd_bus_message_exit_container(m);
@@ -259,6 +262,7 @@ static int method_update(sd_bus_message *m, void *userdata, sd_bus_error *error)
         r = sd_bus_message_enter_container(m, 'a', "(utttu)");
         if (r < 0)
                 return r;
+        allocated = 0;
         for (;;) {
                 UpdateMap u;
                 r = sd_bus_message_read(m, "(utttu)", &u.memory, &u.offset, &u.size, &u.iova, &u.flags);
@@ -269,10 +273,12 @@ static int method_update(sd_bus_message *m, void *userdata, sd_bus_error *error)
                 if (n_maps >= BROKER_UPDATE_MAX)
                         return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "At most %d maps per Update.",
                                                  BROKER_UPDATE_MAX);
-                UpdateMap *a = realloc(maps, (n_maps + 1) * sizeof(*a));
-                if (!a)
-                        return -ENOMEM;
-                maps = a;
+                if (n_maps == allocated) {
+                        UpdateMap *a = reallocarray(maps, allocated = allocated * 2 ?: 64, sizeof(*a));
+                        if (!a)
+                                return -ENOMEM;
+                        maps = a;
+                }
                 maps[n_maps++] = u;
         }
         r = sd_bus_message_exit_container(m);

@@ -1,0 +1,377 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* What unprivileged users can take of the daemon through peer connections and fds (issue 15), each
+ * against the real daemon with another user served meanwhile. The config in meson.build: "fds": 8 for
+ * everyone and "reserved_fds": 1000; polkit-test.rules lets nobody attach group 1.
+ *  - a peer connection may not make the daemon buffer a message bigger than 8 MiB: three of nobody's,
+ *    each sending the start of a 100 MB message, are closed and the daemon hardly grows, while root
+ *    and uid 1 are served; the largest Update the daemon takes still passes;
+ *  - the fds kept for users other than root together stop at RLIMIT_NOFILE minus "reserved_fds":
+ *    with the daemon's RLIMIT_NOFILE lowered to 1013, nobody and uid 65533 fill 13, the next fd of
+ *    65533 or 65532 is QuotaExceeded naming it, root still opens devices and maps. */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "client-util.h"
+#include "macro.h"
+
+#define KiB (UINT64_C(1) << 10)
+#define MiB (UINT64_C(1) << 20)
+#define QUOTA "org.vfiobroker.Broker1.Error.QuotaExceeded"
+#define PEER_IFACE "org.freedesktop.DBus.Peer"
+
+/* What a hostile connection declares, and how much of it it sends: enough to show in the daemon's RSS
+ * (192 MiB for three), never the whole, so that sd-bus would not drop it as complete garbage. */
+#define HOSTILE_MESSAGE_SIZE (100 * 1000 * 1000)
+#define HOSTILE_SENT_MAX (64 * MiB)
+
+static uint64_t daemon_status(const char *field) {
+        const char *pid = getenv("VFIO_BROKER_DAEMON_PID");
+        char path[64], line[256];
+        size_t n = strlen(field);
+        uint64_t kb = 0;
+        FILE *f;
+
+        assert_non_null(pid);
+        snprintf(path, sizeof(path), "/proc/%s/status", pid);
+        f = fopen(path, "re");
+        assert_non_null(f);
+        while (fgets(line, sizeof(line), f))
+                if (strncmp(line, field, n) == 0 && line[n] == ':' &&
+                    sscanf(line + n + 1, "%" SCNu64 " kB", &kb) == 1)
+                        break;
+        fclose(f);
+        assert_true(kb > 0);
+        return kb * KiB;
+}
+
+static int become(uid_t uid, sd_bus **ret) {
+        if (setresgid(uid, uid, uid) < 0 || setresuid(uid, uid, uid) < 0 || sd_bus_open_system(ret) < 0)
+                return -1;
+        return 0;
+}
+
+/* OpenConnection; NULL and the error in error when refused. */
+static int open_connection_fd(sd_bus *bus, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        int fd;
+
+        if (sd_bus_call_method(bus, BUS_NAME, ROOT_PATH, MANAGER_IFACE, "OpenConnection", error, &reply, "") < 0 ||
+            sd_bus_message_read(reply, "h", &fd) < 0)
+                return -1;
+        return fcntl(fd, F_DUPFD_CLOEXEC, 3);
+}
+
+static sd_bus *peer_from_fd(int fd) {
+        sd_bus *p = NULL;
+
+        if (fd < 0 || sd_bus_new(&p) < 0 || sd_bus_set_fd(p, fd, fd) < 0 || sd_bus_set_anonymous(p, true) < 0 ||
+            sd_bus_negotiate_fds(p, true) < 0 || sd_bus_start(p) < 0)
+                return NULL;
+        return p;
+}
+
+/* A call on a peer connection: NULL, the error's name, or "(local)" when the connection failed. */
+static const char *peer_call_message(sd_bus *p, sd_bus_message *m, sd_bus_message **reply) {
+        static char name[256];
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+
+        if (sd_bus_call(p, m, 60 * 1000000ULL, &error, reply) >= 0)
+                return NULL;
+        snprintf(name, sizeof(name), "%s", sd_bus_error_is_set(&error) && error.name[0] != 0 &&
+                 !sd_bus_error_has_name(&error, SD_BUS_ERROR_NO_REPLY) ? error.name : "(local)");
+        sd_bus_error_free(&error);
+        return name;
+}
+
+static const char *peer_call(sd_bus *p, const char *path, const char *iface, const char *member,
+                             sd_bus_message **reply, const char *types, ...) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        va_list ap;
+
+        if (sd_bus_message_new_method_call(p, &m, NULL, path, iface, member) < 0)
+                return "(local)";
+        if (types && *types) {
+                va_start(ap, types);
+                int r = sd_bus_message_appendv(m, types, ap);
+                va_end(ap);
+                if (r < 0)
+                        return "(local)";
+        }
+        return peer_call_message(p, m, reply);
+}
+
+/* Root is not charged: it creates a container, opens a device and maps while users are at their limits. */
+static void root_served(unsigned group, const char *device) {
+        sd_bus *bus = test_bus_open();
+        char *path = test_create_container(bus, "root");
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_close_ int ram = test_memfd(2 * MiB);
+        int fd;
+
+        test_call_ok(bus, path, CONTAINER_IFACE, "AttachGroup", NULL, "u", group);
+        test_call_ok(bus, path, CONTAINER_IFACE, "OpenDevice", &reply, "s", device);
+        assert_true(sd_bus_message_read(reply, "h", &fd) >= 0);
+        test_call_ok(bus, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram, UINT64_C(0), 2 * MiB, UINT64_C(0),
+                     UINT32_C(3));
+        test_call_ok(bus, path, CONTAINER_IFACE, "Close", NULL, "");
+        free(path);
+        sd_bus_flush_close_unref(bus);
+}
+
+/* Child processes report through a pipe and wait for the parent's word on another. */
+typedef struct Child {
+        pid_t pid;
+        int report; /* read end */
+        int go;     /* write end */
+} Child;
+
+typedef int (*ChildFunction)(int report, int go, void *userdata);
+
+static Child child_start(ChildFunction f, void *userdata) {
+        int r[2], g[2];
+        Child c;
+
+        assert_true(pipe2(r, O_CLOEXEC) == 0);
+        assert_true(pipe2(g, O_CLOEXEC) == 0);
+        c.pid = fork();
+        assert_true(c.pid >= 0);
+        if (c.pid == 0) {
+                close(r[0]);
+                close(g[1]);
+                _exit(f(r[1], g[0], userdata));
+        }
+        close(r[1]);
+        close(g[0]);
+        c.report = r[0];
+        c.go = g[1];
+        return c;
+}
+
+static void child_read(Child *c, void *p, size_t n) {
+        ssize_t k = read(c->report, p, n);
+        if (k != (ssize_t) n)
+                fail_msg("the child reported %zd bytes, not %zu", k, n);
+}
+
+static int child_finish(Child *c) {
+        int status;
+
+        (void) !write(c->go, "x", 1);
+        close(c->go);
+        close(c->report);
+        assert_true(waitpid(c->pid, &status, 0) == c->pid);
+        assert_true(WIFEXITED(status));
+        return WEXITSTATUS(status);
+}
+
+static void wait_go(int go) {
+        char x;
+        (void) !read(go, &x, 1);
+}
+
+/* --- A message too big for a peer connection --- */
+
+typedef struct HostileReport {
+        int setup;               /* 0, or where it failed */
+        uint64_t accepted[3];    /* bytes the daemon's end took before it closed */
+        int closed[3];           /* the daemon closed the connection */
+} HostileReport;
+
+/* Sends the fixed header of a method call declaring HOSTILE_MESSAGE_SIZE bytes, then up to
+ * HOSTILE_SENT_MAX of it; returns the bytes taken and whether the daemon closed the connection. */
+static uint64_t send_start_of_huge_message(int fd, int *ret_closed) {
+        static uint8_t zeros[1 << 20];
+        uint8_t header[16] = { 'l', 1 /* METHOD_CALL */, 0, 1 /* version */ };
+        uint32_t body = HOSTILE_MESSAGE_SIZE - 16, serial = 1000, fields = 0;
+        uint64_t sent = 0;
+        time_t deadline = time(NULL) + 30;
+        int closed = 0;
+
+        memcpy(header + 4, &body, 4); /* little endian: the test runs on x86-64 and arm64 */
+        memcpy(header + 8, &serial, 4);
+        memcpy(header + 12, &fields, 4);
+        if (send(fd, header, sizeof(header), MSG_NOSIGNAL) != sizeof(header)) {
+                *ret_closed = 1;
+                return 0;
+        }
+        while (sent < HOSTILE_SENT_MAX && time(NULL) < deadline) {
+                struct pollfd p = { .fd = fd, .events = POLLOUT };
+                ssize_t k;
+
+                if (poll(&p, 1, 1000) < 0)
+                        break;
+                k = send(fd, zeros, sizeof(zeros), MSG_NOSIGNAL | MSG_DONTWAIT);
+                if (k < 0 && (errno == EAGAIN || errno == EINTR))
+                        continue;
+                if (k < 0) {
+                        closed = errno == EPIPE || errno == ECONNRESET;
+                        break;
+                }
+                sent += (uint64_t) k;
+        }
+        if (!closed) {
+                /* All sent (the daemon took it) or stuck: closed only if the daemon hung up. */
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+                char c;
+
+                if (poll(&p, 1, 2000) > 0 && (p.revents & (POLLHUP | POLLERR | POLLIN)))
+                        closed = recv(fd, &c, 1, MSG_DONTWAIT) <= 0;
+        }
+        *ret_closed = closed;
+        return sent;
+}
+
+static int hostile_as_nobody(int report, int go, void *userdata) {
+        HostileReport rep = {};
+        sd_bus *b = NULL, *peers[3] = {};
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+
+        if (become(65534, &b) < 0)
+                rep.setup = 1;
+        for (unsigned i = 0; i < 3 && !rep.setup; i++) {
+                peers[i] = peer_from_fd(open_connection_fd(b, &error));
+                /* A round trip: authentication is over, what follows is a message. */
+                if (!peers[i] || peer_call(peers[i], ROOT_PATH, PEER_IFACE, "Ping", NULL, ""))
+                        rep.setup = 2 + (int) i;
+        }
+        for (unsigned i = 0; i < 3 && !rep.setup; i++)
+                rep.accepted[i] = send_start_of_huge_message(sd_bus_get_fd(peers[i]), &rep.closed[i]);
+        (void) !write(report, &rep, sizeof(rep));
+        /* Hold the connections (and what the daemon may have buffered for them) until the parent looked. */
+        wait_go(go);
+        return 0;
+}
+
+/* uid 1 ("daemon", an account of every Debian system: dbus-daemon refuses a uid without one): its
+ * own peer connection works meanwhile. */
+static int other_user_served(int report, int go, void *userdata) {
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        sd_bus *b = NULL, *peer;
+        const char *path;
+        int result = 0;
+
+        if (become(1, &b) < 0)
+                result = 1;
+        else if (!(peer = peer_from_fd(open_connection_fd(b, &error)))) {
+                fprintf(stderr, "uid 1: OpenConnection: %s\n", error.message ?: "(no error)");
+                result = 2;
+        }
+        else if (peer_call(peer, ROOT_PATH, MANAGER_IFACE, "CreateContainer", &reply, "a{sv}", 0) ||
+                 sd_bus_message_read(reply, "o", &path) < 0)
+                result = 3;
+        else if (peer_call(peer, path, CONTAINER_IFACE, "Close", NULL, ""))
+                result = 4;
+        (void) !write(report, &result, sizeof(result));
+        wait_go(go);
+        return 0;
+}
+
+static void test_huge_messages_closed(void **state) {
+        uint64_t before = daemon_status("VmRSS"), held;
+        HostileReport rep;
+        Child hostile, other;
+        int result;
+
+        hostile = child_start(hostile_as_nobody, NULL);
+        child_read(&hostile, &rep, sizeof(rep));
+        held = daemon_status("VmRSS");
+        if (rep.setup)
+                fail_msg("nobody's peer connections could not be set up (%d)", rep.setup);
+
+        /* While nobody holds its three connections: root and another user are served. */
+        root_served(2, "0000:00:02.0");
+        other = child_start(other_user_served, NULL);
+        child_read(&other, &result, sizeof(result));
+        assert_int_equal(child_finish(&other), 0);
+        if (result != 0)
+                fail_msg("uid 1 was not served on its peer connection (%d)", result);
+
+        printf("# daemon RSS %" PRIu64 " KiB before, %" PRIu64 " KiB with three 100 MB messages started "
+               "(%+" PRId64 " KiB); the daemon took %" PRIu64 ", %" PRIu64 ", %" PRIu64 " bytes of them\n",
+               before / KiB, held / KiB, ((int64_t) held - (int64_t) before) / (int64_t) KiB, rep.accepted[0],
+               rep.accepted[1], rep.accepted[2]);
+        assert_int_equal(child_finish(&hostile), 0);
+
+        for (unsigned i = 0; i < 3; i++)
+                if (!rep.closed[i])
+                        fail_msg("connection %u is still open after %" PRIu64 " bytes of a 100 MB message", i,
+                                 rep.accepted[i]);
+        /* Three relays and their sd-bus connections, not 3 x 64 MiB. */
+        if (held > before + 8 * MiB)
+                fail_msg("the daemon grew by %" PRIu64 " KiB", (held - before) / KiB);
+}
+
+/* The largest Update the daemon takes: 65536 unmaps, 253 memory fds, 65536 maps (3.5 MiB). None of the
+ * unmaps matches a mapping, so the answer is NotMapped, with nothing changed: what counts is that an
+ * answer comes, on a connection that still works. */
+static void test_largest_update_passes(void **state) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL, *m = NULL;
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        sd_bus *bus = test_bus_open(), *peer;
+        int memfds[BROKER_UPDATE_FDS_MAX];
+        const char *path, *e;
+        char *saved;
+
+        peer = peer_from_fd(open_connection_fd(bus, &error));
+        assert_non_null(peer);
+        assert_null(peer_call(peer, ROOT_PATH, MANAGER_IFACE, "CreateContainer", &reply, "a{sv}", 0));
+        assert_true(sd_bus_message_read(reply, "o", &path) >= 0);
+        saved = strdup(path);
+        assert_null(peer_call(peer, saved, CONTAINER_IFACE, "AttachGroup", NULL, "u", UINT32_C(3)));
+
+        assert_true(sd_bus_message_new_method_call(peer, &m, NULL, saved, CONTAINER_IFACE, "Update") >= 0);
+        assert_true(sd_bus_message_open_container(m, 'a', "(tt)") >= 0);
+        for (uint64_t i = 0; i < BROKER_UPDATE_MAX; i++)
+                assert_true(sd_bus_message_append(m, "(tt)", UINT64_C(0x100000000) + i * 4 * KiB, 4 * KiB) >= 0);
+        assert_true(sd_bus_message_close_container(m) >= 0);
+        assert_true(sd_bus_message_open_container(m, 'a', "h") >= 0);
+        for (unsigned i = 0; i < BROKER_UPDATE_FDS_MAX; i++) {
+                memfds[i] = test_memfd(4 * KiB);
+                assert_true(sd_bus_message_append(m, "h", memfds[i]) >= 0);
+        }
+        assert_true(sd_bus_message_close_container(m) >= 0);
+        assert_true(sd_bus_message_open_container(m, 'a', "(utttu)") >= 0);
+        for (uint64_t i = 0; i < BROKER_UPDATE_MAX; i++)
+                assert_true(sd_bus_message_append(m, "(utttu)", (uint32_t) (i % BROKER_UPDATE_FDS_MAX), UINT64_C(0),
+                                                  4 * KiB, i * 4 * KiB, UINT32_C(3)) >= 0);
+        assert_true(sd_bus_message_close_container(m) >= 0);
+
+        e = peer_call_message(peer, m, NULL);
+        assert_non_null(e);
+        assert_string_equal(e, "org.vfiobroker.Broker1.Error.NotMapped");
+        /* Still open, and nothing changed. */
+        assert_null(peer_call(peer, ROOT_PATH, PEER_IFACE, "Ping", NULL, ""));
+        assert_int_equal(test_get_u32(bus, saved, CONTAINER_IFACE, "Mappings"), 0);
+        assert_null(peer_call(peer, saved, CONTAINER_IFACE, "Close", NULL, ""));
+
+        for (unsigned i = 0; i < BROKER_UPDATE_FDS_MAX; i++)
+                close(memfds[i]);
+        free(saved);
+        sd_bus_flush_close_unref(peer);
+        sd_bus_flush_close_unref(bus);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_huge_messages_closed),
+                cmocka_unit_test(test_largest_update_passes),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
