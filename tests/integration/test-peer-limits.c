@@ -6,8 +6,10 @@
  *    each sending the start of a 100 MB message, are closed and the daemon hardly grows, while root
  *    and uid 1 are served; the largest Update the daemon takes still passes;
  *  - the fds kept for users other than root together stop at RLIMIT_NOFILE minus "reserved_fds":
- *    with the daemon's RLIMIT_NOFILE lowered to 1013, nobody and uid 65533 fill 13, the next fd of
- *    65533 or 65532 is QuotaExceeded naming it, root still opens devices and maps. */
+ *    with the daemon's RLIMIT_NOFILE lowered to 1021, nobody (13: a container and 12 memory fds, its
+ *    "fds") and uid 1 (8: two peer connections, its "fds") fill the 21, uid 2's next fd is
+ *    QuotaExceeded naming "reserved_fds", root still opens devices and maps; when nobody lets go, uid 2
+ *    is served. */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -21,6 +23,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <dirent.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -368,10 +371,164 @@ static void test_largest_update_passes(void **state) {
         sd_bus_flush_close_unref(bus);
 }
 
+/* --- All users together --- */
+
+#define RESERVED_FDS 1000 /* as in meson.build */
+#define TOTAL_FDS 21
+
+static int sparse_memfd(uint64_t size) {
+        int fd = memfd_create("ram", MFD_CLOEXEC);
+        if (fd < 0 || ftruncate(fd, (off_t) size) < 0)
+                return -1;
+        return fd;
+}
+
+/* nobody: a container with group 1 and 12 distinct memory fds mapped, all its "fds" allow. */
+static int fill_as_nobody(int report, int go, void *userdata) {
+        sd_bus *b = NULL;
+        char *path = NULL;
+        int result = 0;
+
+        if (become(65534, &b) < 0 || !(path = test_create_container(b, "fill")) ||
+            test_call(b, path, CONTAINER_IFACE, "AttachGroup", NULL, "u", 1))
+                result = 1;
+        for (unsigned i = 0; i < 12 && result == 0; i++) {
+                _cleanup_close_ int fd = sparse_memfd(4 * KiB);
+                if (test_call(b, path, CONTAINER_IFACE, "Map", NULL, "htttu", fd, UINT64_C(0), 4 * KiB,
+                              (uint64_t) i * 4 * KiB, UINT32_C(3)))
+                        result = 2;
+        }
+        (void) !write(report, &result, sizeof(result));
+        wait_go(go);
+        if (result == 0 && test_call(b, path, CONTAINER_IFACE, "Close", NULL, ""))
+                return 3;
+        return 0;
+}
+
+/* uid 1: two peer connections, 4 fds each: all its "fds". */
+static int fill_as_uid1(int report, int go, void *userdata) {
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        sd_bus *b = NULL;
+        int result = 0, fds[2] = { -1, -1 };
+
+        if (become(1, &b) < 0)
+                result = 1;
+        for (unsigned i = 0; i < 2 && result == 0; i++)
+                if ((fds[i] = open_connection_fd(b, &error)) < 0)
+                        result = 2;
+        (void) !write(report, &result, sizeof(result));
+        wait_go(go);
+        return 0;
+}
+
+/* uid 2, with nothing yet: a peer connection and a container are refused while the others hold all, and
+ * the refusals name the limit; `expect_refused` false: the peer connection is granted. */
+static int try_as_uid2(int report, int go, void *userdata) {
+        bool expect_refused = *(bool *) userdata;
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        char msg[512] = "";
+        sd_bus *b = NULL;
+        int result = 0, fd;
+
+        if (become(2, &b) < 0)
+                result = 1;
+        else if ((fd = open_connection_fd(b, &error)) >= 0) {
+                if (expect_refused)
+                        result = 2;
+        } else if (!expect_refused)
+                result = 3;
+        else if (!sd_bus_error_has_name(&error, QUOTA) || !strstr(error.message, "\"reserved_fds\""))
+                result = 4;
+        else {
+                snprintf(msg, sizeof(msg), "%s", error.message);
+                sd_bus_error_free(&error);
+                if (expect_refused) {
+                        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+                        if (sd_bus_call_method(b, BUS_NAME, ROOT_PATH, MANAGER_IFACE, "CreateContainer", &error,
+                                               &reply, "a{sv}", 0) >= 0)
+                                result = 5;
+                        else if (!sd_bus_error_has_name(&error, QUOTA) || !strstr(error.message, "\"reserved_fds\""))
+                                result = 6;
+                }
+        }
+        if (result != 0 && sd_bus_error_is_set(&error))
+                snprintf(msg, sizeof(msg), "%s", error.message);
+        (void) !write(report, &result, sizeof(result));
+        (void) !write(report, msg, sizeof(msg));
+        wait_go(go);
+        return 0;
+}
+
+static unsigned count_fds(pid_t pid) {
+        char path[64];
+        unsigned n = 0;
+        DIR *d;
+
+        snprintf(path, sizeof(path), "/proc/%d/fd", (int) pid);
+        d = opendir(path);
+        assert_non_null(d);
+        while (readdir(d))
+                n++;
+        closedir(d);
+        return n;
+}
+
+static void test_all_users_together(void **state) {
+        pid_t daemon = (pid_t) atoi(getenv("VFIO_BROKER_DAEMON_PID"));
+        struct rlimit old, lowered;
+        Child nobody, uid1, uid2;
+        bool refused = true, granted = false;
+        char msg[512];
+        int result;
+
+        /* The daemon's RLIMIT_NOFILE, lowered so that the cap is TOTAL_FDS: what a daemon with 4096
+         * fds and a handful of users meets, without opening thousands of fds. */
+        assert_true(prlimit(daemon, RLIMIT_NOFILE, NULL, &old) == 0);
+        if (old.rlim_max < RESERVED_FDS + TOTAL_FDS || count_fds(daemon) > RESERVED_FDS / 2)
+                skip();
+        lowered = (struct rlimit) { RESERVED_FDS + TOTAL_FDS, old.rlim_max };
+        assert_true(prlimit(daemon, RLIMIT_NOFILE, &lowered, NULL) == 0);
+
+        nobody = child_start(fill_as_nobody, NULL);
+        child_read(&nobody, &result, sizeof(result));
+        if (result != 0)
+                fail_msg("nobody could not fill its fds (%d)", result);
+        uid1 = child_start(fill_as_uid1, NULL);
+        child_read(&uid1, &result, sizeof(result));
+        if (result != 0)
+                fail_msg("uid 1 could not fill its fds (%d)", result);
+
+        /* 21 of 21: uid 2, below its own "fds", is refused, the error naming the overall limit. */
+        uid2 = child_start(try_as_uid2, &refused);
+        child_read(&uid2, &result, sizeof(result));
+        child_read(&uid2, msg, sizeof(msg));
+        assert_int_equal(child_finish(&uid2), 0);
+        printf("# uid 2 refused: %s\n", msg);
+        if (result != 0)
+                fail_msg("uid 2 was not refused as expected (%d): %s", result, msg);
+        assert_non_null(strstr(msg, "21"));
+
+        /* Root is not charged against it. */
+        root_served(2, "0000:00:02.0");
+
+        /* nobody lets go of its 13: uid 2 is served, so the refusals changed nothing. */
+        assert_int_equal(child_finish(&nobody), 0);
+        uid2 = child_start(try_as_uid2, &granted);
+        child_read(&uid2, &result, sizeof(result));
+        child_read(&uid2, msg, sizeof(msg));
+        assert_int_equal(child_finish(&uid2), 0);
+        if (result != 0)
+                fail_msg("uid 2 was refused after nobody let go (%d): %s", result, msg);
+        assert_int_equal(child_finish(&uid1), 0);
+
+        assert_true(prlimit(daemon, RLIMIT_NOFILE, &old, NULL) == 0);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_huge_messages_closed),
                 cmocka_unit_test(test_largest_update_passes),
+                cmocka_unit_test(test_all_users_together),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
