@@ -264,16 +264,16 @@ int quota_charge_fds_in_flight(Broker *b, uid_t uid, uint64_t fds, uint64_t allo
         if (!u)
                 return -ENOMEM;
         limit = u->limits.fds + allowance >= u->limits.fds ? u->limits.fds + allowance : UINT64_MAX;
-        if (exceeds(u->fds + u->fds_in_flight, fds, limit)) {
-                quota_forget_idle(b, u);
-                return broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED,
-                                        "uid %u has the broker keep %" PRIu64 " fds open and %" PRIu64 " more in "
-                                        "messages still arriving; %" PRIu64 " more would pass the limit \"fds\", %"
-                                        PRIu64 ", by more than one message's %" PRIu64 ".", uid, u->fds,
-                                        u->fds_in_flight, fds, u->limits.fds, allowance);
-        }
-        r = quota_check_total_fds(b, uid, fds, allowance, e);
+        if (exceeds(u->fds + u->fds_in_flight, fds, limit))
+                r = broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED,
+                                     "uid %u has the broker keep %" PRIu64 " fds open and %" PRIu64 " more in "
+                                     "messages still arriving; %" PRIu64 " more would pass the limit \"fds\", %"
+                                     PRIu64 ", by more than one message's %" PRIu64 ".", uid, u->fds,
+                                     u->fds_in_flight, fds, u->limits.fds, allowance);
+        else
+                r = quota_check_total_fds(b, uid, fds, allowance, e);
         if (r < 0) {
+                /* A user first seen here holds nothing: forget it again. */
                 quota_forget_idle(b, u);
                 return r;
         }
