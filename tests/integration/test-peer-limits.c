@@ -5,6 +5,8 @@
  *  - a peer connection may not make the daemon buffer a message bigger than 8 MiB: three of nobody's,
  *    each sending the start of a 100 MB message, are closed and the daemon hardly grows, while root
  *    and uid 1 are served; the largest Update the daemon takes still passes;
+ *  - the fds of a message still arriving are the user's: nobody's second unfinished message with 253
+ *    fds passes its "fds" by more than one message's leeway and closes that connection;
  *  - the fds kept for users other than root together stop at RLIMIT_NOFILE minus "reserved_fds":
  *    with the daemon's RLIMIT_NOFILE lowered to 1021, nobody (13: a container and 12 memory fds, its
  *    "fds") and uid 1 (8: two peer connections, its "fds") fill the 21, uid 2's next fd is
@@ -371,6 +373,83 @@ static void test_largest_update_passes(void **state) {
         sd_bus_flush_close_unref(bus);
 }
 
+/* --- Fds of unfinished messages --- */
+
+/* The header of a 1 MiB method call (below the size limit) with n fds, and no more of it. */
+static int send_header_with_fds(int fd, const int *fds, unsigned n) {
+        union {
+                struct cmsghdr header;
+                uint8_t buffer[CMSG_SPACE(sizeof(int) * BROKER_UPDATE_FDS_MAX)];
+        } control = {};
+        uint8_t header[16] = { 'l', 1, 0, 1 };
+        uint32_t body = 1 << 20, serial = 1001, fields = 0;
+        struct iovec iov = { header, sizeof(header) };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &control,
+                             .msg_controllen = CMSG_SPACE(sizeof(int) * n) };
+        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+
+        memcpy(header + 4, &body, 4);
+        memcpy(header + 8, &serial, 4);
+        memcpy(header + 12, &fields, 4);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * n);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * n);
+        return sendmsg(fd, &mh, MSG_NOSIGNAL) == (ssize_t) sizeof(header) ? 0 : -errno;
+}
+
+static bool closed_by_daemon(int fd, int timeout_ms) {
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        char c;
+
+        return poll(&p, 1, timeout_ms) > 0 && recv(fd, &c, 1, MSG_DONTWAIT) <= 0;
+}
+
+/* nobody ("fds" 12) starts two messages with 253 fds each on two peer connections: the first is held
+ * (one message's leeway), the second would hold 506 and closes its connection. */
+static int fds_in_flight_as_nobody(int report, int go, void *userdata) {
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        sd_bus *b = NULL, *peers[2] = {};
+        int fds[BROKER_UPDATE_FDS_MAX], result = 0;
+
+        if (become(65534, &b) < 0)
+                result = 1;
+        for (unsigned i = 0; i < 2 && !result; i++) {
+                peers[i] = peer_from_fd(open_connection_fd(b, &error));
+                if (!peers[i] || peer_call(peers[i], ROOT_PATH, PEER_IFACE, "Ping", NULL, ""))
+                        result = 2;
+        }
+        for (unsigned i = 0; i < BROKER_UPDATE_FDS_MAX && !result; i++)
+                if ((fds[i] = memfd_create("fd", MFD_CLOEXEC)) < 0)
+                        result = 3;
+        if (!result && send_header_with_fds(sd_bus_get_fd(peers[0]), fds, BROKER_UPDATE_FDS_MAX) < 0)
+                result = 4;
+        if (!result && closed_by_daemon(sd_bus_get_fd(peers[0]), 500))
+                result = 5; /* the first, within the leeway, must be held */
+        if (!result && send_header_with_fds(sd_bus_get_fd(peers[1]), fds, BROKER_UPDATE_FDS_MAX) < 0)
+                result = 6;
+        if (!result && !closed_by_daemon(sd_bus_get_fd(peers[1]), 5000))
+                result = 7;
+        if (!result && closed_by_daemon(sd_bus_get_fd(peers[0]), 0))
+                result = 8;
+        (void) !write(report, &result, sizeof(result));
+        wait_go(go);
+        return 0;
+}
+
+static void test_fds_in_flight_charged(void **state) {
+        Child nobody;
+        int result;
+
+        nobody = child_start(fds_in_flight_as_nobody, NULL);
+        child_read(&nobody, &result, sizeof(result));
+        /* While nobody's first message holds 253 fds: root is served. */
+        root_served(2, "0000:00:02.0");
+        assert_int_equal(child_finish(&nobody), 0);
+        if (result != 0)
+                fail_msg("fds in flight as nobody: step %d went wrong", result);
+}
+
 /* --- All users together --- */
 
 #define RESERVED_FDS 1000 /* as in meson.build */
@@ -528,6 +607,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_huge_messages_closed),
                 cmocka_unit_test(test_largest_update_passes),
+                cmocka_unit_test(test_fds_in_flight_charged),
                 cmocka_unit_test(test_all_users_together),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
