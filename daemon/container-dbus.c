@@ -223,7 +223,8 @@ static int method_update(sd_bus_message *m, void *userdata, sd_bus_error *error)
                         return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "At most %d unmaps per Update.",
                                                  BROKER_UPDATE_MAX);
                 if (n_unmaps == allocated) {
-                        UpdateUnmap *a = reallocarray(unmaps, allocated = allocated * 2 ?: 64, sizeof(*a));
+                        allocated = allocated > 0 ? allocated * 2 : 64;
+                        UpdateUnmap *a = reallocarray(unmaps, allocated, sizeof(*a));
                         if (!a)
                                 return -ENOMEM;
                         unmaps = a;
@@ -274,7 +275,8 @@ static int method_update(sd_bus_message *m, void *userdata, sd_bus_error *error)
                         return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "At most %d maps per Update.",
                                                  BROKER_UPDATE_MAX);
                 if (n_maps == allocated) {
-                        UpdateMap *a = reallocarray(maps, allocated = allocated * 2 ?: 64, sizeof(*a));
+                        allocated = allocated > 0 ? allocated * 2 : 64;
+                        UpdateMap *a = reallocarray(maps, allocated, sizeof(*a));
                         if (!a)
                                 return -ENOMEM;
                         maps = a;

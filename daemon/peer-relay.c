@@ -100,7 +100,7 @@ static void relay_closef(PeerRelay *r, const char *format, ...) {
 /* Reads at most n bytes from the client; fds that come with them join the message's. Returns the
  * bytes read, 0 at EOF, -EAGAIN when there is nothing, or another -errno; on a violation, closes and
  * returns -EPROTO. */
-static ssize_t relay_recv(PeerRelay *r, void *p, size_t n, int flags) {
+static ssize_t relay_recv(PeerRelay *r, void *p, size_t n) {
         union {
                 struct cmsghdr header;
                 uint8_t buffer[CMSG_SPACE(sizeof(int) * PEER_MESSAGE_FDS_MAX)];
@@ -117,7 +117,7 @@ static ssize_t relay_recv(PeerRelay *r, void *p, size_t n, int flags) {
         bool too_many = false;
         ssize_t k;
 
-        k = recvmsg(r->client_fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC | flags);
+        k = recvmsg(r->client_fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
         if (k < 0)
                 return errno == EINTR ? -EAGAIN : -errno;
 
@@ -266,7 +266,7 @@ static void relay_read_auth(PeerRelay *r) {
                 r->previous = c;
         }
 
-        k = relay_recv(r, r->buffer, take, 0);
+        k = relay_recv(r, r->buffer, take);
         if (k < 0) {
                 if (k != -EPROTO)
                         relay_close(r, NULL);
@@ -330,10 +330,11 @@ static void relay_read_message(PeerRelay *r) {
                         continue;
                 }
 
-                k = relay_recv(r, r->buffer + r->end, want, 0);
+                k = relay_recv(r, r->buffer + r->end, want);
                 if (k == -EAGAIN) {
-                        /* What came so far goes on (its fds stay until the message's end). */
-                        if (r->end > 0)
+                        /* What came so far goes on (its fds stay until the message's end), once the
+                         * header is checked. */
+                        if (r->end > 0 && r->header_size == DBUS_HEADER_FIXED)
                                 (void) relay_pass_on(r);
                         return;
                 }

@@ -373,6 +373,73 @@ static void test_largest_update_passes(void **state) {
         sd_bus_flush_close_unref(bus);
 }
 
+/* Pipelined calls: each message's fds reach the daemon with that message, not with the one before
+ * (the relay reads no further than a message's end). Map of a 4 KiB memfd, a Ping, Map of an 8 KiB
+ * memfd, all sent before any answer: swapped fds would make the second Map OutOfRange. */
+static void test_pipelined_fds(void **state) {
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        sd_bus *bus = test_bus_open(), *peer;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_close_ int small = test_memfd(4 * KiB), big = test_memfd(8 * KiB);
+        sd_bus_message *replies[3] = {};
+        const char *p;
+        char *path;
+
+        peer = peer_from_fd(open_connection_fd(bus, &error));
+        assert_non_null(peer);
+        assert_null(peer_call(peer, ROOT_PATH, MANAGER_IFACE, "CreateContainer", &reply, "a{sv}", 0));
+        assert_true(sd_bus_message_read(reply, "o", &p) >= 0);
+        path = strdup(p);
+        assert_null(peer_call(peer, path, CONTAINER_IFACE, "AttachGroup", NULL, "u", UINT32_C(3)));
+
+        for (unsigned round = 0; round < 20; round++) {
+                uint64_t base = (uint64_t) round * MiB;
+
+                for (unsigned i = 0; i < 3; i++) {
+                        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+
+                        if (i == 1)
+                                assert_true(sd_bus_message_new_method_call(peer, &m, NULL, ROOT_PATH, PEER_IFACE,
+                                                                           "Ping") >= 0);
+                        else {
+                                assert_true(sd_bus_message_new_method_call(peer, &m, NULL, path, CONTAINER_IFACE,
+                                                                           "Map") >= 0);
+                                assert_true(sd_bus_message_append(m, "htttu", i == 0 ? small : big, UINT64_C(0),
+                                                                  i == 0 ? 4 * KiB : 8 * KiB,
+                                                                  base + (i == 0 ? 0 : 64 * KiB), UINT32_C(3)) >= 0);
+                        }
+                        uint64_t cookie; /* asked for: without it the call says no reply is expected */
+                        assert_true(sd_bus_send(peer, m, &cookie) >= 0);
+                }
+                assert_true(sd_bus_flush(peer) >= 0);
+                /* The answers come in order: read them as they come. */
+                for (unsigned i = 0; i < 3; i++) {
+                        for (;;) {
+                                sd_bus_message *m = NULL;
+                                int r = sd_bus_process(peer, &m);
+                                assert_true(r >= 0);
+                                if (m) {
+                                        replies[i] = m;
+                                        break;
+                                }
+                                if (r == 0)
+                                        assert_true(sd_bus_wait(peer, 10 * 1000000ULL) >= 0);
+                        }
+                        if (sd_bus_message_is_method_error(replies[i], NULL))
+                                fail_msg("round %u, call %u: %s: %s", round, i,
+                                         sd_bus_message_get_error(replies[i])->name,
+                                         sd_bus_message_get_error(replies[i])->message);
+                        replies[i] = sd_bus_message_unref(replies[i]);
+                }
+        }
+        assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "Mappings"), 40);
+        assert_int_equal(test_get_u64(bus, path, CONTAINER_IFACE, "MappedBytes"), 20 * 12 * KiB);
+        assert_null(peer_call(peer, path, CONTAINER_IFACE, "Close", NULL, ""));
+        free(path);
+        sd_bus_flush_close_unref(peer);
+        sd_bus_flush_close_unref(bus);
+}
+
 /* --- Fds of unfinished messages --- */
 
 /* The header of a 1 MiB method call (below the size limit) with n fds, and no more of it. */
@@ -607,8 +674,11 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_huge_messages_closed),
                 cmocka_unit_test(test_largest_update_passes),
+                cmocka_unit_test(test_pipelined_fds),
                 cmocka_unit_test(test_fds_in_flight_charged),
                 cmocka_unit_test(test_all_users_together),
         };
+        if (getenv("TEST_FILTER"))
+                cmocka_set_test_filter(getenv("TEST_FILTER"));
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
