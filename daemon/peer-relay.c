@@ -309,7 +309,7 @@ static int relay_check_header(PeerRelay *r) {
         return 0;
 }
 
-/* One message per call at most (others wait for the next dispatch: fair to other connections). */
+/* One message, or one buffer of a large one, per call: other connections get their turn between. */
 static void relay_read_message(PeerRelay *r) {
         for (;;) {
                 size_t want;
@@ -324,10 +324,9 @@ static void relay_read_message(PeerRelay *r) {
                 }
 
                 if (want == 0 && r->end > 0) {
-                        /* The buffer is full: pass it on before reading more. */
-                        if (relay_pass_on(r) <= 0)
-                                return;
-                        continue;
+                        /* The buffer is full: it goes on, and the rest waits for the next dispatch. */
+                        (void) relay_pass_on(r);
+                        return;
                 }
 
                 k = relay_recv(r, r->buffer + r->end, want);

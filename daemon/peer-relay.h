@@ -27,9 +27,10 @@
 
 /* The largest message a peer connection may send. The largest legitimate one is an Update with
  * BROKER_UPDATE_MAX (65536) unmaps and maps and BROKER_UPDATE_FDS_MAX (253) fds: a(tt) 65536 x 16 bytes,
- * ah 253 x 4, a(utttu) 65536 x 40 (36 bytes padded to the struct's 8-byte alignment), with the array
- * lengths, paddings and header fields 3,671,568 bytes in all (3.5 MiB; test-peer-limits.c sends it).
- * Twice that, rounded up. */
+ * ah 253 x 4, a(utttu) 65536 x 40 (36 bytes padded to the struct's 8-byte alignment): a body of
+ * 3,671,044 bytes, and with the fixed header and the header fields (path, interface, member, signature,
+ * unix_fds: about 150 bytes) 3,671,204 in all, 3.5 MiB (test-peer-limits.c sends it). Twice that,
+ * rounded up to a power of two. */
 #define PEER_MESSAGE_SIZE_MAX (UINT32_C(8) << 20)
 
 /* The fds one message may carry: the kernel's SCM_MAX_FD, which is also BROKER_UPDATE_FDS_MAX. */
