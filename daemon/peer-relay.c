@@ -51,6 +51,7 @@ struct PeerRelay {
         uint8_t header[DBUS_HEADER_FIXED];
         size_t header_size;
         uint64_t remaining; /* bytes of it still to read after the fixed header */
+        uint64_t charged;   /* its declared size, when charged (above the buffer's size) */
         int fds[PEER_MESSAGE_FDS_MAX];
         unsigned n_fds;
         bool eof; /* the client is gone: end sd-bus's input once the buffer is out */
@@ -60,6 +61,12 @@ struct PeerRelay {
         bool complete;
         uint8_t buffer[RELAY_BUFFER_SIZE];
 };
+
+static void relay_release_bytes(PeerRelay *r) {
+        if (r->charged > 0)
+                r->account->release_bytes(r->userdata, r->charged);
+        r->charged = 0;
+}
 
 static void relay_drop_fds(PeerRelay *r) {
         for (unsigned i = 0; i < r->n_fds; i++)
@@ -78,6 +85,7 @@ static void relay_close(PeerRelay *r, const char *reason) {
                 log_warning("Closing peer connection of %s: %s", r->description, reason);
         r->state = RELAY_CLOSED;
         relay_drop_fds(r);
+        relay_release_bytes(r);
         r->start = r->end = 0;
         (void) shutdown(r->client_fd, SHUT_RDWR);
         (void) sd_event_source_set_enabled(r->client_source, SD_EVENT_OFF);
@@ -305,6 +313,15 @@ static int relay_check_header(PeerRelay *r) {
                              PRIu32 ".", size, PEER_MESSAGE_SIZE_MAX);
                 return -EPROTO;
         }
+        if (size > RELAY_BUFFER_SIZE) {
+                char reason[192] = "";
+
+                if (r->account->charge_bytes(r->userdata, size, reason, sizeof(reason)) < 0) {
+                        relay_close(r, reason);
+                        return -EPROTO;
+                }
+                r->charged = size;
+        }
         r->remaining = size - DBUS_HEADER_FIXED;
         return 0;
 }
@@ -362,6 +379,7 @@ static void relay_read_message(PeerRelay *r) {
                         /* The whole message: it goes on with its fds, and the next starts afresh. */
                         r->complete = true;
                         r->header_size = 0;
+                        relay_release_bytes(r);
                         (void) relay_pass_on(r);
                         return;
                 }
@@ -460,6 +478,7 @@ PeerRelay *peer_relay_free(PeerRelay *r) {
         if (!r)
                 return NULL;
         relay_drop_fds(r);
+        relay_release_bytes(r);
         sd_event_source_disable_unref(r->client_source);
         sd_event_source_disable_unref(r->bus_source);
         sd_event_source_disable_unref(r->auth_source);

@@ -21,6 +21,7 @@
  * A violation shuts the client's socket down and ends sd-bus's input: sd-bus then sees the connection
  * close and its owner frees everything (peer.c). The reason is logged. */
 
+#include <stddef.h>
 #include <stdint.h>
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
@@ -32,6 +33,12 @@
  * unix_fds: about 150 bytes) 3,671,204 in all, 3.5 MiB (test-peer-limits.c sends it). Twice that,
  * rounded up to a power of two. */
 #define PEER_MESSAGE_SIZE_MAX (UINT32_C(8) << 20)
+
+/* What the unfinished messages of all of one user's peer connections may declare together, counting
+ * messages above the relay's buffer (64 KiB: smaller ones cost 16 x 64 KiB at most): two messages at
+ * the limit, four of the largest Updates. So sd-bus buffers at most this for one user, not
+ * PEERS_PER_USER_MAX x PEER_MESSAGE_SIZE_MAX. Root is not limited. */
+#define PEER_USER_BYTES_MAX (UINT64_C(16) << 20)
 
 /* The fds one message may carry: the kernel's SCM_MAX_FD, which is also BROKER_UPDATE_FDS_MAX. */
 #define PEER_MESSAGE_FDS_MAX 253
@@ -47,10 +54,13 @@ typedef struct PeerRelay PeerRelay;
 
 /* The fds of a message still arriving are the user's: charge_fds returns < 0 to refuse them (the
  * connection then closes, with reason naming the limit); release_fds when they went on to sd-bus or
- * were closed. */
+ * were closed. So is the declared size of a message above the relay's buffer, from its header until
+ * its last byte (charge_bytes, release_bytes). */
 typedef struct PeerRelayAccount {
         int (*charge_fds)(void *userdata, unsigned n, char *reason, size_t reason_size);
         void (*release_fds)(void *userdata, unsigned n);
+        int (*charge_bytes)(void *userdata, uint64_t n, char *reason, size_t reason_size);
+        void (*release_bytes)(void *userdata, uint64_t n);
 } PeerRelayAccount;
 
 /* Takes client_fd (the daemon's end of the client's socket) in any case. Returns the two fds for

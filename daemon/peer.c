@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 #include <assert.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,7 @@ struct Peer {
         char *owner;
         uid_t uid;
         OwnerWatch *owner_watch; /* the opener: the connection closes when it leaves the bus */
+        uint64_t bytes_in_flight; /* declared size of the large message still arriving, if any */
 };
 
 static Peer *peer_find(Broker *b, sd_bus *bus) {
@@ -78,9 +80,38 @@ static void peer_release_fds(void *userdata, unsigned n) {
         quota_release_fds_in_flight(p->broker, p->uid, n);
 }
 
+static int peer_charge_bytes(void *userdata, uint64_t n, char *reason, size_t reason_size) {
+        Peer *p = userdata;
+        uint64_t total = 0;
+
+        if (p->uid != 0) {
+                for (Peer *i = p->broker->peers; i; i = i->next)
+                        if (i->uid == p->uid)
+                                total += i->bytes_in_flight;
+                if (total + n > PEER_USER_BYTES_MAX) {
+                        (void) snprintf(reason, reason_size, "its message of %" PRIu64 " bytes would make the "
+                                        "unfinished messages of uid %u's peer connections %" PRIu64 " bytes, "
+                                        "more than the %" PRIu64 " they may hold together.", n, p->uid,
+                                        total + n, PEER_USER_BYTES_MAX);
+                        return -EDQUOT;
+                }
+        }
+        p->bytes_in_flight += n;
+        return 0;
+}
+
+static void peer_release_bytes(void *userdata, uint64_t n) {
+        Peer *p = userdata;
+
+        assert(p->bytes_in_flight >= n);
+        p->bytes_in_flight -= n;
+}
+
 static const PeerRelayAccount peer_account = {
         .charge_fds = peer_charge_fds,
         .release_fds = peer_release_fds,
+        .charge_bytes = peer_charge_bytes,
+        .release_bytes = peer_release_bytes,
 };
 
 static int on_peer_disconnected(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {

@@ -5,6 +5,8 @@
  *  - a peer connection may not make the daemon buffer a message bigger than 8 MiB: three of nobody's,
  *    each sending the start of a 100 MB message, are closed and the daemon hardly grows, while root
  *    and uid 1 are served; the largest Update the daemon takes still passes;
+ *  - the unfinished messages of one user's peer connections may declare 16 MiB together: nobody's
+ *    third 7 MiB message closes its connection;
  *  - the fds of a message still arriving are the user's: nobody's second unfinished message with 253
  *    fds passes its "fds" by more than one message's leeway and closes that connection;
  *  - the fds kept for users other than root together stop at RLIMIT_NOFILE minus "reserved_fds":
@@ -440,6 +442,80 @@ static void test_pipelined_fds(void **state) {
         sd_bus_flush_close_unref(bus);
 }
 
+/* Below the size limit, but together: nobody starts three 7 MiB messages on three connections and sends
+ * 1 MiB of each; the third would make 21 MiB of unfinished messages, more than a user's 16, and closes
+ * its connection, the first two stay open. */
+static bool closed_by_daemon(int fd, int timeout_ms);
+
+static int declared_size(int fd, uint32_t size, uint64_t send_bytes, int *ret_closed) {
+        static uint8_t zeros[1 << 16];
+        uint8_t header[16] = { 'l', 1, 0, 1 };
+        uint32_t body = size - 16, serial = 1002, fields = 0;
+        uint64_t sent = 0;
+
+        memcpy(header + 4, &body, 4);
+        memcpy(header + 8, &serial, 4);
+        memcpy(header + 12, &fields, 4);
+        if (send(fd, header, sizeof(header), MSG_NOSIGNAL) != sizeof(header))
+                return -1;
+        while (sent < send_bytes) {
+                struct pollfd p = { .fd = fd, .events = POLLOUT };
+                ssize_t k;
+
+                if (poll(&p, 1, 2000) <= 0)
+                        return -1;
+                k = send(fd, zeros, sizeof(zeros), MSG_NOSIGNAL | MSG_DONTWAIT);
+                if (k < 0 && (errno == EPIPE || errno == ECONNRESET))
+                        break;
+                if (k < 0 && errno != EAGAIN && errno != EINTR)
+                        return -1;
+                if (k > 0)
+                        sent += (uint64_t) k;
+        }
+        *ret_closed = closed_by_daemon(fd, 2000);
+        return 0;
+}
+
+static int bytes_as_nobody(int report, int go, void *userdata) {
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        sd_bus *b = NULL, *peers[3] = {};
+        int closed[3] = {}, result = 0;
+
+        if (become(65534, &b) < 0)
+                result = 1;
+        for (unsigned i = 0; i < 3 && !result; i++) {
+                peers[i] = peer_from_fd(open_connection_fd(b, &error));
+                if (!peers[i] || peer_call(peers[i], ROOT_PATH, PEER_IFACE, "Ping", NULL, ""))
+                        result = 2;
+        }
+        for (unsigned i = 0; i < 3 && !result; i++)
+                if (declared_size(sd_bus_get_fd(peers[i]), 7 * MiB, MiB, &closed[i]) < 0)
+                        result = 3;
+        if (!result && (closed[0] || closed[1]))
+                result = 4;
+        if (!result && !closed[2])
+                result = 5;
+        (void) !write(report, &result, sizeof(result));
+        wait_go(go);
+        return 0;
+}
+
+static void test_user_bytes_bounded(void **state) {
+        uint64_t before = daemon_status("VmRSS"), held;
+        Child nobody;
+        int result;
+
+        nobody = child_start(bytes_as_nobody, NULL);
+        child_read(&nobody, &result, sizeof(result));
+        held = daemon_status("VmRSS");
+        root_served(2, "0000:00:02.0");
+        assert_int_equal(child_finish(&nobody), 0);
+        printf("# daemon RSS %+" PRId64 " KiB with two 7 MiB messages started and 1 MiB of each sent\n",
+               ((int64_t) held - (int64_t) before) / (int64_t) KiB);
+        if (result != 0)
+                fail_msg("nobody's unfinished messages: step %d went wrong", result);
+}
+
 /* --- Fds of unfinished messages --- */
 
 /* The header of a 1 MiB method call (below the size limit) with n fds, and no more of it. */
@@ -675,6 +751,7 @@ int main(void) {
                 cmocka_unit_test(test_huge_messages_closed),
                 cmocka_unit_test(test_largest_update_passes),
                 cmocka_unit_test(test_pipelined_fds),
+                cmocka_unit_test(test_user_bytes_bounded),
                 cmocka_unit_test(test_fds_in_flight_charged),
                 cmocka_unit_test(test_all_users_together),
         };
