@@ -380,7 +380,14 @@ static void relay_read_message(PeerRelay *r) {
                         r->complete = true;
                         r->header_size = 0;
                         relay_release_bytes(r);
-                        (void) relay_pass_on(r);
+                        if (relay_pass_on(r) > 0) {
+                                /* sd-bus can take it now, in this dispatch rather than after another
+                                 * turn of the event loop: the relay's cost on every call is a few
+                                 * syscalls, not a loop iteration too. This may free the relay (a
+                                 * handler closing the peer): r is not touched after. */
+                                sd_bus *bus = r->bus;
+                                (void) sd_bus_process(bus, NULL);
+                        }
                         return;
                 }
         }
