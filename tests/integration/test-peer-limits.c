@@ -5,6 +5,7 @@
  *  - a peer connection may not make the daemon buffer a message bigger than 8 MiB: three of nobody's,
  *    each sending the start of a 100 MB message, are closed and the daemon hardly grows, while root
  *    and uid 1 are served; the largest Update the daemon takes still passes;
+ *  - a client whose bytes come one at a time, and pipelined calls with fds, work as usual;
  *  - the unfinished messages of one user's peer connections may declare 16 MiB together: nobody's
  *    third 7 MiB message closes its connection;
  *  - the fds of a message still arriving are the user's: nobody's second unfinished message with 253
@@ -516,6 +517,93 @@ static void test_user_bytes_bounded(void **state) {
                 fail_msg("nobody's unfinished messages: step %d went wrong", result);
 }
 
+/* A client whose bytes arrive one at a time (a header split anywhere, fds with the first byte of their
+ * message): a forwarding child passes what root's sd-bus writes to the daemon byte by byte, and the
+ * daemon's answers back. Authentication, a Ping, a Map with a memfd and an Update work as usual. */
+static int forward_bytewise(int client, int daemon_fd) {
+        for (;;) {
+                struct pollfd p[2] = { { .fd = client, .events = POLLIN }, { .fd = daemon_fd, .events = POLLIN } };
+
+                if (poll(p, 2, 10000) <= 0)
+                        return 1;
+                if (p[0].revents) {
+                        union {
+                                struct cmsghdr header;
+                                uint8_t buffer[CMSG_SPACE(sizeof(int) * BROKER_UPDATE_FDS_MAX)];
+                        } control;
+                        uint8_t c;
+                        struct iovec iov = { &c, 1 };
+                        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &control,
+                                             .msg_controllen = sizeof(control) };
+                        ssize_t k = recvmsg(client, &mh, MSG_CMSG_CLOEXEC);
+
+                        if (k <= 0)
+                                return 0; /* the client is done */
+                        if (mh.msg_controllen == 0)
+                                mh.msg_control = NULL;
+                        if (sendmsg(daemon_fd, &mh, MSG_NOSIGNAL) != 1)
+                                return 2;
+                }
+                if (p[1].revents) {
+                        uint8_t buf[65536];
+                        ssize_t k = recv(daemon_fd, buf, sizeof(buf), 0);
+
+                        if (k <= 0)
+                                return 3; /* the daemon closed: it must not */
+                        if (send(client, buf, (size_t) k, MSG_NOSIGNAL) != k)
+                                return 4;
+                }
+        }
+}
+
+static void test_bytewise_client(void **state) {
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        sd_bus *bus = test_bus_open(), *peer;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL, *m = NULL;
+        _cleanup_close_ int ram = test_memfd(64 * KiB);
+        int pair[2], status, daemon_fd;
+        const char *p;
+        char *path;
+        pid_t pid;
+
+        daemon_fd = open_connection_fd(bus, &error);
+        assert_true(daemon_fd >= 0);
+        assert_true(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == 0);
+        pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                close(pair[0]);
+                _exit(forward_bytewise(pair[1], daemon_fd));
+        }
+        close(pair[1]);
+        close(daemon_fd);
+
+        peer = peer_from_fd(pair[0]);
+        assert_non_null(peer);
+        assert_null(peer_call(peer, ROOT_PATH, PEER_IFACE, "Ping", NULL, ""));
+        assert_null(peer_call(peer, ROOT_PATH, MANAGER_IFACE, "CreateContainer", &reply, "a{sv}", 0));
+        assert_true(sd_bus_message_read(reply, "o", &p) >= 0);
+        path = strdup(p);
+        assert_null(peer_call(peer, path, CONTAINER_IFACE, "AttachGroup", NULL, "u", UINT32_C(3)));
+        assert_null(peer_call(peer, path, CONTAINER_IFACE, "Map", NULL, "htttu", ram, UINT64_C(0), 4 * KiB,
+                              UINT64_C(0), UINT32_C(3)));
+        assert_true(sd_bus_message_new_method_call(peer, &m, NULL, path, CONTAINER_IFACE, "Update") >= 0);
+        assert_true(sd_bus_message_append(m, "a(tt)", 1, UINT64_C(0), 4 * KiB) >= 0);
+        assert_true(sd_bus_message_append(m, "ah", 1, ram) >= 0);
+        assert_true(sd_bus_message_append(m, "a(utttu)", 2, UINT32_C(0), UINT64_C(0), 4 * KiB, UINT64_C(0),
+                                          UINT32_C(3), UINT32_C(0), 8 * KiB, 8 * KiB, 64 * KiB, UINT32_C(3)) >= 0);
+        assert_null(peer_call_message(peer, m, NULL));
+        assert_int_equal(test_get_u32(bus, path, CONTAINER_IFACE, "Mappings"), 2);
+        assert_null(peer_call(peer, path, CONTAINER_IFACE, "Close", NULL, ""));
+
+        sd_bus_flush_close_unref(peer);
+        assert_true(waitpid(pid, &status, 0) == pid);
+        assert_true(WIFEXITED(status));
+        assert_int_equal(WEXITSTATUS(status), 0);
+        free(path);
+        sd_bus_flush_close_unref(bus);
+}
+
 /* --- Fds of unfinished messages --- */
 
 /* The header of a 1 MiB method call (below the size limit) with n fds, and no more of it. */
@@ -751,6 +839,7 @@ int main(void) {
                 cmocka_unit_test(test_huge_messages_closed),
                 cmocka_unit_test(test_largest_update_passes),
                 cmocka_unit_test(test_pipelined_fds),
+                cmocka_unit_test(test_bytewise_client),
                 cmocka_unit_test(test_user_bytes_bounded),
                 cmocka_unit_test(test_fds_in_flight_charged),
                 cmocka_unit_test(test_all_users_together),
