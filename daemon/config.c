@@ -117,6 +117,7 @@ int broker_config_new_default(BrokerConfig **ret) {
                  * 128 TiB (47-bit) of address space, whatever is pinned of them: a sixteenth per user. */
                 .address_space = UINT64_C(1) << 43,
         };
+        c->reserved_fds = UINT64_MAX;
 
         *ret = TAKE_PTR(c);
         return 0;
@@ -441,7 +442,8 @@ static int parse_limits(Parser *p, json_object *o, BrokerConfig *c) {
         r = expect_type(p, "limits", o, json_type_object, "an object");
         if (r < 0)
                 return r;
-        r = check_keys(p, "limits", o, (const char * const[]) { "default", "users", "groups", NULL });
+        r = check_keys(p, "limits", o, (const char * const[]) { "default", "users", "groups", "reserved_fds",
+                                                                 NULL });
         if (r < 0)
                 return r;
         if (json_object_object_get_ex(o, "default", &v)) {
@@ -459,6 +461,14 @@ static int parse_limits(Parser *p, json_object *o, BrokerConfig *c) {
                                     &c->n_group_limits);
                 if (r < 0)
                         return r;
+        }
+        if (json_object_object_get_ex(o, "reserved_fds", &v)) {
+                r = parse_u64(p, "limits.reserved_fds", v, &c->reserved_fds);
+                if (r < 0)
+                        return r;
+                /* UINT64_MAX stands for the default. */
+                if (c->reserved_fds == UINT64_MAX)
+                        c->reserved_fds--;
         }
         return 0;
 }

@@ -48,6 +48,9 @@ typedef struct BrokerConfig {
         size_t n_user_limits;
         LimitEntry *group_limits;
         size_t n_group_limits;
+        /* Fds of RLIMIT_NOFILE that users other than root may not take together ("limits.reserved_fds");
+         * UINT64_MAX: a quarter of RLIMIT_NOFILE, at least QUOTA_RESERVED_FDS_MIN (quota.c). */
+        uint64_t reserved_fds;
 } BrokerConfig;
 
 /* Fills in the defaults: the sim topology (four single-device viable groups, one two-device group,

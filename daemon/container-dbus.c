@@ -207,7 +207,8 @@ static int method_update(sd_bus_message *m, void *userdata, sd_bus_error *error)
         size_t n_unmaps = 0, n_maps = 0, n_fds = 0, cap_unmaps = 0, cap_maps = 0;
         int r;
 
-        /* Parse everything first: the fds are borrowed from the message, memory.c dups what it keeps. */
+        /* Parse everything first: the fds are borrowed from the message, memory.c dups what it keeps.
+         * The arrays grow by doubling: one element at a time is quadratic in 65536 entries. */
         r = sd_bus_message_enter_container(m, 'a', "(tt)");
         if (r < 0)
                 return r;

@@ -20,7 +20,8 @@ typedef struct Peer Peer;
 #define PEERS_PER_USER_MAX 16
 
 /* Returns the client's end of a new connection for (owner, uid); -EUSERS beyond PEERS_PER_USER_MAX or
- * OWNERS_MAX owners. The daemon's end is one of uid's "fds": QuotaExceeded in e beyond it. */
+ * OWNERS_MAX owners. The daemon's end costs PEER_CONNECTION_FDS of uid's "fds" (peer-relay.h):
+ * QuotaExceeded in e beyond them or beyond the overall cap. */
 int peer_open(Broker *b, const char *owner, uid_t uid, int *ret_fd, BrokerError *e);
 void peer_close_all_of(Broker *b, const char *owner);
 void peer_free_all(Broker *b);

@@ -6,6 +6,7 @@
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <string.h>
 
 #include "quota.h"
@@ -95,6 +96,50 @@ static bool exceeds(uint64_t used, uint64_t add, uint64_t limit) {
         return add > 0 && (used + add < used || used + add > limit);
 }
 
+uint64_t quota_total_fds_limit(Broker *b) {
+        struct rlimit rl;
+        uint64_t reserve;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+                return UINT64_MAX;
+        reserve = b->config->reserved_fds;
+        if (reserve == UINT64_MAX) {
+                reserve = (uint64_t) rl.rlim_cur / 4;
+                if (reserve < QUOTA_RESERVED_FDS_MIN)
+                        reserve = QUOTA_RESERVED_FDS_MIN;
+        }
+        return (uint64_t) rl.rlim_cur > reserve ? (uint64_t) rl.rlim_cur - reserve : 0;
+}
+
+uint64_t quota_total_fds(Broker *b) {
+        uint64_t n = 0;
+
+        /* A container holds one fd (/dev/vfio/vfio) whatever its "fds"; a handful of users at most. */
+        for (UserUsage *u = b->usage; u; u = u->next)
+                if (u->uid != 0)
+                        n += u->fds + u->fds_in_flight + u->containers;
+        return n;
+}
+
+/* Whether `add` more fds for uid fit below the overall cap (plus allowance). */
+static int quota_check_total_fds(Broker *b, uid_t uid, uint64_t add, uint64_t allowance, BrokerError *e) {
+        uint64_t total, limit;
+
+        if (uid == 0 || add == 0)
+                return 0;
+        total = quota_total_fds(b);
+        limit = quota_total_fds_limit(b);
+        if (limit != UINT64_MAX && limit + allowance >= limit)
+                limit += allowance;
+        if (!exceeds(total, add, limit))
+                return 0;
+        return broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED,
+                                "The broker already keeps %" PRIu64 " fds open for users other than root; %" PRIu64
+                                " more for uid %u would pass the limit for all of them together, %" PRIu64
+                                " (RLIMIT_NOFILE minus \"reserved_fds\", kept for the daemon and root).", total,
+                                add, uid, quota_total_fds_limit(b));
+}
+
 static UserUsage *quota_get_or_add(Broker *b, uid_t uid) {
         UserUsage *u = quota_find(b, uid);
 
@@ -124,6 +169,7 @@ int quota_charge_force(Broker *b, uid_t uid, uint64_t containers, uint64_t mappi
 int quota_charge(Broker *b, uid_t uid, uint64_t containers, uint64_t mappings, uint64_t bytes,
                  BrokerError *e) {
         UserUsage *u;
+        int r;
 
         assert(b);
 
@@ -139,6 +185,9 @@ int quota_charge(Broker *b, uid_t uid, uint64_t containers, uint64_t mappings, u
                 return broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED,
                                         "uid %u already holds %" PRIu64 " mappings; the limit \"mappings\" is %"
                                         PRIu64 ".", uid, u->mappings, u->limits.mappings);
+        r = quota_check_total_fds(b, uid, containers, 0, e);
+        if (r < 0)
+                return r;
         if (exceeds(u->pinned_bytes, bytes, u->limits.pinned_bytes))
                 return broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED,
                                         "Mapping 0x%" PRIx64 " more bytes would pin 0x%" PRIx64 " bytes for uid "
@@ -153,6 +202,7 @@ int quota_charge(Broker *b, uid_t uid, uint64_t containers, uint64_t mappings, u
 
 int quota_charge_memory(Broker *b, uid_t uid, uint64_t fds, uint64_t address_space, bool force, BrokerError *e) {
         UserUsage *u;
+        int r;
 
         assert(b);
 
@@ -172,6 +222,9 @@ int quota_charge_memory(Broker *b, uid_t uid, uint64_t fds, uint64_t address_spa
                                         "around what is mapped), 0x%" PRIx64 " in all for uid %u; the limit "
                                         "\"address_space\" is 0x%" PRIx64 ".", address_space,
                                         u->address_space + address_space, uid, u->limits.address_space);
+        r = force ? 0 : quota_check_total_fds(b, uid, fds, 0, e);
+        if (r < 0)
+                return r;
 
         u->fds += fds;
         u->address_space += address_space;
@@ -180,7 +233,8 @@ int quota_charge_memory(Broker *b, uid_t uid, uint64_t fds, uint64_t address_spa
 
 static void quota_forget_idle(Broker *b, UserUsage *u) {
         /* Forget idle users, so limits changed in the configuration apply from the next charge. */
-        if (u->containers == 0 && u->mappings == 0 && u->pinned_bytes == 0 && u->fds == 0 && u->address_space == 0)
+        if (u->containers == 0 && u->mappings == 0 && u->pinned_bytes == 0 && u->fds == 0 && u->address_space == 0 &&
+            u->fds_in_flight == 0)
                 for (UserUsage **p = &b->usage; *p; p = &(*p)->next)
                         if (*p == u) {
                                 *p = u->next;
@@ -197,6 +251,44 @@ void quota_release_memory(Broker *b, uid_t uid, uint64_t fds, uint64_t address_s
 
         u->fds -= fds;
         u->address_space -= address_space;
+        quota_forget_idle(b, u);
+}
+
+int quota_charge_fds_in_flight(Broker *b, uid_t uid, uint64_t fds, uint64_t allowance, BrokerError *e) {
+        UserUsage *u;
+        uint64_t limit;
+        int r;
+
+        assert(b);
+
+        u = quota_get_or_add(b, uid);
+        if (!u)
+                return -ENOMEM;
+        limit = u->limits.fds + allowance >= u->limits.fds ? u->limits.fds + allowance : UINT64_MAX;
+        if (exceeds(u->fds + u->fds_in_flight, fds, limit))
+                r = broker_error_set(e, BROKER_ERROR_QUOTA_EXCEEDED,
+                                     "uid %u has the broker keep %" PRIu64 " fds open and %" PRIu64 " more in "
+                                     "messages still arriving; %" PRIu64 " more would pass the limit \"fds\", %"
+                                     PRIu64 ", by more than one message's %" PRIu64 ".", uid, u->fds,
+                                     u->fds_in_flight, fds, u->limits.fds, allowance);
+        else
+                r = quota_check_total_fds(b, uid, fds, allowance, e);
+        if (r < 0) {
+                /* A user first seen here holds nothing: forget it again. */
+                quota_forget_idle(b, u);
+                return r;
+        }
+        u->fds_in_flight += fds;
+        return 0;
+}
+
+void quota_release_fds_in_flight(Broker *b, uid_t uid, uint64_t fds) {
+        UserUsage *u = quota_find(b, uid);
+
+        assert(u);
+        assert(u->fds_in_flight >= fds);
+
+        u->fds_in_flight -= fds;
         quota_forget_idle(b, u);
 }
 

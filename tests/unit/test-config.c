@@ -34,6 +34,7 @@ static void test_defaults(void **state) {
         if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur >= 64)
                 assert_int_equal(c->default_limits.fds, rl.rlim_cur / 4);
         assert_int_equal(c->default_limits.address_space, UINT64_C(1) << 43);
+        assert_int_equal(c->reserved_fds, UINT64_MAX); /* quota.c's default, computed at each charge */
         broker_config_free(c);
 
         /* An empty object is the defaults too. */
@@ -53,7 +54,7 @@ static void test_full(void **state) {
                 "  \"limits\": { \"default\": { \"containers\": 2, \"pinned_bytes\": \"0x40000000\" },"
                 "               \"users\": { \"alice\": { \"mappings\": 10, \"fds\": 5 },"
                 "                          \"1000\": { \"pinned_bytes\": \"unlimited\", \"address_space\": \"0x10000000000\" } },"
-                "               \"groups\": { \"kvm\": { \"containers\": 8 } } } }";
+                "               \"groups\": { \"kvm\": { \"containers\": 8 } }, \"reserved_fds\": \"0x400\" } }";
 
         assert_int_equal(broker_config_parse(text, &c, &e), 0);
         assert_int_equal(c->sim.n_groups, 2);
@@ -73,6 +74,7 @@ static void test_full(void **state) {
         assert_int_equal(c->user_limits[0].limits.address_space, UINT64_C(1) << 43); /* inherited */
         assert_int_equal(c->user_limits[1].limits.address_space, UINT64_C(0x10000000000));
         assert_int_equal(c->group_limits[0].limits.containers, 8);
+        assert_int_equal(c->reserved_fds, 1024);
         broker_config_free(c);
 }
 
@@ -115,6 +117,9 @@ static void test_errors(void **state) {
         expect_error("{ \"limits\": { \"default\": { \"fds\": -1 } } }", "limits.default.fds");
         expect_error("{ \"limits\": { \"default\": { \"address_space\": \"lots\" } } }", "limits.default.address_space");
         expect_error("{ \"limits\": { \"groups\": [] } }", "limits.groups");
+        expect_error("{ \"limits\": { \"reserved_fds\": -1 } }", "limits.reserved_fds");
+        expect_error("{ \"limits\": { \"reserved_fds\": \"some\" } }", "limits.reserved_fds");
+        expect_error("{ \"limits\": { \"default\": { \"reserved_fds\": 10 } } }", "reserved_fds");
 }
 
 /* Syntax errors say where, in lines and columns (issue 15: "not valid JSON: continue (at byte 54)"). */
