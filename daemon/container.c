@@ -14,6 +14,34 @@
 #include "message-ids.h"
 #include "quota.h"
 
+/* How long the memory pool keeps a window nothing borrows (memory.h): long enough for a VMM's
+ * unmap-and-map-again, short enough that memory the VMM let go is not held. */
+#define MEMORY_LINGER_USEC (250 * 1000)
+
+static int on_memory_linger(sd_event_source *s, uint64_t usec, void *userdata) {
+        Container *c = userdata;
+
+        memory_pool_reap(c->memory);
+        /* A region that went is a change the state store saves (and its fd leaves the store). */
+        broker_container_changed(c->broker, c, CONTAINER_CHANGE_FDS);
+        return 0;
+}
+
+static void container_memory_linger(void *userdata) {
+        Container *c = userdata;
+        int r;
+
+        if (c->memory_linger) {
+                r = sd_event_source_set_time_relative(c->memory_linger, MEMORY_LINGER_USEC);
+                if (r >= 0)
+                        r = sd_event_source_set_enabled(c->memory_linger, SD_EVENT_ONESHOT);
+        } else
+                r = sd_event_add_time_relative(c->broker->event, &c->memory_linger, CLOCK_MONOTONIC,
+                                               MEMORY_LINGER_USEC, 0, on_memory_linger, c);
+        if (r < 0)
+                memory_pool_reap(c->memory);
+}
+
 int container_alloc(Broker *b, uint64_t id, const char *owner, uid_t uid, const char *label,
                            Container **ret) {
         _cleanup_free_ Container *c = NULL;
@@ -39,6 +67,8 @@ int container_alloc(Broker *b, uint64_t id, const char *owner, uid_t uid, const 
         c->uid = uid;
         c->memory = TAKE_PTR(pool);
         memory_pool_set_account(c->memory, &container_memory_account, c);
+        if (b->event)
+                memory_pool_set_linger(c->memory, container_memory_linger, c);
         c->mappings = MAPPING_TABLE_INIT;
         c->discardable = MAPPING_TABLE_INIT;
         *ret = TAKE_PTR(c);
@@ -58,6 +88,7 @@ void container_link(Container *c) {
 }
 
 void container_unalloc(Container *c) {
+        c->memory_linger = sd_event_source_disable_unref(c->memory_linger);
         memory_pool_free(c->memory);
         free(c->path);
         free(c->owner);

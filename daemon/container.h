@@ -74,6 +74,8 @@ struct Container {
 
         struct VfioUserServer *vfio_user_servers; /* devices served over vfio-user (vfio-user-server.c) */
 
+        struct sd_event_source *memory_linger; /* reaps the memory pool's idle window (container.c) */
+
         /* The D-Bus face's (bus.c): changes of the mapping counters held back for a while. */
         uint64_t bus_counters_sent;       /* CLOCK_MONOTONIC of their last PropertiesChanged */
         unsigned bus_counters_held;       /* ContainerProperty bits waiting for bus_counters_timer */

@@ -44,6 +44,13 @@ struct MemoryRegion {
 struct MemoryPool {
         MemoryRegion *regions;
         size_t n_regions, n_windows;
+        /* The last window nothing borrows any more, kept until memory_pool_reap(): a VMM that unmaps
+         * a range and maps it again (a Map+Unmap cycle, a granule discarded and populated) finds it
+         * mapped, its region's fd still open, and costs no mmap, munmap, dup and close. One at most,
+         * and reaped before anything new is made, so limits never see it. */
+        MemoryWindow *idle;
+        void (*linger)(void *userdata);
+        void *linger_userdata;
         unsigned next_id;
         const MemoryPoolWatch *watch;
         void *watch_userdata;
@@ -175,6 +182,7 @@ static void region_free(MemoryPool *pool, MemoryRegion *r, bool notify) {
 MemoryPool *memory_pool_free(MemoryPool *pool) {
         if (!pool)
                 return NULL;
+        memory_pool_reap(pool);
         /* Every DMA mapping releases its window before the pool goes, and with the last window its
          * region: a leftover is a bug. */
         assert(!pool->regions);
@@ -212,6 +220,8 @@ static int map_error(int error, int prot, BrokerError *e) {
         return broker_error_set_errno(e, -error, "Cannot map the memory file");
 }
 
+static void window_free(MemoryPool *pool, MemoryWindow *w, bool keep_region);
+
 /* A reference to a window of r covering [offset, offset+size): the indexed one that covers it, or a
  * new one. force: charged whatever the limits say (a restart). */
 static int window_acquire(MemoryPool *pool, MemoryRegion *r, uint64_t offset, uint64_t size, bool force,
@@ -230,10 +240,16 @@ static int window_acquire(MemoryPool *pool, MemoryRegion *r, uint64_t offset, ui
         node = mapping_table_find(&r->windows, offset);
         if (node && node->last >= last) {
                 MemoryWindow *found = container_of(node, MemoryWindow, node);
+                if (pool->idle == found)
+                        pool->idle = NULL;
                 found->n_ref++;
                 *ret = found;
                 return 0;
         }
+        /* Something new is made: the idle window goes first, so that it never counts against a limit
+         * (r stays, if it was its last window: it gets one now). */
+        if (pool->idle)
+                window_free(pool, pool->idle, pool->idle->region == r);
 
         /* Not past the end of the file as it is now: the pages there do not exist, and pinning them
          * would fail in the kernel with a less helpful error. */
@@ -317,6 +333,7 @@ int memory_pool_acquire(MemoryPool *pool, int fd, const MemoryFileInfo *info, ui
         r = find_region(pool, info, prot);
         if (r)
                 return window_acquire(pool, r, offset, size, false, ret, e);
+        memory_pool_reap(pool);
 
         /* A new region means a new fd to keep: whoever keeps it (the state store) may refuse first. */
         if (pool->watch && pool->watch->region_admit) {
@@ -359,17 +376,14 @@ int memory_pool_acquire(MemoryPool *pool, int fd, const MemoryFileInfo *info, ui
         return 0;
 }
 
-void memory_pool_release(MemoryPool *pool, MemoryWindow *w) {
-        MemoryRegion *r;
+/* Unmaps and frees a window nothing borrows; with keep_region, its region stays even without windows
+ * (the caller is about to give it one). */
+static void window_free(MemoryPool *pool, MemoryWindow *w, bool keep_region) {
+        MemoryRegion *r = w->region;
 
-        assert(pool);
-        assert(w);
-        assert(w->n_ref > 0);
-
-        if (--w->n_ref > 0)
-                return;
-
-        r = w->region;
+        assert(w->n_ref == 0);
+        if (pool->idle == w)
+                pool->idle = NULL;
         if (w->indexed)
                 mapping_table_remove(&r->windows, &w->node);
         (void) munmap(w->addr, memory_window_length(w));
@@ -377,10 +391,36 @@ void memory_pool_release(MemoryPool *pool, MemoryWindow *w) {
         free(w);
         r->n_windows--;
         pool->n_windows--;
-        if (r->n_windows > 0)
+        if (r->n_windows > 0 || keep_region)
                 return;
         region_unlink(pool, r);
         region_free(pool, r, true);
+}
+
+void memory_pool_reap(MemoryPool *pool) {
+        if (pool->idle)
+                window_free(pool, pool->idle, false);
+}
+
+void memory_pool_release(MemoryPool *pool, MemoryWindow *w) {
+        assert(pool);
+        assert(w);
+        assert(w->n_ref > 0);
+
+        if (--w->n_ref > 0)
+                return;
+        /* Only an indexed window can be found again. */
+        if (!pool->linger || !w->indexed)
+                return window_free(pool, w, false);
+        if (pool->idle)
+                window_free(pool, pool->idle, false);
+        pool->idle = w;
+        pool->linger(pool->linger_userdata);
+}
+
+void memory_pool_set_linger(MemoryPool *pool, void (*linger)(void *userdata), void *userdata) {
+        pool->linger = linger;
+        pool->linger_userdata = userdata;
 }
 
 size_t memory_pool_size(const MemoryPool *pool) {

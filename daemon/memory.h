@@ -85,6 +85,11 @@ int memory_pool_acquire(MemoryPool *pool, int fd, const MemoryFileInfo *info, ui
  * fd. */
 void memory_pool_release(MemoryPool *pool, MemoryWindow *window);
 
+/* With a linger callback, the last window nothing borrows is kept (one per pool) and linger is called:
+ * its owner calls memory_pool_reap() a moment later, unless a request took the window again. */
+void memory_pool_set_linger(MemoryPool *pool, void (*linger)(void *userdata), void *userdata);
+void memory_pool_reap(MemoryPool *pool);
+
 /* Number of regions (distinct kept fds) and of windows (distinct mmaps) currently held; for the state
  * store's counts, tests and benchmarks. */
 size_t memory_pool_size(const MemoryPool *pool);

@@ -357,6 +357,74 @@ static void test_windows(void **state) {
 /* After a restart: adopting a file maps nothing; the restored mappings make their windows again (held
  * whatever the limits say), a new request through the same region stays within them, and regions no
  * mapping came back to are pruned. */
+static unsigned lingered;
+
+static void count_linger(void *userdata) {
+        lingered++;
+}
+
+/* With a linger callback, the last window nothing borrows stays mapped (one per pool) until
+ * memory_pool_reap(): a request for the same range gets it back without a new mapping; a request for
+ * anything new reaps it first, so it never counts twice against a limit; freeing the pool reaps it. */
+static void test_linger(void **state) {
+        MemoryPool *pool = memory_pool_new();
+        TestAccount acct = { .max_fds = 1, .max_address_space = GiB };
+        int fd = new_memfd(2 * GiB), other = new_memfd(GiB);
+        MemoryWindow *w, *again, *next;
+        MemoryFileInfo info, info2;
+        uint64_t v;
+
+        memory_pool_set_account(pool, &test_account, &acct);
+        memory_pool_set_linger(pool, count_linger, NULL);
+        lingered = 0;
+        assert_int_equal(memory_check_fd(fd, 3, &info, NULL), 0);
+        assert_int_equal(memory_check_fd(other, 3, &info2, NULL), 0);
+
+        assert_int_equal(memory_pool_acquire(pool, fd, &info, 0, 4096, 3, &w, NULL), 0);
+        v = memory_window_vaddr(w, 0);
+        memory_pool_release(pool, w);
+        assert_int_equal(lingered, 1);
+        assert_true(is_mapped(v));
+        assert_int_equal(memory_pool_size(pool), 1);
+        assert_int_equal(acct.address_space, GiB);
+
+        /* The same range again: the same window, nothing new mapped or charged. */
+        assert_int_equal(memory_pool_acquire(pool, fd, &info, 8192, 4096, 3, &again, NULL), 0);
+        assert_ptr_equal(again, w);
+        assert_int_equal(memory_window_vaddr(again, 0), v);
+        assert_int_equal(acct.address_space, GiB);
+        memory_pool_release(pool, again);
+        assert_int_equal(lingered, 2);
+
+        /* Another granule of the file: the idle window goes first, so the 1 GiB limit still admits
+         * the new one, and the region (its fd) stays. */
+        assert_int_equal(memory_pool_acquire(pool, fd, &info, GiB, 4096, 3, &next, NULL), 0);
+        assert_int_equal(acct.address_space, GiB);
+        assert_int_equal(acct.fds, 1);
+        memory_pool_release(pool, next);
+        /* Another file: the idle window and its region go first (the fd limit is 1). */
+        assert_int_equal(memory_pool_acquire(pool, other, &info2, 0, 4096, 3, &next, NULL), 0);
+        assert_int_equal(memory_pool_size(pool), 1);
+        assert_int_equal(acct.fds, 1);
+        memory_pool_release(pool, next);
+
+        /* The owner's reap lets go of it. */
+        v = memory_window_vaddr(next, 0);
+        memory_pool_reap(pool);
+        assert_false(is_mapped(v));
+        assert_int_equal(memory_pool_size(pool), 0);
+        assert_int_equal(acct.address_space, 0);
+        assert_int_equal(acct.fds, 0);
+
+        /* An idle window left when the pool goes is reaped with it. */
+        assert_int_equal(memory_pool_acquire(pool, fd, &info, 0, 4096, 3, &w, NULL), 0);
+        memory_pool_release(pool, w);
+        memory_pool_free(pool);
+        assert_int_equal(acct.fds, 0);
+        close(fd);
+        close(other);
+}
+
 static void test_adopt(void **state) {
         MemoryPool *pool = memory_pool_new();
         TestAccount acct = { .max_fds = 0, .max_address_space = 0 };
@@ -441,6 +509,7 @@ int main(void) {
                 cmocka_unit_test(test_sealed),
                 cmocka_unit_test(test_account_regions),
                 cmocka_unit_test(test_windows),
+                cmocka_unit_test(test_linger),
                 cmocka_unit_test(test_adopt),
                 cmocka_unit_test(test_hugetlb),
         };
