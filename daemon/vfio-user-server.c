@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 /* The vfio-user face (see vfio-user-server.h). Longer than 600 lines: the listener, the one client's
- * non-blocking framing with fds and the ten command handlers all work on the client's state (its
- * message, its pending reply, its DMA table); parsing lives apart in vfio-user-message.c already, and
- * splitting the handlers off would only move that structure into a header of its own. */
+ * non-blocking framing with fds, the ten command handlers and the session's hand-over to the next
+ * instance all work on the client's state (its message, its pending reply, its DMA table, where it is
+ * in the stream); parsing lives apart in vfio-user-message.c already, and splitting the rest off would
+ * only move that structure into a header of its own. */
 
 #include <assert.h>
 #include <fcntl.h>

@@ -11,7 +11,11 @@
  * container's or 0. All I/O is non-blocking with one message in and one reply out per client at most,
  * so the daemon never waits for a client. A malformed message disconnects that client with a logged
  * reason; on disconnect its mappings and interrupt eventfds are dropped and the device stays served
- * for the next client, as the protocol asks. */
+ * for the next client, as the protocol asks.
+ *
+ * A session survives a daemon restart (vfio-brokerd(8), RESTARTS): the state store keeps its fds and
+ * records from what the face reports (VfioUserWatch below), and a client is handed over only at a
+ * message boundary, which a page of shared memory records for the case of a crash. */
 
 #include <stddef.h>
 
