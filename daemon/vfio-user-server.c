@@ -243,7 +243,6 @@ static void client_free_full(VfioUserClient *cl, const char *reason, ClientEnd e
                 VfioUserDma *d = container_of(node, VfioUserDma, node);
                 if (end == CLIENT_END_KEEP_MAPPINGS)
                         d->mapped = false;
-
                 client_dma_drop(cl, d, end == CLIENT_END_UNMAP);
         }
 
