@@ -86,6 +86,10 @@ void state_commit(Broker *b);
 int state_sync_fds(Broker *b, uid_t uid, const char *prefix, const BackendFd *fds, size_t n_fds, char ***stored,
                    char ***ret_drop);
 void state_remove_names(Broker *b, uid_t uid, char **names);
+/* The container's backend fds the store must hold (pushed now; *ret_drop to remove after the commit),
+ * and their removal. */
+int state_push_backend_fds(Container *c, char ***ret_drop);
+void state_remove_fds(Container *c, char **names);
 
 /* state-vfio-user.c: the watch of the vfio-user face's sessions; a snapshot of c's sessions into l
  * (returns the records written, or < 0); and, at restore, the session of vs served again, whose fds

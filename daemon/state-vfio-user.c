@@ -138,12 +138,16 @@ static void on_vfio_user_dma_removed(void *userdata, VfioUserServer *vs, const V
 static void on_vfio_user_commit(void *userdata, VfioUserServer *vs, bool fds) {
         Broker *b = userdata;
         Container *c = vfio_user_server_container(vs);
-        _cleanup_strv_free_ char **drop = NULL;
+        _cleanup_strv_free_ char **drop = NULL, **drop_backend = NULL;
         VfioUserSessionInfo info;
 
         /* A restore takes every fd back first (state_vfio_user_adopt()). */
         if (!b->state || b->state->restoring)
                 return;
+        /* Opening the device may have given the backend an fd of the container's (the sim's end of a
+         * device fd, which keeps the group busy): it goes to the store like the container's others. */
+        if (fds && state_push_backend_fds(c, &drop_backend) < 0)
+                log_warning("Container %" PRIu64 ": cannot store its fds.", c->id);
         if (fds && vfio_user_recordable(vs, &info)) {
                 _cleanup_free_ BackendFd *list = NULL;
                 size_t n = 0;
@@ -157,6 +161,7 @@ static void on_vfio_user_commit(void *userdata, VfioUserServer *vs, bool fds) {
         }
         state_commit(b);
         state_remove_names(b, c->uid, drop);
+        state_remove_fds(c, drop_backend);
 }
 
 static void on_vfio_user_server_removed(void *userdata, VfioUserServer *vs) {

@@ -310,7 +310,7 @@ int state_sync_fds(Broker *b, uid_t uid, const char *prefix, const BackendFd *fd
 }
 
 /* The backend's fds (a handful: c<id>-container, c<id>-group-<n>, c<id>-device-<n>-<k>). */
-static int state_push_backend_fds(Container *c, char ***ret_drop) {
+int state_push_backend_fds(Container *c, char ***ret_drop) {
         _cleanup_free_ BackendFd *fds = NULL;
         size_t n_fds = 0;
         char prefix[32];
@@ -330,7 +330,7 @@ void state_remove_names(Broker *b, uid_t uid, char **names) {
         }
 }
 
-static void state_remove_fds(Container *c, char **names) {
+void state_remove_fds(Container *c, char **names) {
         state_remove_names(c->broker, c->uid, names);
 }
 

@@ -764,6 +764,9 @@ static void session_survives(const char *how) {
         assert_int_equal(dma_unmap(fd, IOVA, RAM_SIZE, 0), 0);
         assert_int_equal(mappings(), 0);
         assert_int_equal(test_get_u64(bus, container, CONTAINER_IFACE, "MappedBytes"), bytes);
+        /* The served device still holds its group, as a device fd does. */
+        assert_string_equal(test_call(bus, container, CONTAINER_IFACE, "DetachGroup", NULL, "u", 1),
+                            BUS_NAME ".Error.Busy");
         /* And once it leaves, its socket leaves the store. */
         safe_close(fd);
         fd = -EBADF;
