@@ -306,6 +306,11 @@ harness_pid=$!
 VFIO_BROKER_HARNESS=/run/harness $T/test-restart-dma $g2 $d2 >&9 2>/tmp/restart-dma.log
 tap $? "tests/vm/test-restart-dma passes under systemd (discard and dirty tracking through kill -9 and SIGTERM)"
 sed 's/^/restart-dma: /' /tmp/restart-dma.log
+# A device served over vfio-user (the second edu, free again) keeps its session through the same restarts,
+# with systemd's fd store keeping the listener, the client's socket and the device fd.
+VFIO_BROKER_HARNESS=/run/harness $T/test-vfio-user-restart $g2 $d2 >&9 2>/tmp/vfio-user-restart.log
+tap $? "tests/vm/test-vfio-user-restart passes under systemd (a vfio-user session through kill -9 and SIGTERM)"
+sed 's/^/vfio-user-restart: /' /tmp/vfio-user-restart.log
 kill $harness_pid 2>/dev/null
 s1=$(cmd stats)
 [ "$(field "$s1" fail)" = 0 ]
