@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* In the VM, under tests/vm/fdstore-supervisor (the fd store): an edu served over vfio-user keeps its
  * session while the daemon is killed (SIGKILL) and stopped (SIGTERM without a stop job) and started
- * again each time. Between the restarts the client only talks protocol on the same connection: the
+ * again each time ($VFIO_USER_RESTARTS: the harness commands, "kill9 term" unless set). Between the restarts the client only talks protocol on the same connection: the
  * device was neither reset nor disabled (bus mastering stays on, which vfio-pci clears when the last
  * device fd closes), the INTx eventfd it passed before still fires without a new SET_IRQS, the BAR0
  * mmap it holds still reads the device, DMA lands in its memfd through the real IOMMU, its pages stay
@@ -121,7 +121,10 @@ int main(int argc, char *argv[]) {
         _cleanup_free_ char *path = NULL;
         _cleanup_close_ int listener = -EBADF, fd = -EBADF, ram = -EBADF, bar_fd = -EBADF, efd = -EBADF;
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        const char *how[] = { "kill9", "term" };
+        /* The harness's ways to restart; the system VM adds systemd's own restart. */
+        const char *env = getenv("VFIO_USER_RESTARTS");
+        char restarts[128], *how[8], *save = NULL;
+        size_t n_how = 0;
         uint32_t *bar = MAP_FAILED;
         unsigned group;
         const char *device;
@@ -183,7 +186,10 @@ int main(int argc, char *argv[]) {
         long pinned = pinned_pages() - baseline;
         vm_tap(pinned >= 768, "vfio-user restart: 4 MiB are pinned (%ld pages)", pinned);
 
-        for (size_t i = 0; i < 2; i++) {
+        snprintf(restarts, sizeof(restarts), "%s", env ?: "kill9 term");
+        for (char *w = strtok_r(restarts, " ", &save); w && n_how < 8; w = strtok_r(NULL, " ", &save))
+                how[n_how++] = w;
+        for (size_t i = 0; i < n_how; i++) {
                 char a[256], b[256];
                 uint16_t after = 0;
                 uint32_t ident = 0;
@@ -216,10 +222,12 @@ int main(int argc, char *argv[]) {
         fd = safe_close(fd);
         vm_tap(!vm_call(bus, path, CONTAINER, "StopVfioUser", NULL, "s", device) &&
                !vm_call(bus, path, CONTAINER, "Close", NULL, ""), "vfio-user restart: StopVfioUser and Close");
+        /* As approximate as above: the client's 4 MiB staying pinned would be 1024 pages, the counters'
+         * lag is a few dozen. */
         long left = -1;
         for (int i = 0; i < 50 && (left = pinned_pages() - baseline) > 0; i++)
                 usleep(100000);
-        vm_tap(left <= 0, "vfio-user restart: nothing stays pinned (%ld pages above the baseline)", left);
+        vm_tap(left < 128, "vfio-user restart: nothing stays pinned (%ld pages above the baseline)", left);
         (void) unlink(SOCK);
         sd_bus_flush_close_unref(bus);
         return vm_failures ? 1 : 0;
