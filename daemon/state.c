@@ -46,7 +46,7 @@ static int on_region_admit(void *userdata, int fd, const MemoryFileInfo *info, B
 }
 
 /* Appends r to the log; a failure means the next instance cannot restore what follows. */
-void state_append(Broker *b, StateRecord *r) {
+static void log_append(Broker *b, StateRecord *r) {
         StateStore *s = b->state;
 
         if (!s->log)
@@ -55,6 +55,10 @@ void state_append(Broker *b, StateRecord *r) {
                 s->log_failed = true;
                 log_error("The state log is full; changes from now on will not survive a restart.");
         }
+}
+
+void state_append(Broker *b, StateRecord *r) {
+        log_append(b, r);
 }
 
 /* The record of a region of c; false for a region whose file is not in the store. */
@@ -78,7 +82,7 @@ static void log_region(Container *c, MemoryRegion *region, bool added) {
 
         if (!region_record(c, region, added, &r))
                 return;
-        state_append(c->broker, &r);
+        log_append(c->broker, &r);
         c->broker->state->live += added ? 1 : -1;
 }
 
@@ -172,7 +176,7 @@ static void on_mapping(Container *c, const Mapping *m, bool added) {
                 r.map.region = memory_region_id(m->region);
                 r.map.flags = m->flags;
         }
-        state_append(c->broker, &r);
+        log_append(c->broker, &r);
         c->broker->state->live += added ? 1 : -1;
 }
 
@@ -280,8 +284,8 @@ char *state_file(Broker *b, uint64_t id) {
 /* The fds named prefix<name> that the store must hold from now on: the ones not in *stored go in now,
  * before the state that names them. Returns in *ret_drop the names to remove once the new state is in
  * place. */
-int state_sync_fds(Broker *b, uid_t uid, const char *prefix, const BackendFd *fds, size_t n_fds,
-                          char ***stored, char ***ret_drop) {
+int state_sync_fds(Broker *b, uid_t uid, const char *prefix, const BackendFd *fds, size_t n_fds, char ***stored,
+                   char ***ret_drop) {
         _cleanup_strv_free_ char **want = NULL;
         char name[96];
 
@@ -333,7 +337,6 @@ void state_remove_names(Broker *b, uid_t uid, char **names) {
 void state_remove_fds(Container *c, char **names) {
         state_remove_names(c->broker, c->uid, names);
 }
-
 
 static int log_head(Container *c) {
         _cleanup_free_ char *text = NULL;
@@ -399,7 +402,7 @@ void state_forget_container(Container *c) {
         /* The state first, then the fds it names. */
         if (c->broker->state->log) {
                 StateRecord r = { .type = STATE_RECORD_GONE, .container = c->id };
-                state_append(c->broker, &r);
+                log_append(c->broker, &r);
                 c->broker->state->live -= 2 + memory_pool_size(c->memory) + container_n_mappings(c);
                 state_log_commit(c->broker->state->log);
         }

@@ -268,7 +268,6 @@ static void client_free_full(VfioUserClient *cl, const char *reason, ClientEnd e
         report_commit(s, true);
 }
 
-
 /* --- replies --- */
 
 static int client_send(VfioUserClient *cl) {
@@ -346,7 +345,6 @@ static int client_reply_error(VfioUserClient *cl, int error) {
 
         assert(!cl->out);
         report_commit(cl->server, false);
-
         if (cl->header.flags & VFIO_USER_FLAGS_NO_REPLY)
                 return 0;
         cl->out = malloc(sizeof(h));
@@ -382,7 +380,6 @@ static int handle_version(VfioUserClient *cl, const VfioUserRequest *req) {
         memcpy(reply + sizeof(v), json, n - sizeof(v));
         cl->negotiated = true;
         REPORT(cl->server, client_changed, false);
-
         log_debug("vfio-user %s: client speaks %u.%u, max_msg_fds %" PRIu32 "; replying %s", cl->server->device,
                   req->version.major, req->version.minor, cl->capabilities.max_msg_fds, json);
         return client_reply(cl, reply, n, -EBADF);
@@ -568,7 +565,6 @@ static int handle_set_irqs(VfioUserClient *cl, const VfioUserRequest *req) {
         REPORT(cl->server, client_changed, false);
         report_commit(cl->server, true);
         return client_reply(cl, NULL, 0, -EBADF);
-
 }
 
 static int handle_region_read(VfioUserClient *cl, const VfioUserRequest *req) {
@@ -803,7 +799,6 @@ static int client_io(sd_event_source *source, int fd, uint32_t revents, void *us
                 client_clear_message(cl);
                 if (!cl->out) /* handled and answered (or no answer asked for) */
                         client_set_busy(cl, false);
-
         }
         return 0;
 }
@@ -837,7 +832,6 @@ static int client_new(VfioUserServer *s, int fd, uid_t uid, pid_t pid, uint32_t 
 }
 
 static int listen_io(sd_event_source *source, int fd, uint32_t revents, void *userdata) {
-
         VfioUserServer *s = userdata;
         Container *c = s->container;
         _cleanup_close_ int cfd = -EBADF;
