@@ -54,6 +54,12 @@ typedef struct BackendDeviceOps {
         int (*set_irqs)(BackendDevice *d, uint32_t flags, uint32_t index, uint32_t start, uint32_t count,
                         const int *fds, const uint8_t *bools);
         int (*reset)(BackendDevice *d);
+        /* The fds that carry the device's state across a daemon restart (borrowed; *ret is a new
+         * array): the device fd itself, which must never close while a client is served (vfio-pci
+         * resets the device and drops its interrupt eventfds on the last close), and whatever the
+         * backend keeps of its own (the sim's registers, its INTx eventfd). A name changes when its fd
+         * does. */
+        int (*get_fds)(BackendDevice *d, BackendFd **ret, size_t *ret_n);
 } BackendDeviceOps;
 
 struct BackendDevice {
@@ -64,6 +70,12 @@ struct BackendDevice {
  * ioctls, and the sim's edu on a sim device fd. Errors as get_device_fd. */
 int backend_vfio_device_get(BackendContainer *c, unsigned group, const char *device, BackendDevice **ret);
 int backend_sim_device_get(BackendContainer *c, unsigned group, const char *device, BackendDevice **ret);
+/* The backends' restore_device op: the device again from the fds get_fds gave (it takes those it uses
+ * and sets their fd to -1). -EBADF when a needed fd is missing or is not what it should be. */
+int backend_vfio_device_restore(BackendContainer *c, unsigned group, const char *device, BackendFd *fds,
+                                size_t n_fds, BackendDevice **ret);
+int backend_sim_device_restore(BackendContainer *c, unsigned group, const char *device, BackendFd *fds,
+                               size_t n_fds, BackendDevice **ret);
 
 static inline BackendDevice *backend_device_free(BackendDevice *d) {
         if (d)
@@ -71,6 +83,10 @@ static inline BackendDevice *backend_device_free(BackendDevice *d) {
         return NULL;
 }
 DEFINE_TRIVIAL_CLEANUP_FUNC(BackendDevice *, backend_device_free);
+
+static inline int backend_device_get_fds(BackendDevice *d, BackendFd **ret, size_t *ret_n) {
+        return d->ops->get_fds(d, ret, ret_n);
+}
 
 static inline void backend_region_info_done(BackendRegionInfo *info) {
         free(info->areas);

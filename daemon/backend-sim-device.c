@@ -24,6 +24,9 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <linux/vfio.h>
 
@@ -46,12 +49,14 @@
 
 #define PCI_COMMAND_MASTER UINT16_C(0x4)
 
-typedef struct SimDevice {
-        BackendDevice base;
-        BackendContainer *container;
-        char *name;
-        int device_fd; /* keeps the group busy */
+#define SIM_DEVICE_STATE_MAGIC "vfbrsim1"
 
+/* What the device holds in its registers and buffer. It lives in a memfd that is kept with the device
+ * across a daemon restart (get_fds), so a restarted daemon finds the device as its client left it, as
+ * it would find real hardware; a crash in the middle of a register write leaves that write half done,
+ * as a device reset at that moment would. */
+typedef struct SimDeviceState {
+        char magic[8];
         uint8_t config[EDU_CONFIG_SIZE];
         uint8_t config_wmask[EDU_CONFIG_SIZE]; /* writable bits per byte */
 
@@ -59,10 +64,27 @@ typedef struct SimDevice {
         uint64_t dma_src, dma_dst, dma_count, dma_cmd;
         uint8_t buffer[EDU_BUFFER_SIZE];
 
+        bool intx_masked;      /* INTx is automasked once signalled, until the client unmasks it */
+        uint32_t intx_serial;  /* names the stored INTx eventfd; a new one gets a new name */
+} SimDeviceState;
+
+typedef struct SimDevice {
+        BackendDevice base;
+        BackendContainer *container;
+        char *name;
+        int device_fd; /* keeps the group busy */
+
+        int state_fd;
+        SimDeviceState *st; /* mapped from state_fd */
+
         int intx_fd;       /* the client's eventfd, written to raise INTx */
-        bool intx_masked;  /* INTx is automasked once signalled, until the client unmasks it */
         uint64_t faults;
 } SimDevice;
+
+static SimDeviceState *state_map(int fd) {
+        void *p = mmap(NULL, sizeof(SimDeviceState), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        return p == MAP_FAILED ? NULL : p;
+}
 
 static void put16(uint8_t *p, uint16_t v) {
         memcpy(p, &v, sizeof(v));
@@ -75,36 +97,36 @@ static uint16_t get16(const uint8_t *p) {
 }
 
 static void config_reset(SimDevice *s) {
-        memset(s->config, 0, sizeof(s->config));
-        memset(s->config_wmask, 0, sizeof(s->config_wmask));
+        memset(s->st->config, 0, sizeof(s->st->config));
+        memset(s->st->config_wmask, 0, sizeof(s->st->config_wmask));
 
-        put16(s->config + 0x00, 0x1234); /* vendor */
-        put16(s->config + 0x02, 0x11e8); /* device */
-        s->config[0x08] = 0x10;          /* revision, as edu */
-        s->config[0x0a] = 0xff;          /* subclass: class code 0x00ff, "unclassified" */
-        s->config[0x0b] = 0x00;
-        put16(s->config + 0x2c, 0x1af4); /* subsystem vendor and id, as QEMU's devices */
-        put16(s->config + 0x2e, 0x1100);
-        s->config[0x3d] = 0x01;          /* INTx pin A */
+        put16(s->st->config + 0x00, 0x1234); /* vendor */
+        put16(s->st->config + 0x02, 0x11e8); /* device */
+        s->st->config[0x08] = 0x10;          /* revision, as edu */
+        s->st->config[0x0a] = 0xff;          /* subclass: class code 0x00ff, "unclassified" */
+        s->st->config[0x0b] = 0x00;
+        put16(s->st->config + 0x2c, 0x1af4); /* subsystem vendor and id, as QEMU's devices */
+        put16(s->st->config + 0x2e, 0x1100);
+        s->st->config[0x3d] = 0x01;          /* INTx pin A */
 
         /* Command: I/O space, memory space, bus master; INTx disable (bit 10). */
-        s->config_wmask[0x04] = 0x07;
-        s->config_wmask[0x05] = 0x04;
-        s->config_wmask[0x0c] = 0xff; /* cache line size */
-        s->config_wmask[0x0d] = 0xff; /* latency timer */
+        s->st->config_wmask[0x04] = 0x07;
+        s->st->config_wmask[0x05] = 0x04;
+        s->st->config_wmask[0x0c] = 0xff; /* cache line size */
+        s->st->config_wmask[0x0d] = 0xff; /* latency timer */
         /* BAR0: 32-bit non-prefetchable memory; bits below the 1 MiB size read as zero, which is how
          * a guest sizes it (write ~0, read back 0xfff00000). */
-        s->config_wmask[0x12] = 0xf0;
-        s->config_wmask[0x13] = 0xff;
-        s->config_wmask[0x3c] = 0xff; /* interrupt line */
+        s->st->config_wmask[0x12] = 0xf0;
+        s->st->config_wmask[0x13] = 0xff;
+        s->st->config_wmask[0x3c] = 0xff; /* interrupt line */
 }
 
 static void device_reset(SimDevice *s) {
         config_reset(s);
-        s->liveness = s->factorial = s->status = s->irq_status = 0;
-        s->dma_src = s->dma_dst = s->dma_count = s->dma_cmd = 0;
-        memset(s->buffer, 0, sizeof(s->buffer));
-        s->intx_masked = false;
+        s->st->liveness = s->st->factorial = s->st->status = s->st->irq_status = 0;
+        s->st->dma_src = s->st->dma_dst = s->st->dma_count = s->st->dma_cmd = 0;
+        memset(s->st->buffer, 0, sizeof(s->st->buffer));
+        s->st->intx_masked = false;
 }
 
 static void intx_update(SimDevice *s) {
@@ -113,64 +135,64 @@ static void intx_update(SimDevice *s) {
         /* Level-triggered INTx over an edge eventfd, as vfio-pci does: signal once, then stay masked
          * until the client unmasks (VFIO_IRQ_INFO_AUTOMASKED); a still-pending interrupt fires again on
          * unmask. */
-        if (s->irq_status == 0 || s->intx_masked || s->intx_fd < 0)
+        if (s->st->irq_status == 0 || s->st->intx_masked || s->intx_fd < 0)
                 return;
-        if (get16(s->config + 0x04) & 0x400) /* INTx disabled in the command register */
+        if (get16(s->st->config + 0x04) & 0x400) /* INTx disabled in the command register */
                 return;
         if (write(s->intx_fd, &one, sizeof(one)) < 0)
                 log_debug_errno(-errno, "sim device %s: cannot signal INTx: %m", s->name);
-        s->intx_masked = true;
+        s->st->intx_masked = true;
 }
 
 static void raise_irq(SimDevice *s, uint32_t bits) {
-        s->irq_status |= bits;
+        s->st->irq_status |= bits;
         intx_update(s);
 }
 
 static void dma_fault(SimDevice *s, const char *why, uint64_t address) {
         s->faults++;
         log_warning("sim device %s: DMA fault, nothing moved: %s at 0x%" PRIx64 " (src 0x%" PRIx64 ", dst 0x%" PRIx64
-                    ", count %" PRIu64 ").", s->name, why, address, s->dma_src, s->dma_dst, s->dma_count);
+                    ", count %" PRIu64 ").", s->name, why, address, s->st->dma_src, s->st->dma_dst, s->st->dma_count);
 }
 
 static void dma_run(SimDevice *s) {
-        bool to_ram = s->dma_cmd & EDU_DMA_TO_RAM;
-        uint64_t buf_addr = to_ram ? s->dma_src : s->dma_dst;
-        uint64_t ram_addr = to_ram ? s->dma_dst : s->dma_src;
+        bool to_ram = s->st->dma_cmd & EDU_DMA_TO_RAM;
+        uint64_t buf_addr = to_ram ? s->st->dma_src : s->st->dma_dst;
+        uint64_t ram_addr = to_ram ? s->st->dma_dst : s->st->dma_src;
         uint64_t fault = 0;
         int r;
 
-        if (!(get16(s->config + 0x04) & PCI_COMMAND_MASTER))
+        if (!(get16(s->st->config + 0x04) & PCI_COMMAND_MASTER))
                 dma_fault(s, "bus mastering is disabled in the command register", ram_addr);
-        else if (buf_addr < EDU_BUFFER_OFFSET || s->dma_count > EDU_BUFFER_SIZE ||
-                 buf_addr - EDU_BUFFER_OFFSET > EDU_BUFFER_SIZE - s->dma_count)
+        else if (buf_addr < EDU_BUFFER_OFFSET || s->st->dma_count > EDU_BUFFER_SIZE ||
+                 buf_addr - EDU_BUFFER_OFFSET > EDU_BUFFER_SIZE - s->st->dma_count)
                 dma_fault(s, "the transfer leaves the 4 KiB device buffer", buf_addr);
         else {
-                uint8_t *b = s->buffer + (buf_addr - EDU_BUFFER_OFFSET);
+                uint8_t *b = s->st->buffer + (buf_addr - EDU_BUFFER_OFFSET);
 
-                r = backend_sim_dma(s->container, ram_addr, b, s->dma_count, to_ram, &fault);
+                r = backend_sim_dma(s->container, ram_addr, b, s->st->dma_count, to_ram, &fault);
                 if (r == -EFAULT)
                         dma_fault(s, "IOVA not mapped", fault);
                 else if (r == -EACCES)
                         dma_fault(s, to_ram ? "IOVA not mapped writable" : "IOVA not mapped readable", fault);
         }
 
-        s->dma_cmd &= ~EDU_DMA_START;
-        if (s->dma_cmd & EDU_DMA_IRQ)
+        s->st->dma_cmd &= ~EDU_DMA_START;
+        if (s->st->dma_cmd & EDU_DMA_IRQ)
                 raise_irq(s, EDU_IRQ_DMA);
 }
 
 static uint64_t bar_read(SimDevice *s, uint64_t addr, size_t size) {
         switch (addr) {
         case 0x00: return EDU_IDENTITY;
-        case 0x04: return ~s->liveness & UINT32_MAX;
-        case 0x08: return s->factorial;
-        case 0x20: return s->status;
-        case 0x24: return s->irq_status;
-        case 0x80: return s->dma_src;
-        case 0x88: return s->dma_dst;
-        case 0x90: return s->dma_count;
-        case 0x98: return s->dma_cmd;
+        case 0x04: return ~s->st->liveness & UINT32_MAX;
+        case 0x08: return s->st->factorial;
+        case 0x20: return s->st->status;
+        case 0x24: return s->st->irq_status;
+        case 0x80: return s->st->dma_src;
+        case 0x88: return s->st->dma_dst;
+        case 0x90: return s->st->dma_count;
+        case 0x98: return s->st->dma_cmd;
         default:   return size == 8 ? UINT64_MAX : UINT32_MAX;
         }
 }
@@ -178,47 +200,47 @@ static uint64_t bar_read(SimDevice *s, uint64_t addr, size_t size) {
 static void bar_write(SimDevice *s, uint64_t addr, uint64_t v, size_t size) {
         switch (addr) {
         case 0x04:
-                s->liveness = (uint32_t) v;
+                s->st->liveness = (uint32_t) v;
                 break;
         case 0x08: {
                 /* edu computes n! in a thread; the sim at once. */
                 uint32_t n = (uint32_t) v, f = 1;
                 for (uint32_t i = 2; i <= n && i != 0; i++)
                         f *= i;
-                s->factorial = f;
-                if (s->status & EDU_STATUS_IRQFACT)
+                s->st->factorial = f;
+                if (s->st->status & EDU_STATUS_IRQFACT)
                         raise_irq(s, EDU_IRQ_FACTORIAL);
                 break;
         }
         case 0x20:
-                s->status = (s->status & EDU_STATUS_COMPUTING) | ((uint32_t) v & EDU_STATUS_IRQFACT);
+                s->st->status = (s->st->status & EDU_STATUS_COMPUTING) | ((uint32_t) v & EDU_STATUS_IRQFACT);
                 break;
         case 0x60:
                 raise_irq(s, (uint32_t) v);
                 break;
         case 0x64:
-                s->irq_status &= ~(uint32_t) v;
+                s->st->irq_status &= ~(uint32_t) v;
                 break;
         case 0x80:
-                s->dma_src = size == 8 ? v : (s->dma_src & ~UINT64_C(0xffffffff)) | (uint32_t) v;
+                s->st->dma_src = size == 8 ? v : (s->st->dma_src & ~UINT64_C(0xffffffff)) | (uint32_t) v;
                 break;
         case 0x84:
-                s->dma_src = (s->dma_src & UINT32_MAX) | (v << 32);
+                s->st->dma_src = (s->st->dma_src & UINT32_MAX) | (v << 32);
                 break;
         case 0x88:
-                s->dma_dst = size == 8 ? v : (s->dma_dst & ~UINT64_C(0xffffffff)) | (uint32_t) v;
+                s->st->dma_dst = size == 8 ? v : (s->st->dma_dst & ~UINT64_C(0xffffffff)) | (uint32_t) v;
                 break;
         case 0x8c:
-                s->dma_dst = (s->dma_dst & UINT32_MAX) | (v << 32);
+                s->st->dma_dst = (s->st->dma_dst & UINT32_MAX) | (v << 32);
                 break;
         case 0x90:
-                s->dma_count = size == 8 ? v : (s->dma_count & ~UINT64_C(0xffffffff)) | (uint32_t) v;
+                s->st->dma_count = size == 8 ? v : (s->st->dma_count & ~UINT64_C(0xffffffff)) | (uint32_t) v;
                 break;
         case 0x98:
-                if (s->dma_cmd & EDU_DMA_START)
+                if (s->st->dma_cmd & EDU_DMA_START)
                         break; /* as edu: a running transfer ignores new commands */
-                s->dma_cmd = v;
-                if (s->dma_cmd & EDU_DMA_START)
+                s->st->dma_cmd = v;
+                if (s->st->dma_cmd & EDU_DMA_START)
                         dma_run(s);
                 break;
         default:
@@ -233,6 +255,9 @@ static void sim_device_free(BackendDevice *d) {
                 log_info("sim device %s: %" PRIu64 " DMA faults while served.", s->name, s->faults);
         safe_close(s->intx_fd);
         safe_close(s->device_fd);
+        if (s->st)
+                munmap(s->st, sizeof(SimDeviceState));
+        safe_close(s->state_fd);
         free(s->name);
         free(s);
 }
@@ -271,14 +296,14 @@ static int sim_device_region_read(BackendDevice *d, uint32_t index, uint64_t off
         if (index == VFIO_PCI_CONFIG_REGION_INDEX) {
                 if (offset > EDU_CONFIG_SIZE || size > EDU_CONFIG_SIZE - offset)
                         return -EINVAL;
-                memcpy(buf, s->config + offset, size);
+                memcpy(buf, s->st->config + offset, size);
                 return 0;
         }
         if (index != VFIO_PCI_BAR0_REGION_INDEX || offset > EDU_BAR_SIZE || size > EDU_BAR_SIZE - offset)
                 return -EINVAL;
 
         if (offset >= EDU_BUFFER_OFFSET && offset - EDU_BUFFER_OFFSET + size <= EDU_BUFFER_SIZE) {
-                memcpy(buf, s->buffer + (offset - EDU_BUFFER_OFFSET), size);
+                memcpy(buf, s->st->buffer + (offset - EDU_BUFFER_OFFSET), size);
                 return 0;
         }
         if (register_access(offset, size)) {
@@ -304,8 +329,8 @@ static int sim_device_region_write(BackendDevice *d, uint32_t index, uint64_t of
                 if (offset > EDU_CONFIG_SIZE || size > EDU_CONFIG_SIZE - offset)
                         return -EINVAL;
                 for (size_t i = 0; i < size; i++) {
-                        uint8_t m = s->config_wmask[offset + i];
-                        s->config[offset + i] = (uint8_t) ((s->config[offset + i] & ~m) | (b[i] & m));
+                        uint8_t m = s->st->config_wmask[offset + i];
+                        s->st->config[offset + i] = (uint8_t) ((s->st->config[offset + i] & ~m) | (b[i] & m));
                 }
                 intx_update(s); /* INTx disable may have been cleared */
                 return 0;
@@ -314,7 +339,7 @@ static int sim_device_region_write(BackendDevice *d, uint32_t index, uint64_t of
                 return -EINVAL;
 
         if (offset >= EDU_BUFFER_OFFSET && offset - EDU_BUFFER_OFFSET + size <= EDU_BUFFER_SIZE) {
-                memcpy(s->buffer + (offset - EDU_BUFFER_OFFSET), buf, size);
+                memcpy(s->st->buffer + (offset - EDU_BUFFER_OFFSET), buf, size);
                 return 0;
         }
         if (register_access(offset, size)) {
@@ -367,6 +392,7 @@ static int sim_device_set_irqs(BackendDevice *d, uint32_t flags, uint32_t index,
                         s->intx_fd = fcntl(fds[0], F_DUPFD_CLOEXEC, 3);
                         if (s->intx_fd < 0)
                                 return -errno;
+                        s->st->intx_serial++;
                 }
                 intx_update(s);
                 return 0;
@@ -377,10 +403,10 @@ static int sim_device_set_irqs(BackendDevice *d, uint32_t flags, uint32_t index,
                 return 0;
         switch (action) {
         case VFIO_IRQ_SET_ACTION_MASK:
-                s->intx_masked = true;
+                s->st->intx_masked = true;
                 break;
         case VFIO_IRQ_SET_ACTION_UNMASK:
-                s->intx_masked = false;
+                s->st->intx_masked = false;
                 intx_update(s);
                 break;
         case VFIO_IRQ_SET_ACTION_TRIGGER: {
@@ -401,6 +427,26 @@ static int sim_device_reset(BackendDevice *d) {
         return 0;
 }
 
+static int sim_device_get_fds(BackendDevice *d, BackendFd **ret, size_t *ret_n) {
+        SimDevice *s = (SimDevice *) d;
+        BackendFd *fds = calloc(3, sizeof(BackendFd));
+        size_t n = 0;
+
+        if (!fds)
+                return -ENOMEM;
+        /* The device end keeps the group busy, as a VFIO device fd does. None is polled: the store
+         * must not drop them when a peer closes. */
+        fds[n++] = (BackendFd) { .name = "device", .fd = s->device_fd };
+        fds[n++] = (BackendFd) { .name = "registers", .fd = s->state_fd };
+        if (s->intx_fd >= 0) {
+                fds[n] = (BackendFd) { .fd = s->intx_fd };
+                snprintf(fds[n++].name, sizeof(fds[0].name), "intx-%" PRIu32, s->st->intx_serial);
+        }
+        *ret = fds;
+        *ret_n = n;
+        return 0;
+}
+
 static const BackendDeviceOps sim_device_ops = {
         .free = sim_device_free,
         .get_info = sim_device_get_info,
@@ -410,6 +456,7 @@ static const BackendDeviceOps sim_device_ops = {
         .irq_info = sim_device_irq_info,
         .set_irqs = sim_device_set_irqs,
         .reset = sim_device_reset,
+        .get_fds = sim_device_get_fds,
 };
 
 int backend_sim_device_get(BackendContainer *c, unsigned group, const char *device, BackendDevice **ret) {
@@ -433,7 +480,58 @@ int backend_sim_device_get(BackendContainer *c, unsigned group, const char *devi
         s->container = c;
         s->device_fd = TAKE_FD(fd);
         s->intx_fd = -EBADF;
+        s->state_fd = memfd_create("vfio-broker-sim-device", MFD_CLOEXEC);
+        if (s->state_fd < 0 || ftruncate(s->state_fd, sizeof(SimDeviceState)) < 0 ||
+            (s->st = state_map(s->state_fd)) == NULL) {
+                int r = -errno;
+                sim_device_free(&s->base);
+                return r;
+        }
+        memcpy(s->st->magic, SIM_DEVICE_STATE_MAGIC, sizeof(s->st->magic));
         device_reset(s);
+        *ret = &s->base;
+        return 0;
+}
+
+int backend_sim_device_restore(BackendContainer *c, unsigned group, const char *device, BackendFd *fds,
+                               size_t n_fds, BackendDevice **ret) {
+        BackendFd *dev = NULL, *state = NULL, *intx = NULL;
+        struct stat st;
+        uint32_t serial = 0;
+        SimDevice *s;
+
+        for (size_t i = 0; i < n_fds; i++) {
+                if (fds[i].fd < 0)
+                        continue;
+                if (strcmp(fds[i].name, "device") == 0)
+                        dev = &fds[i];
+                else if (strcmp(fds[i].name, "registers") == 0)
+                        state = &fds[i];
+                else if (sscanf(fds[i].name, "intx-%" SCNu32, &serial) == 1)
+                        intx = &fds[i];
+        }
+        /* The device end is a socket whose peer the sim's group keeps (sim_get_fds()); the registers a
+         * memfd of the state's size that says what it is. */
+        if (!dev || !state || fstat(dev->fd, &st) < 0 || !S_ISSOCK(st.st_mode) || fstat(state->fd, &st) < 0 ||
+            st.st_size != sizeof(SimDeviceState))
+                return log_debug_errno(-EBADF, "sim: the fds of device %s were not kept.", device);
+
+        s = calloc(1, sizeof(*s));
+        if (!s)
+                return -ENOMEM;
+        s->name = strdup(device);
+        s->st = state_map(state->fd);
+        if (!s->name || !s->st || memcmp(s->st->magic, SIM_DEVICE_STATE_MAGIC, sizeof(s->st->magic)) != 0 ||
+            (intx && serial != s->st->intx_serial)) {
+                s->device_fd = s->state_fd = s->intx_fd = -EBADF;
+                sim_device_free(&s->base);
+                return log_debug_errno(-EBADF, "sim: the registers of device %s are not a device's.", device);
+        }
+        s->base.ops = &sim_device_ops;
+        s->container = c;
+        s->device_fd = TAKE_FD(dev->fd);
+        s->state_fd = TAKE_FD(state->fd);
+        s->intx_fd = intx ? TAKE_FD(intx->fd) : -EBADF;
         *ret = &s->base;
         return 0;
 }

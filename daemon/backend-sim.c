@@ -569,6 +569,7 @@ static const BackendOps sim_ops = {
         .invalidate_dma_vaddr = sim_invalidate_dma_vaddr,
         .abandon_container = sim_abandon_container,
         .get_device = backend_sim_device_get,
+        .restore_device = backend_sim_device_restore,
 };
 
 static int group_config_compare(const void *a, const void *b) {

@@ -232,6 +232,21 @@ static int vfio_device_reset(BackendDevice *d) {
         return 0;
 }
 
+static int vfio_device_get_fds(BackendDevice *d, BackendFd **ret, size_t *ret_n) {
+        VfioDevice *v = (VfioDevice *) d;
+        BackendFd *fds = calloc(1, sizeof(BackendFd));
+
+        if (!fds)
+                return -ENOMEM;
+        /* Everything the client set up lives in the kernel behind this fd: its interrupt eventfds stay
+         * wired and its BAR mmaps valid for as long as the fd is open somewhere. Device fds have no
+         * poll(). */
+        fds[0] = (BackendFd) { .name = "device", .fd = v->fd, .poll = false };
+        *ret = fds;
+        *ret_n = 1;
+        return 0;
+}
+
 static const BackendDeviceOps vfio_device_ops = {
         .free = vfio_device_free,
         .get_info = vfio_device_get_info,
@@ -241,6 +256,7 @@ static const BackendDeviceOps vfio_device_ops = {
         .irq_info = vfio_device_irq_info,
         .set_irqs = vfio_device_set_irqs,
         .reset = vfio_device_reset,
+        .get_fds = vfio_device_get_fds,
 };
 
 int backend_vfio_device_get(BackendContainer *c, unsigned group, const char *device, BackendDevice **ret) {
@@ -260,4 +276,27 @@ int backend_vfio_device_get(BackendContainer *c, unsigned group, const char *dev
         v->fd = fd;
         *ret = &v->base;
         return 0;
+}
+
+int backend_vfio_device_restore(BackendContainer *c, unsigned group, const char *device, BackendFd *fds,
+                                size_t n_fds, BackendDevice **ret) {
+        struct vfio_device_info info = { .argsz = sizeof(info) };
+        VfioDevice *v;
+
+        for (size_t i = 0; i < n_fds; i++) {
+                if (strcmp(fds[i].name, "device") != 0 || fds[i].fd < 0)
+                        continue;
+                /* A VFIO device fd answers GET_INFO; anything else the store might hold does not. */
+                if (ioctl(fds[i].fd, VFIO_DEVICE_GET_INFO, &info) < 0)
+                        return log_debug_errno(-EBADF, "vfio: stored fd of device %s is no VFIO device.", device);
+                v = calloc(1, sizeof(*v));
+                if (!v)
+                        return -ENOMEM;
+                v->base.ops = &vfio_device_ops;
+                v->fd = fds[i].fd;
+                fds[i].fd = -EBADF;
+                *ret = &v->base;
+                return 0;
+        }
+        return log_debug_errno(-EBADF, "vfio: the fd of device %s was not kept.", device);
 }

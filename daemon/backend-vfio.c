@@ -747,6 +747,7 @@ static const BackendOps vfio_ops = {
         .invalidate_dma_vaddr = vfio_invalidate_dma_vaddr,
         .abandon_container = vfio_abandon_container,
         .get_device = backend_vfio_device_get,
+        .restore_device = backend_vfio_device_restore,
 };
 
 int backend_vfio_new(const BrokerConfig *config, Backend **ret, BrokerError *e) {

@@ -161,6 +161,11 @@ typedef struct BackendOps {
         /* VFIO_GROUP_GET_DEVICE_FD for the broker to drive the device itself (vfio-user): a device
          * behind backend-device.h's ops. Errors as get_device_fd. */
         int (*get_device)(BackendContainer *c, unsigned group, const char *device, BackendDevice **ret);
+
+        /* After restore_container(): a device get_device opened before the restart, from the fds its
+         * get_fds op gave (backend-device.h); it takes the fds it uses and sets their fd to -1. */
+        int (*restore_device)(BackendContainer *c, unsigned group, const char *device, BackendFd *fds, size_t n_fds,
+                              BackendDevice **ret);
 } BackendOps;
 
 struct Backend {
@@ -281,4 +286,9 @@ static inline void backend_container_abandon(BackendContainer *c) {
 static inline int backend_container_get_device(BackendContainer *c, unsigned group, const char *device,
                                                BackendDevice **ret) {
         return c->backend->ops->get_device(c, group, device, ret);
+}
+
+static inline int backend_container_restore_device(BackendContainer *c, unsigned group, const char *device,
+                                                   BackendFd *fds, size_t n_fds, BackendDevice **ret) {
+        return c->backend->ops->restore_device(c, group, device, fds, n_fds, ret);
 }

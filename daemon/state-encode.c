@@ -19,7 +19,11 @@ void container_state_done(ContainerState *s) {
         free(s->regions);
         free(s->discardable);
         free(s->mappings);
+        for (size_t i = 0; i < s->n_vfio_user; i++)
+                free(s->vfio_user[i].dma);
+        free(s->vfio_user);
         *s = (ContainerState) {};
+
 }
 
 static json_object *json_u64(uint64_t v) {

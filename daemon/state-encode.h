@@ -14,6 +14,7 @@
 
 #include "container.h"
 #include "error.h"
+#include "vfio-user-server.h"
 
 #define STATE_VERSION 1
 
@@ -27,6 +28,13 @@ typedef struct StateMapping {
         uint64_t iova, size, offset, granule; /* granule: discardable regions only */
         uint32_t region, flags;
 } StateMapping;
+
+/* A device the container serves over vfio-user, its client and the client's DMA table. */
+typedef struct StateVfioUser {
+        VfioUserSessionInfo info;
+        VfioUserDmaInfo *dma;
+        size_t n_dma;
+} StateVfioUser;
 
 typedef struct ContainerState {
         char *backend;
@@ -43,7 +51,10 @@ typedef struct ContainerState {
         StateMapping *mappings;
         size_t n_mappings;
         bool dirty_tracking;
+        StateVfioUser *vfio_user;  /* from the state log only */
+        size_t n_vfio_user;
 } ContainerState;
+
 
 void container_state_done(ContainerState *s);
 

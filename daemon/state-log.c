@@ -200,12 +200,23 @@ typedef struct Event {
         const StateRecord *record; /* NULL: removed */
 } Event;
 
+/* A vfio-user session: its server, its client's latest record, the client's DMA entries. */
+typedef struct VfioUserReplay {
+        uint32_t server;
+        const StateRecord *record;
+        const StateRecord *client; /* NULL: no client */
+        Event *dma;
+        size_t n_dma;
+} VfioUserReplay;
+
 typedef struct Replay {
         uint64_t id;
         bool gone;
         char *head;      /* latest HEAD's JSON */
         Event *regions, *mappings;
         size_t n_regions, n_mappings;
+        VfioUserReplay *vfio_user;
+        size_t n_vfio_user;
 } Replay;
 
 static int event_compare(const void *a, const void *b) {
@@ -248,7 +259,117 @@ static void replay_done(Replay *r) {
         free(r->head);
         free(r->regions);
         free(r->mappings);
+        for (size_t i = 0; i < r->n_vfio_user; i++)
+                free(r->vfio_user[i].dma);
+        free(r->vfio_user);
         *r = (Replay) {};
+}
+
+static VfioUserReplay *vfio_user_replay_find(Replay *r, uint32_t server) {
+        for (size_t i = 0; i < r->n_vfio_user; i++)
+                if (r->vfio_user[i].server == server)
+                        return &r->vfio_user[i];
+        return NULL;
+}
+
+/* One vfio-user record. Records of a session that is not (or no longer) there are ignored: the session
+ * ended, and what it left is in the container's own records. */
+static int replay_vfio_user(Replay *c, const StateRecord *x, uint64_t seq, BrokerError *e) {
+        uint32_t server = x->type == STATE_RECORD_VFIO_USER_SERVER ? x->vu_server.server :
+                          x->type == STATE_RECORD_VFIO_USER_CLIENT ? x->vu_client.server : x->vu_dma.server;
+        VfioUserReplay *v = vfio_user_replay_find(c, server);
+
+        /* server is the first field of every kind; vu_dma's is read for CLIENT_GONE and STOP. */
+        switch (x->type) {
+        case STATE_RECORD_VFIO_USER_SERVER:
+                if (memchr(x->vu_server.device, 0, sizeof(x->vu_server.device)) == NULL || x->vu_server.device[0] == 0)
+                        return broker_error_set(e, BROKER_ERROR_INVALID_ARGS, "vfio-user record %" PRIu64 " is damaged",
+                                                seq);
+                if (!v) {
+                        VfioUserReplay *a = realloc(c->vfio_user, (c->n_vfio_user + 1) * sizeof(VfioUserReplay));
+                        if (!a)
+                                return -ENOMEM;
+                        c->vfio_user = a;
+                        v = &a[c->n_vfio_user++];
+                        *v = (VfioUserReplay) { .server = server };
+                }
+                v->record = x;
+                v->client = NULL;
+                v->n_dma = 0;
+                return 0;
+        case STATE_RECORD_VFIO_USER_CLIENT:
+                if (!v)
+                        return 0;
+                if (!v->client || v->client->vu_client.serial != x->vu_client.serial)
+                        v->n_dma = 0; /* a new client starts with an empty table */
+                v->client = x;
+                return 0;
+        case STATE_RECORD_VFIO_USER_CLIENT_GONE:
+                if (v) {
+                        v->client = NULL;
+                        v->n_dma = 0;
+                }
+                return 0;
+        case STATE_RECORD_VFIO_USER_DMA_ADD:
+        case STATE_RECORD_VFIO_USER_DMA_DEL:
+                if (!v || !v->client)
+                        return 0;
+                return push_event(&v->dma, &v->n_dma, x->vu_dma.iova, seq,
+                                  x->type == STATE_RECORD_VFIO_USER_DMA_ADD ? x : NULL);
+        case STATE_RECORD_VFIO_USER_STOP:
+                if (v) {
+                        free(v->dma);
+                        *v = c->vfio_user[--c->n_vfio_user];
+                }
+                return 0;
+        }
+        assert(false);
+        return -EINVAL;
+}
+
+static size_t events_live(Event *l, size_t n);
+
+static int replay_vfio_user_state(Replay *rp, ContainerState *st) {
+        st->vfio_user = calloc(rp->n_vfio_user ?: 1, sizeof(StateVfioUser));
+        if (!st->vfio_user)
+                return -ENOMEM;
+        for (size_t i = 0; i < rp->n_vfio_user; i++) {
+                VfioUserReplay *v = &rp->vfio_user[i];
+                StateVfioUser *s = &st->vfio_user[st->n_vfio_user++];
+                const StateRecord *cl = v->client;
+                size_t n;
+
+                s->info.id = v->server;
+                memcpy(s->info.device, v->record->vu_server.device, sizeof(s->info.device));
+                if (cl) {
+                        uint32_t f = cl->vu_client.flags;
+                        s->info.has_client = true;
+                        s->info.client_serial = cl->vu_client.serial;
+                        s->info.uid = cl->vu_client.uid;
+                        s->info.pid = cl->vu_client.pid;
+                        s->info.irq_indexes = cl->vu_client.irq_indexes;
+                        s->info.negotiated = f & STATE_VFIO_USER_CLIENT_NEGOTIATED;
+                        s->info.warned_unmapped = f & STATE_VFIO_USER_CLIENT_WARNED_UNMAPPED;
+                        s->info.capabilities = (VfioUserCapabilities) {
+                                .max_msg_fds = cl->vu_client.max_msg_fds,
+                                .max_data_xfer_size = cl->vu_client.max_data_xfer_size,
+                                .pgsizes = cl->vu_client.pgsizes,
+                                .max_dma_maps = cl->vu_client.max_dma_maps,
+                                .twin_socket = f & STATE_VFIO_USER_CLIENT_TWIN_SOCKET,
+                                .write_multiple = f & STATE_VFIO_USER_CLIENT_WRITE_MULTIPLE,
+                        };
+                }
+                n = cl ? events_live(v->dma, v->n_dma) : 0;
+                s->dma = calloc(n ?: 1, sizeof(VfioUserDmaInfo));
+                if (!s->dma)
+                        return -ENOMEM;
+                for (size_t k = 0; k < n; k++) {
+                        const StateRecord *d = v->dma[k].record;
+                        s->dma[s->n_dma++] = (VfioUserDmaInfo) { d->vu_dma.iova, d->vu_dma.size,
+                                                                 d->vu_dma.flags & STATE_VFIO_USER_DMA_MAPPED };
+                }
+        }
+        return 0;
 }
 
 void container_states_free(ContainerState *l, size_t n) {
@@ -307,7 +428,7 @@ static int replay_state(Replay *rp, ContainerState *st, BrokerError *e) {
                         .region = x->map.region, .flags = x->map.flags,
                 };
         }
-        return 0;
+        return replay_vfio_user_state(rp, st);
 }
 
 int state_log_replay(const void *data, size_t size, ContainerState **ret, size_t *ret_n, BrokerError *e) {
@@ -394,7 +515,18 @@ int state_log_replay(const void *data, size_t size, ContainerState **ret, size_t
                         if (r < 0)
                                 goto finish;
                         break;
+                case STATE_RECORD_VFIO_USER_SERVER:
+                case STATE_RECORD_VFIO_USER_CLIENT:
+                case STATE_RECORD_VFIO_USER_CLIENT_GONE:
+                case STATE_RECORD_VFIO_USER_DMA_ADD:
+                case STATE_RECORD_VFIO_USER_DMA_DEL:
+                case STATE_RECORD_VFIO_USER_STOP:
+                        r = replay_vfio_user(c, x, i, e);
+                        if (r < 0)
+                                goto finish;
+                        break;
                 case STATE_RECORD_GONE: {
+
                         uint64_t id = c->id;
                         replay_done(c);
                         c->id = id;

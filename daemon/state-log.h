@@ -16,7 +16,9 @@
  * Records: HEAD (followed by BLOB continuations) carries a container's small state as JSON without
  * regions and mappings (owner, uid, label, backend, groups, discardable regions, dirty tracking) and
  * replaces the previous one; REGION_ADD/REGION_DEL a memory region (id, flags, the FDNAME of its
- * memory file); MAP_ADD/MAP_DEL a mapping (by IOVA); GONE a container closed for good.
+ * memory file); MAP_ADD/MAP_DEL a mapping (by IOVA); GONE a container closed for good; VFIO_USER_* a
+ * session of a device the container serves over vfio-user (below).
+
  *
  * Compaction: when the log holds more than twice what is live, a snapshot of the live state goes into
  * a fresh memfd of the next generation, which enters the store complete before the old one leaves it;
@@ -43,7 +45,24 @@ enum {
         STATE_RECORD_MAP_ADD,
         STATE_RECORD_MAP_DEL,
         STATE_RECORD_GONE,
+        /* A device served over vfio-user (vfio-user-server.h): the server (its device), its client
+         * (identity, negotiated capabilities, IRQ indexes; replaces the previous one), the client gone
+         * (its DMA entries with it), a DMA entry of the client added or removed (by IOVA; a mapped one
+         * is a MAP_ADD of the container too), the server stopped. Logs without them (older daemons)
+         * simply serve nothing. */
+        STATE_RECORD_VFIO_USER_SERVER,
+        STATE_RECORD_VFIO_USER_CLIENT,
+        STATE_RECORD_VFIO_USER_CLIENT_GONE,
+        STATE_RECORD_VFIO_USER_DMA_ADD,
+        STATE_RECORD_VFIO_USER_DMA_DEL,
+        STATE_RECORD_VFIO_USER_STOP,
 };
+
+#define STATE_VFIO_USER_CLIENT_NEGOTIATED      (UINT32_C(1) << 0)
+#define STATE_VFIO_USER_CLIENT_WARNED_UNMAPPED (UINT32_C(1) << 1)
+#define STATE_VFIO_USER_CLIENT_TWIN_SOCKET     (UINT32_C(1) << 2)
+#define STATE_VFIO_USER_CLIENT_WRITE_MULTIPLE  (UINT32_C(1) << 3)
+#define STATE_VFIO_USER_DMA_MAPPED             (UINT32_C(1) << 0)
 
 typedef struct StateLogHeader {
         char magic[8];
@@ -72,8 +91,26 @@ typedef struct StateRecord {
                         uint64_t iova, size, offset;
                         uint32_t region, flags;
                 } map;
+                struct {
+                        uint32_t server;
+                        uint32_t reserved;
+                        char device[40]; /* NUL-terminated */
+                } vu_server;
+                struct {
+                        uint32_t server, serial;
+                        uint32_t uid;
+                        int32_t pid;
+                        uint32_t irq_indexes, flags;
+                        uint32_t max_msg_fds, max_dma_maps;
+                        uint64_t max_data_xfer_size, pgsizes;
+                } vu_client;
+                struct {
+                        uint32_t server, flags;
+                        uint64_t iova, size;
+                } vu_dma;
         };
 } StateRecord;
+
 
 _Static_assert(sizeof(StateRecord) == STATE_LOG_RECORD_SIZE, "records are 64 bytes");
 _Static_assert(sizeof(StateLogHeader) <= STATE_LOG_HEADER_SIZE, "the header fits its page");

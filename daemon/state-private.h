@@ -11,6 +11,8 @@
 
 #include "broker.h"
 #include "container.h"
+#include "state-log.h"
+#include "vfio-user-server.h"
 
 /* One open file of guest memory in the fd store. systemd keeps one fd per open file and suppresses a
  * second push of the same one ("Suppressing duplicate fd"), so memory is stored per file, not per
@@ -79,6 +81,25 @@ void state_watch_memory(Container *c);
 /* A fresh log generation with a snapshot of every container's state, in the store before the old
  * one leaves it. */
 int state_log_rewrite(Broker *b);
+/* state.c, for state-vfio-user.c: a record appended (committed with the request's end), the end of a
+ * request, the fds named prefix<name> the store must hold (pushed now; *ret_drop the names to remove
+ * after the commit), and their removal. */
+void state_append(Broker *b, StateRecord *r);
+void state_commit(Broker *b);
+int state_sync_fds(Broker *b, uid_t uid, const char *prefix, const BackendFd *fds, size_t n_fds, char ***stored,
+                   char ***ret_drop);
+void state_remove_names(Broker *b, uid_t uid, char **names);
+/* The container's backend fds the store must hold (pushed now; *ret_drop to remove after the commit),
+ * and their removal. */
+int state_push_backend_fds(Container *c, char ***ret_drop);
+void state_remove_fds(Container *c, char **names);
+
+/* state-vfio-user.c: the watch of the vfio-user face's sessions; a snapshot of c's sessions into l
+ * (returns the records written, or < 0); and, at restore, the session of vs served again, whose fds
+ * names has in the store from now on (those it no longer needs leave it). */
+extern const VfioUserWatch state_vfio_user_watch;
+int state_log_vfio_user_snapshot(StateLog *l, Container *c);
+void state_vfio_user_adopt(Broker *b, VfioUserServer *vs, char **names);
 /* Sends the removals that became due: files no saved state names any more. */
 void state_flush_removals(Broker *b);
 /* The same, STATE_LINGER_USEC from now: a VMM that unmaps the last range of a file and maps it again

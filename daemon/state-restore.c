@@ -25,6 +25,7 @@
 #include "state-encode.h"
 #include "state-log.h"
 #include "state-private.h"
+#include "vfio-user-server.h"
 
 typedef struct StoredFd {
         char *name;
@@ -41,7 +42,84 @@ static void stored_fds_close_unused(Broker *b, StoredFd *fds, size_t n, const ch
 }
 
 
+/* One session of c, from the fds named v<container>-<server>-*: the listener, the session page, the
+ * client's socket and the device's fds (dev-*). What it takes stays in the store under its name; what
+ * it leaves is closed and removed at the end of the restore (or now, when the session fails). */
+static void restore_vfio_user(Broker *b, Container *c, const StateVfioUser *v, StoredFd *stored, size_t n_stored) {
+        _cleanup_free_ BackendFd *dev = NULL;
+        _cleanup_free_ size_t *dev_index = NULL;
+        _cleanup_strv_free_ char **taken = NULL;
+        VfioUserRestoreFds fds = { .listen = -EBADF, .session = -EBADF, .client = -EBADF };
+        ssize_t listen_index = -1, session_index = -1, client_index = -1;
+        BrokerError e = BROKER_ERROR_INIT;
+        char prefix[64], client[32];
+        size_t n_dev = 0;
+        int r;
+
+        snprintf(prefix, sizeof(prefix), "v%" PRIu64 "-%" PRIu32 "-", c->id, v->info.id);
+        snprintf(client, sizeof(client), "client-%" PRIu32, v->info.client_serial);
+        dev = calloc(n_stored + 1, sizeof(BackendFd));
+        dev_index = calloc(n_stored + 1, sizeof(size_t));
+        if (!dev || !dev_index)
+                return (void) log_oom();
+        for (size_t i = 0; i < n_stored; i++) {
+                const char *rest = stored[i].name + strlen(prefix);
+
+                if (stored[i].fd < 0 || strncmp(stored[i].name, prefix, strlen(prefix)) != 0)
+                        continue;
+                if (strcmp(rest, "listen") == 0)
+                        listen_index = (ssize_t) i;
+                else if (strcmp(rest, "session") == 0)
+                        session_index = (ssize_t) i;
+                else if (v->info.has_client && strcmp(rest, client) == 0)
+                        client_index = (ssize_t) i;
+                else if (strncmp(rest, "dev-", 4) == 0) {
+                        snprintf(dev[n_dev].name, sizeof(dev[n_dev].name), "%s", rest + 4);
+                        dev[n_dev].fd = stored[i].fd;
+                        dev_index[n_dev++] = i;
+                }
+        }
+        fds.listen = listen_index >= 0 ? stored[listen_index].fd : -EBADF;
+        fds.session = session_index >= 0 ? stored[session_index].fd : -EBADF;
+        fds.client = client_index >= 0 ? stored[client_index].fd : -EBADF;
+        fds.device = dev;
+        fds.n_device = n_dev;
+
+        r = vfio_user_server_restore(c, &v->info, v->dma, v->n_dma, &fds, &e);
+
+        /* What the session took (and closes itself) is no longer the table's to close. */
+        if (listen_index >= 0 && fds.listen < 0)
+                stored[listen_index].fd = -EBADF;
+        if (session_index >= 0 && fds.session < 0)
+                stored[session_index].fd = -EBADF;
+        if (client_index >= 0 && fds.client < 0)
+                stored[client_index].fd = -EBADF;
+        for (size_t k = 0; k < n_dev; k++)
+                if (dev[k].fd < 0)
+                        stored[dev_index[k]].fd = -EBADF;
+
+        for (size_t i = 0; i < n_stored; i++) {
+                if (strncmp(stored[i].name, prefix, strlen(prefix)) != 0)
+                        continue;
+                if (r < 0) {
+                        /* The session is gone for good: none of its fds may stay in the store. */
+                        fdstore_remove(b->notify_fd, stored[i].name);
+                        stored[i].fd = safe_close(stored[i].fd);
+                } else if (stored[i].fd < 0 && strv_push(&taken, stored[i].name) < 0)
+                        return (void) log_oom();
+        }
+        if (r < 0) {
+                log_error("Container %s: cannot serve %s over vfio-user again: %s; its client's mappings are "
+                          "dropped.", c->path, v->info.device, broker_error_is_set(&e) ? e.message : strerror(-r));
+                return;
+        }
+        VfioUserServer *vs = vfio_user_server_find(c, v->info.device);
+        if (vs && b->state)
+                state_vfio_user_adopt(b, vs, taken);
+}
+
 /* Rebuilds one container from its state and its fds (those named c<id>-*). */
+
 static int state_restore_container(Broker *b, const ContainerState *st, StoredFd *stored, size_t n_stored,
                                    BrokerError *e) {
         BackendFd *fds = NULL;
@@ -162,6 +240,10 @@ static int state_restore_container(Broker *b, const ContainerState *st, StoredFd
         }
         /* Whole again: the watchers hear of it (and the state store saves it). */
         container_restore_done(c);
+        /* Then the devices it served over vfio-user, which drop their client's mappings if they
+         * cannot take the client back. */
+        for (size_t i = 0; i < st->n_vfio_user; i++)
+                restore_vfio_user(b, c, &st->vfio_user[i], stored, n_stored);
         log_info("Restored container %s (%s, owner %s): %zu groups, %zu mappings.", c->path, c->label, c->owner,
                  c->n_groups, container_n_mappings(c));
         return 1;
@@ -374,7 +456,11 @@ bool state_hand_over(Broker *b) {
         if (!b->state_dir || !b->containers)
                 return false;
 
+        /* vfio-user clients go over at a message boundary only: one caught inside a message is
+         * disconnected first (and its mappings dropped), with the state saved as for any disconnect. */
+        vfio_user_prepare_hand_over(b);
         for (Container *c = b->containers; c; c = c->next) {
+
                 container_forget_vaddrs(c);
                 (void) state_save_container(c, false);
         }

@@ -74,6 +74,10 @@ static void log_append(Broker *b, StateRecord *r) {
         }
 }
 
+void state_append(Broker *b, StateRecord *r) {
+        log_append(b, r);
+}
+
 /* The record of a region of c; false for a region whose file is not in the store. */
 static bool region_record(Container *c, MemoryRegion *region, bool added, StateRecord *ret) {
         StoredFile *f = memory_region_get_data(region);
@@ -262,6 +266,11 @@ int state_setup(Broker *b, const char *state_dir, unsigned fdstore_max) {
         b->state_dir = strdup(state_dir);
         if (!b->state_dir)
                 return -ENOMEM;
+        /* The face's sessions, watched before the logic: the face then hears of a container's removal
+         * first, and its sessions are recorded gone before the container is. */
+        r = vfio_user_watch(b, &state_vfio_user_watch, b);
+        if (r < 0)
+                return r;
         r = broker_observe(b, &state_observer, b);
         return r < 0 ? r : 1;
 }
@@ -289,49 +298,61 @@ char *state_file(Broker *b, uint64_t id) {
         return asprintf(&p, "%s/container-%" PRIu64 ".json", b->state_dir, id) < 0 ? NULL : p;
 }
 
-/* The backend's fds (a handful: c<id>-container, c<id>-group-<n>, c<id>-device-<n>-<k>): the ones c
- * needs and does not have in the store go in now, before the state that names them. Returns in
- * *ret_drop the names to remove once the new state is in place. */
-static int state_push_backend_fds(Container *c, char ***ret_drop) {
-        _cleanup_free_ BackendFd *fds = NULL;
+/* The fds named prefix<name> that the store must hold from now on: the ones not in *stored go in now,
+ * before the state that names them. Returns in *ret_drop the names to remove once the new state is in
+ * place. */
+int state_sync_fds(Broker *b, uid_t uid, const char *prefix, const BackendFd *fds, size_t n_fds, char ***stored,
+                   char ***ret_drop) {
         _cleanup_strv_free_ char **want = NULL;
-        size_t n_fds = 0;
         char name[96];
-        int r;
 
-        r = backend_container_get_fds(c->backend, &fds, &n_fds);
-        if (r < 0)
-                return r;
         for (size_t i = 0; i < n_fds; i++) {
-                snprintf(name, sizeof(name), "c%" PRIu64 "-%s", c->id, fds[i].name);
+                snprintf(name, sizeof(name), "%s%s", prefix, fds[i].name);
                 if (strv_push(&want, name) < 0)
                         return -ENOMEM;
-                if (!strv_contains(c->stored_fds, name) &&
-                    fdstore_push(c->broker->notify_fd, name, fds[i].fd, fds[i].poll) >= 0) {
-                        if (strv_push(&c->stored_fds, name) < 0)
+                if (!strv_contains(*stored, name) && fdstore_push(b->notify_fd, name, fds[i].fd, fds[i].poll) >= 0) {
+                        if (strv_push(stored, name) < 0)
                                 return -ENOMEM;
-                        state_charge(c->broker, c->uid, +1);
+                        state_charge(b, uid, +1);
                 }
         }
 
         char **keep = NULL, **drop = NULL;
-        for (char **s = c->stored_fds; s && *s; s++)
+        for (char **s = *stored; s && *s; s++)
                 if (strv_push(strv_contains(want, *s) ? &keep : &drop, *s) < 0) {
                         strv_free(keep);
                         strv_free(drop);
                         return -ENOMEM;
                 }
-        strv_free(c->stored_fds);
-        c->stored_fds = keep;
+        strv_free(*stored);
+        *stored = keep;
         *ret_drop = drop;
         return 0;
 }
 
-static void state_remove_fds(Container *c, char **names) {
+/* The backend's fds (a handful: c<id>-container, c<id>-group-<n>, c<id>-device-<n>-<k>). */
+int state_push_backend_fds(Container *c, char ***ret_drop) {
+        _cleanup_free_ BackendFd *fds = NULL;
+        size_t n_fds = 0;
+        char prefix[32];
+        int r;
+
+        r = backend_container_get_fds(c->backend, &fds, &n_fds);
+        if (r < 0)
+                return r;
+        snprintf(prefix, sizeof(prefix), "c%" PRIu64 "-", c->id);
+        return state_sync_fds(c->broker, c->uid, prefix, fds, n_fds, &c->stored_fds, ret_drop);
+}
+
+void state_remove_names(Broker *b, uid_t uid, char **names) {
         for (char **s = names; s && *s; s++) {
-                fdstore_remove(c->broker->notify_fd, *s);
-                state_charge(c->broker, c->uid, -1);
+                fdstore_remove(b->notify_fd, *s);
+                state_charge(b, uid, -1);
         }
+}
+
+void state_remove_fds(Container *c, char **names) {
+        state_remove_names(c->broker, c->uid, names);
 }
 
 static int log_head(Container *c) {
@@ -358,7 +379,7 @@ static int log_head(Container *c) {
 
 /* The end of a request: what it appended counts from now on. Then what no committed state names
  * leaves the store, and the log is compacted when it holds more than twice what is live. */
-static void state_commit(Broker *b) {
+void state_commit(Broker *b) {
         StateStore *s = b->state;
 
         if (!s->log)
@@ -451,6 +472,10 @@ int state_log_rewrite(Broker *b) {
                      node = mapping_table_next(node)) {
                         on_mapping(c, container_of(node, Mapping, node), true);
                         live++;
+                }
+                if (r >= 0) {
+                        r = state_log_vfio_user_snapshot(l, c);
+                        live += r > 0 ? (uint64_t) r : 0;
                 }
                 if (r < 0)
                         break;

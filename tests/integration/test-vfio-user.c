@@ -2,7 +2,9 @@
 /* The vfio-user face on the sim backend over the real bus, driven by a protocol client written here
  * (the peer QEMU would be): version negotiation, DMA_MAP with and without an fd as container mappings,
  * the sim's edu DMA through those mappings and nowhere else, interrupts on the client's eventfd, a
- * client killed or of another uid, and malformed messages that end only their own session. */
+ * client killed or of another uid, and malformed messages that end only their own session. And
+ * restarts of the daemon (SIGTERM without a stop job, SIGKILL): a client between messages keeps its
+ * session on the same connection, one caught inside a message is disconnected with its mappings. */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -15,12 +17,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <linux/sockios.h>
 #include <cmocka.h>
 
 #include <vfio-broker/vfio-broker.h>
@@ -640,6 +644,194 @@ static void test_library(void **state) {
         (void) unlink(path);
 }
 
+/* --- restarts (the harness's stand-in for systemd's fd store keeps what the daemon stores) --- */
+
+/* A new client, once the daemon has seen the previous one go (one client at a time). */
+static int vu_open_retry(void) {
+        for (int i = 0; i < 50; i++) {
+                int fd = vu_connect_path(sock_path);
+                if (fd >= 0 && vu_negotiate(fd) == 0)
+                        return fd;
+                if (fd >= 0)
+                        close(fd);
+                usleep(100 * 1000);
+        }
+        fail_msg("no vfio-user session at %s", sock_path);
+        return -1;
+}
+
+static void restart_daemon(const char *how) {
+        if (strcmp(how, "term") == 0)
+                assert_string_equal(test_harness("term"), "exited 0");
+        else
+                assert_string_equal(test_harness("kill9"), "killed");
+        assert_true(strncmp(test_harness("start"), "started", 7) == 0);
+}
+
+/* The names in the fd store of vfio-user sessions (v<container>-<server>-<name>), sorted as stored. */
+static char *stored_sessions(void) {
+        char buf[8192], *save = NULL, *out = calloc(1, 8192);
+
+        assert_non_null(out);
+        snprintf(buf, sizeof(buf), "%s", test_harness("fds"));
+        for (char *p = strtok_r(buf, " ", &save); p; p = strtok_r(NULL, " ", &save))
+                if (p[0] == 'v')
+                        snprintf(out + strlen(out), 8192 - strlen(out), "%s%s", out[0] ? " " : "", p);
+        return out;
+}
+
+static unsigned stored_clients(void) {
+        _cleanup_free_ char *s = stored_sessions();
+        unsigned n = 0;
+
+        for (const char *p = s; (p = strstr(p, "-client-")); p++)
+                n++;
+        return n;
+}
+
+/* The store hears of removals by datagram, after the reply: wait for it. */
+static void wait_stored_clients(unsigned n) {
+        for (int i = 0; i < 200 && stored_clients() != n; i++)
+                usleep(10 * 1000);
+        assert_int_equal(stored_clients(), n);
+}
+
+/* Until the daemon has taken every byte the client sent (SIOCOUTQ: what the peer has not read yet). */
+static void wait_consumed(int fd) {
+        int queued = 1;
+
+        for (int i = 0; i < 500 && queued > 0; i++) {
+                assert_int_equal(ioctl(fd, SIOCOUTQ, &queued), 0);
+                if (queued > 0)
+                        usleep(10 * 1000);
+        }
+        assert_int_equal(queued, 0);
+}
+
+/* A client between messages is handed over untouched: the same connection goes on with its DMA table,
+ * its mapping (counted once), its interrupt eventfd and the device's registers and buffer. */
+static void session_survives(const char *how) {
+        _cleanup_close_ int fd = vu_open_retry();
+        _cleanup_close_ int mem = test_memfd(RAM_SIZE);
+        _cleanup_close_ int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        uint8_t *ram = mmap(NULL, RAM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, mem, 0);
+        uint64_t bytes = test_get_u64(bus, container, CONTAINER_IFACE, "MappedBytes"), ticks = 0;
+        uint8_t pattern[256], buf[256];
+        uint32_t live = 0x5a5a5a5a, v = 0;
+        VfioUserIrqSet set = { sizeof(set), VFIO_USER_IRQ_SET_DATA_EVENTFD | VFIO_USER_IRQ_SET_ACTION_TRIGGER,
+                               VFIO_USER_PCI_INTX_IRQ_INDEX, 0, 1 };
+
+        assert_true(ram != MAP_FAILED);
+        /* The device as a guest finds it at boot (an earlier test left INTx masked). */
+        assert_int_equal(vu_call(fd, VFIO_USER_DEVICE_RESET, NULL, 0, NULL, 0, NULL, 0, NULL, NULL), 0);
+        for (size_t i = 0; i < sizeof(pattern); i++)
+                pattern[i] = (uint8_t) (i * 13 + 1);
+        memcpy(ram + 0x1000, pattern, sizeof(pattern));
+        assert_int_equal(dma_map(fd, mem, 0, IOVA, RAM_SIZE, 3), 0);
+        assert_int_equal(dma_map(fd, -1, 0, 0x400000, 0x10000, 1), 0);
+        enable_bus_master(fd);
+        assert_int_equal(vu_call(fd, VFIO_USER_DEVICE_SET_IRQS, &set, sizeof(set), &efd, 1, NULL, 0, NULL, NULL), 0);
+        edu_dma(fd, IOVA + 0x1000, EDU_BUFFER, sizeof(pattern), 0); /* RAM -> the device's buffer */
+        assert_int_equal(region_write(fd, 0, 4, &live, 4), 0);
+        assert_int_equal(mappings(), 1);
+        _cleanup_free_ char *before = stored_sessions();
+        assert_int_equal(stored_clients(), 1);
+
+        restart_daemon(how);
+
+        /* The same connection, the same device state. */
+        assert_int_equal(bar_read64(fd, 0) & UINT32_MAX, 0x010000ed);
+        assert_int_equal(region_read(fd, 0, 4, &v, 4), 0);
+        assert_int_equal(v, ~live);
+        assert_int_equal(region_read(fd, 0, EDU_BUFFER, buf, sizeof(buf)), 0);
+        assert_memory_equal(buf, pattern, sizeof(pattern));
+        /* DMA through the mapping made before the restart lands in the client's memory, and the
+         * interrupt on the eventfd it set before. */
+        edu_dma(fd, EDU_BUFFER, IOVA + 0x8000, sizeof(pattern), 2 | 4);
+        assert_memory_equal(ram + 0x8000, pattern, sizeof(pattern));
+        assert_int_equal(read(efd, &ticks, sizeof(ticks)), (ssize_t) sizeof(ticks));
+        assert_int_equal(ticks, 1);
+        /* The mapping is counted once, and the client's DMA table is as it was. */
+        assert_int_equal(mappings(), 1);
+        assert_int_equal(test_get_u64(bus, container, CONTAINER_IFACE, "MappedBytes"), bytes + RAM_SIZE);
+        assert_int_equal(dma_map(fd, mem, 0, IOVA + MiB, MiB, 3), EEXIST);
+        assert_int_equal(dma_unmap(fd, 0x400000, 0x1000, 0), EINVAL);
+        assert_int_equal(dma_unmap(fd, 0x400000, 0x10000, 0), 0);
+        /* Nothing stored twice, nothing left behind. */
+        _cleanup_free_ char *after = stored_sessions();
+        assert_string_equal(after, before);
+
+        assert_int_equal(dma_unmap(fd, IOVA, RAM_SIZE, 0), 0);
+        assert_int_equal(mappings(), 0);
+        assert_int_equal(test_get_u64(bus, container, CONTAINER_IFACE, "MappedBytes"), bytes);
+        /* The served device still holds its group, as a device fd does. */
+        assert_string_equal(test_call(bus, container, CONTAINER_IFACE, "DetachGroup", NULL, "u", 1),
+                            BUS_NAME ".Error.Busy");
+        /* And once it leaves, its socket leaves the store. */
+        safe_close(fd);
+        fd = -EBADF;
+        wait_stored_clients(0);
+        munmap(ram, RAM_SIZE);
+}
+
+static void test_restart_term(void **state) {
+        session_survives("term");
+}
+
+/* After a crash the session page says the client was between messages: taken back as well. */
+static void test_restart_kill9(void **state) {
+        session_survives("kill9");
+}
+
+/* A client caught inside a message (part of its header taken off the socket) cannot be handed over: on
+ * SIGTERM and after a crash it is disconnected and its mappings dropped, as on any disconnect; the
+ * device stays served. */
+static void session_cut(const char *how) {
+        _cleanup_close_ int fd = vu_open_retry();
+        _cleanup_close_ int mem = test_memfd(RAM_SIZE);
+        uint64_t bytes = test_get_u64(bus, container, CONTAINER_IFACE, "MappedBytes");
+        VfioUserHeader h = { .msg_id = 5, .command = VFIO_USER_REGION_READ, .msg_size = sizeof(h) + 16 };
+
+        assert_int_equal(dma_map(fd, mem, 0, IOVA, RAM_SIZE, 3), 0);
+        assert_int_equal(mappings(), 1);
+        assert_int_equal(send(fd, &h, 8, MSG_NOSIGNAL), 8);
+        wait_consumed(fd);
+
+        restart_daemon(how);
+
+        assert_true(disconnected(fd));
+        assert_int_equal(mappings(), 0);
+        assert_int_equal(test_get_u64(bus, container, CONTAINER_IFACE, "MappedBytes"), bytes);
+        wait_stored_clients(0);
+        assert_int_equal(served_devices(NULL, 0), 1);
+        _cleanup_close_ int next = vu_open_retry();
+        assert_int_equal(bar_read64(next, 0) & UINT32_MAX, 0x010000ed);
+}
+
+static void test_restart_term_inside_message(void **state) {
+        session_cut("term");
+}
+
+static void test_restart_kill9_inside_message(void **state) {
+        session_cut("kill9");
+}
+
+/* A served device without a client, restarted, then stopped: nothing of the session stays in the store. */
+static void test_restart_stop(void **state) {
+        restart_daemon("kill9");
+        assert_int_equal(served_devices(NULL, 0), 1);
+        test_call_ok(bus, container, CONTAINER_IFACE, "StopVfioUser", NULL, "s", DEVICE);
+        for (int i = 0; i < 200; i++) {
+                _cleanup_free_ char *s = stored_sessions();
+                if (s[0] == 0)
+                        break;
+                usleep(10 * 1000);
+        }
+        _cleanup_free_ char *left = stored_sessions();
+        assert_string_equal(left, "");
+        test_call_ok(bus, container, CONTAINER_IFACE, "ServeVfioUser", NULL, "sh", DEVICE, listener);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_serve_errors),
@@ -651,6 +843,11 @@ int main(void) {
                 cmocka_unit_test(test_stop),
                 cmocka_unit_test(test_close_with_client),
                 cmocka_unit_test(test_library),
+                cmocka_unit_test(test_restart_term),
+                cmocka_unit_test(test_restart_kill9),
+                cmocka_unit_test(test_restart_term_inside_message),
+                cmocka_unit_test(test_restart_kill9_inside_message),
+                cmocka_unit_test(test_restart_stop),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }

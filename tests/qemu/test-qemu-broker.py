@@ -16,6 +16,10 @@ polkitd whose rules let "nobody" attach the group of 0000:00:01.0).
      BAR (a memfd), QEMU sends DMA_MAP for it and the device DMAs there both ways; the guest turns
      decoding off, QEMU sends DMA_UNMAP, the container's mapping goes and a DMA from or to that IOVA
      faults and moves nothing.
+  4. The daemon restarts under a running QEMU (SIGTERM without a stop job, as a package upgrade or
+     Debian 12's `systemctl restart`, then SIGKILL): the same QEMU, on the same connection, DMAs again
+     through the device it set up before, its guest RAM mapped once; nothing of the session stays in
+     the fd store once QEMU is gone.
 
   test-qemu-broker.py --root-script make-qemu-root.sh --ctl vfio-brokerctl
 TAP on stdout."""
@@ -170,6 +174,57 @@ def qemu_unmaps(ctl, root, tmp, sock):
             "a DMA to the IOVA QEMU unmapped moves nothing into the ivshmem (mapped again: %s)" % bool(again))
         tap(qt.quit() == 0, "QEMU exits cleanly after mapping and unmapping the ivshmem")
     tap(wait_for(lambda: state() == (None, None)), "no container is left behind")
+def harness(cmd):
+    """A command to the harness that runs the daemon (tests/integration/harness.py, Control)."""
+    d = os.environ["VFIO_BROKER_HARNESS"]
+    with open(os.path.join(d, "cmd"), "w") as f:
+        f.write(cmd + "\n")
+    with open(os.path.join(d, "ack")) as f:
+        return f.read().strip()
+
+
+def stored_sessions():
+    return [name for name in harness("fds").split() if name.startswith("v")]
+
+
+def restart_under_qemu(args, root, tmp, sock):
+    """4. The daemon restarts while QEMU is connected; QEMU goes on as if nothing happened."""
+    argv = [args.ctl, "run", "--device", DEVICE, "--socket", sock, "--label", "qemu-restart", "--"] + \
+        in_tree(root, tmp, qemu_argv("/tmp/edu.sock"))
+    qt = qtest.Qtest(argv, user="%d:%d" % (NOBODY, NOBODY), stderr=sys.stderr, timeout=60)
+
+    def info():
+        mine = [x for x in containers(args.ctl) if x.get("label") == "qemu-restart"]
+        return mine[0] if mine else {}
+
+    def round_trip(edu, seed):
+        # The device as QEMU's guest set it up before the restart (BAR, bus master): no setup again.
+        data = qtest.pattern(COUNT, seed)
+        qt.write(SRC, data)
+        qt.write(DST, b"\0" * COUNT)
+        edu.to_device(SRC, COUNT)
+        edu.to_ram(DST, COUNT)
+        return qt.read(DST, COUNT) == data
+
+    edu, ok = dma_round_trip(qt, 5)
+    before = info()
+    tap(ok and before.get("mapped_bytes", 0) >= RAM_MIB << 20, "QEMU DMAs through the device before the restart")
+    for how, seed in (("term", 6), ("kill9", 7)):
+        expect = "exited 0" if how == "term" else "killed"
+        down = harness(how)
+        up = harness("start")
+        after = info()
+        tap(down == expect and up.startswith("started") and round_trip(edu, seed),
+            "after %s and a new instance (%s, %s) the same QEMU DMAs again on the same connection" % (how, down, up))
+        tap(after.get("mappings") == before.get("mappings") and after.get("mapped_bytes") == before.get("mapped_bytes"),
+            "its guest RAM is mapped once after %s (%s mappings, %s bytes)" % (how, after.get("mappings"),
+                                                                               after.get("mapped_bytes")))
+    tap(edu.identity() == 0x010000ED and edu.liveness(0x5A5A5A5A) == (~0x5A5A5A5A & 0xFFFFFFFF),
+        "the device answers as before (identity, liveness)")
+    status = qt.quit()
+    tap(status == 0 and wait_for(lambda: not info()), "QEMU exits cleanly (%s) and the container goes" % status)
+    left = wait_for(lambda: not stored_sessions() and [True]) and stored_sessions()
+    tap(not left, "nothing of the session stays in the fd store (%s)" % (left or "none"))
 
 
 def main():
@@ -248,6 +303,8 @@ def main():
 
     # 3. An IOVA QEMU unmapped at run time.
     qemu_unmaps(args.ctl, root, tmp, sock)
+    # 4. The daemon restarts under QEMU.
+    restart_under_qemu(args, root, tmp, sock)
     print("1..%d" % n, flush=True)
     return 1 if failed else 0
 

@@ -289,6 +289,7 @@ harness() {
                 case "$line" in
                 kill9) old=$(mainpid); systemctl kill -s KILL $svc; answer="systemctl kill -s KILL, pid $old" ;;
                 term)  old=$(mainpid); systemctl kill -s TERM $svc; answer="systemctl kill -s TERM, pid $old" ;;
+                restart) old=$(mainpid); systemctl restart $svc; answer="systemctl restart, pid $old" ;;
                 start)
                         if wait_for 60 bash -c "p=\$(systemctl show -P MainPID $svc); [ \"\$p\" != 0 ] && [ \"\$p\" != $old ] &&
                                                 busctl get-property $B $P $B.Manager Version"; then
@@ -306,6 +307,12 @@ harness_pid=$!
 VFIO_BROKER_HARNESS=/run/harness $T/test-restart-dma $g2 $d2 >&9 2>/tmp/restart-dma.log
 tap $? "tests/vm/test-restart-dma passes under systemd (discard and dirty tracking through kill -9 and SIGTERM)"
 sed 's/^/restart-dma: /' /tmp/restart-dma.log
+# A device served over vfio-user (the second edu, free again) keeps its session through the same restarts,
+# with systemd's fd store keeping the listener, the client's socket and the device fd.
+VFIO_BROKER_HARNESS=/run/harness VFIO_USER_RESTARTS="kill9 term restart" $T/test-vfio-user-restart $g2 $d2 \
+        >&9 2>/tmp/vfio-user-restart.log
+tap $? "tests/vm/test-vfio-user-restart passes under systemd (a vfio-user session through kill -9, SIGTERM and systemctl restart)"
+sed 's/^/vfio-user-restart: /' /tmp/vfio-user-restart.log
 kill $harness_pid 2>/dev/null
 s1=$(cmd stats)
 [ "$(field "$s1" fail)" = 0 ]

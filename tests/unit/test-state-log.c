@@ -199,6 +199,31 @@ static void test_crc32c(void **state) {
 /* A log of an earlier daemon (version 1, records with CRC-32) is still replayed; damage in it is still
  * found. */
 static void test_version1(void **state) {
+static void append_vu(StateLog *l, uint64_t id, uint32_t type, uint32_t server, uint32_t serial, uint64_t iova,
+                      bool mapped) {
+        StateRecord r = { .type = type, .container = id };
+
+        switch (type) {
+        case STATE_RECORD_VFIO_USER_SERVER:
+                r.vu_server.server = server;
+                snprintf(r.vu_server.device, sizeof(r.vu_server.device), "0000:00:%02x.0", server);
+                break;
+        case STATE_RECORD_VFIO_USER_CLIENT:
+                r.vu_client = (typeof(r.vu_client)) { .server = server, .serial = serial, .uid = 1000, .pid = 42,
+                                                      .irq_indexes = 1 << 2, .flags = STATE_VFIO_USER_CLIENT_NEGOTIATED,
+                                                      .max_msg_fds = 16, .max_data_xfer_size = 1 << 20,
+                                                      .pgsizes = 4096, .max_dma_maps = 65535 };
+                break;
+        default:
+                r.vu_dma = (typeof(r.vu_dma)) { .server = server, .flags = mapped ? STATE_VFIO_USER_DMA_MAPPED : 0,
+                                                .iova = iova, .size = 0x1000 };
+        }
+        assert_int_equal(state_log_append(l, &r), 0);
+}
+
+/* vfio-user sessions: a new client starts with an empty table, a client gone takes its table along, a
+ * stopped server goes, records of a session that is not there are ignored, and GONE ends them all. */
+static void test_replay_vfio_user(void **state) {
         StateLog *l = NULL;
         ContainerState *s = NULL;
         size_t n = 0;
@@ -231,6 +256,58 @@ static void test_version1(void **state) {
         ((StateRecord *) (p + STATE_LOG_HEADER_SIZE) + 1)->map.iova ^= 0x40;
         assert_true(state_log_replay(p, (size_t) st.st_size, &s, &n, &e) < 0);
         munmap(p, (size_t) st.st_size);
+
+        assert_int_equal(state_log_new(1, 1024, &l), 0);
+        append_head(l, 1, HEAD(1, "vm"));
+        append_vu(l, 1, STATE_RECORD_VFIO_USER_DMA_ADD, 9, 0, 0x1000, true); /* no such server yet */
+        append_vu(l, 1, STATE_RECORD_VFIO_USER_SERVER, 1, 0, 0, false);
+        append_vu(l, 1, STATE_RECORD_VFIO_USER_CLIENT, 1, 1, 0, false);
+        append_vu(l, 1, STATE_RECORD_VFIO_USER_DMA_ADD, 1, 0, 0x1000, true);
+        append_vu(l, 1, STATE_RECORD_VFIO_USER_CLIENT_GONE, 1, 0, 0, false);
+        append_vu(l, 1, STATE_RECORD_VFIO_USER_CLIENT, 1, 2, 0, false);       /* the next client */
+        append_vu(l, 1, STATE_RECORD_VFIO_USER_DMA_ADD, 1, 0, 0x2000, true);
+        append_vu(l, 1, STATE_RECORD_VFIO_USER_DMA_ADD, 1, 0, 0x4000, false);
+        append_vu(l, 1, STATE_RECORD_VFIO_USER_DMA_ADD, 1, 0, 0x8000, true);
+        append_vu(l, 1, STATE_RECORD_VFIO_USER_DMA_DEL, 1, 0, 0x8000, false);
+        append_vu(l, 1, STATE_RECORD_VFIO_USER_CLIENT, 1, 2, 0, false);       /* the same client, changed */
+        append_vu(l, 1, STATE_RECORD_VFIO_USER_SERVER, 2, 0, 0, false);
+        append_vu(l, 1, STATE_RECORD_VFIO_USER_CLIENT, 2, 1, 0, false);
+        append_vu(l, 1, STATE_RECORD_VFIO_USER_DMA_ADD, 2, 0, 0x1000, true);
+        append_vu(l, 1, STATE_RECORD_VFIO_USER_STOP, 2, 0, 0, false);
+        append_head(l, 2, HEAD(2, "gone"));
+        append_vu(l, 2, STATE_RECORD_VFIO_USER_SERVER, 3, 0, 0, false);
+        StateRecord gone = { .type = STATE_RECORD_GONE, .container = 2 };
+        assert_int_equal(state_log_append(l, &gone), 0);
+        /* Not committed: does not count. */
+        state_log_commit(l);
+        append_vu(l, 1, STATE_RECORD_VFIO_USER_CLIENT_GONE, 1, 0, 0, false);
+
+        assert_int_equal(replay(l, &s, &n, &e), 0);
+        assert_int_equal(n, 1);
+        assert_int_equal(s[0].n_vfio_user, 1);
+        StateVfioUser *v = &s[0].vfio_user[0];
+        assert_int_equal(v->info.id, 1);
+        assert_string_equal(v->info.device, "0000:00:01.0");
+        assert_true(v->info.has_client);
+        assert_int_equal(v->info.client_serial, 2);
+        assert_int_equal(v->info.uid, 1000);
+        assert_int_equal(v->info.pid, 42);
+        assert_true(v->info.negotiated);
+        assert_int_equal(v->info.irq_indexes, 1 << 2);
+        assert_int_equal(v->info.capabilities.max_data_xfer_size, 1 << 20);
+        assert_int_equal(v->n_dma, 2);
+        assert_int_equal(v->dma[0].iova, 0x2000);
+        assert_true(v->dma[0].mapped);
+        assert_int_equal(v->dma[1].iova, 0x4000);
+        assert_false(v->dma[1].mapped);
+        container_states_free(s, n);
+
+        /* A device name without its NUL is damage. */
+        StateRecord bad = { .type = STATE_RECORD_VFIO_USER_SERVER, .container = 1, .vu_server.server = 5 };
+        memset(bad.vu_server.device, 'x', sizeof(bad.vu_server.device));
+        assert_int_equal(state_log_append(l, &bad), 0);
+        state_log_commit(l);
+        assert_true(replay(l, &s, &n, &e) < 0);
         state_log_free(l);
 }
 
@@ -241,6 +318,7 @@ int main(void) {
                 cmocka_unit_test(test_without_head),
                 cmocka_unit_test(test_crc32c),
                 cmocka_unit_test(test_version1),
+                cmocka_unit_test(test_replay_vfio_user),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -95,6 +95,8 @@ i=0
 while ! grep -q started /tmp/supervisor.log 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
 first=$(ls /dev/vfio | grep -v vfio | sort -n | head -n 1)
 VFIO_BROKER_HARNESS=/run/sup /tests/test-restart-dma $first $(ls /sys/kernel/iommu_groups/$first/devices) 2>&1
+# A device served over vfio-user keeps its session across the same restarts.
+VFIO_BROKER_HARNESS=/run/sup /tests/test-vfio-user-restart $first $(ls /sys/kernel/iommu_groups/$first/devices | head -n 1) 2>&1
 echo quit > /run/sup/cmd
 cat /run/sup/ack > /dev/null
 sed 's/^/VMLOG: supervisor: /' /tmp/supervisor.log

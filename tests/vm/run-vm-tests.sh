@@ -43,7 +43,8 @@ install -m 0755 "$here/run-in-vm.sh" "$root/tests/run.sh"
 install -m 0644 "$here/../system-bus.conf.in" "$root/tests/system-bus.conf.in"
 bins=(/usr/bin/dbus-daemon /usr/bin/busctl)
 for t in tests/integration/test-broker tests/vm/test-dma bench/vm-map client/mini-vmm tests/vm/fdstore-supervisor \
-         tests/vm/test-restart-dma tests/vm/test-vmm-features tests/vm/test-vfio-user tests/vm/test-hotplug; do
+         tests/vm/test-restart-dma tests/vm/test-vmm-features tests/vm/test-vfio-user tests/vm/test-hotplug \
+         tests/vm/test-vfio-user-restart; do
         [ -x "$builddir/$t" ] || bail "$builddir/$t was not built"
         cp "$builddir/$t" "$root/tests/"
         bins+=("$builddir/$t")
