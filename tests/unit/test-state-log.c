@@ -199,31 +199,6 @@ static void test_crc32c(void **state) {
 /* A log of an earlier daemon (version 1, records with CRC-32) is still replayed; damage in it is still
  * found. */
 static void test_version1(void **state) {
-static void append_vu(StateLog *l, uint64_t id, uint32_t type, uint32_t server, uint32_t serial, uint64_t iova,
-                      bool mapped) {
-        StateRecord r = { .type = type, .container = id };
-
-        switch (type) {
-        case STATE_RECORD_VFIO_USER_SERVER:
-                r.vu_server.server = server;
-                snprintf(r.vu_server.device, sizeof(r.vu_server.device), "0000:00:%02x.0", server);
-                break;
-        case STATE_RECORD_VFIO_USER_CLIENT:
-                r.vu_client = (typeof(r.vu_client)) { .server = server, .serial = serial, .uid = 1000, .pid = 42,
-                                                      .irq_indexes = 1 << 2, .flags = STATE_VFIO_USER_CLIENT_NEGOTIATED,
-                                                      .max_msg_fds = 16, .max_data_xfer_size = 1 << 20,
-                                                      .pgsizes = 4096, .max_dma_maps = 65535 };
-                break;
-        default:
-                r.vu_dma = (typeof(r.vu_dma)) { .server = server, .flags = mapped ? STATE_VFIO_USER_DMA_MAPPED : 0,
-                                                .iova = iova, .size = 0x1000 };
-        }
-        assert_int_equal(state_log_append(l, &r), 0);
-}
-
-/* vfio-user sessions: a new client starts with an empty table, a client gone takes its table along, a
- * stopped server goes, records of a session that is not there are ignored, and GONE ends them all. */
-static void test_replay_vfio_user(void **state) {
         StateLog *l = NULL;
         ContainerState *s = NULL;
         size_t n = 0;
@@ -256,6 +231,38 @@ static void test_replay_vfio_user(void **state) {
         ((StateRecord *) (p + STATE_LOG_HEADER_SIZE) + 1)->map.iova ^= 0x40;
         assert_true(state_log_replay(p, (size_t) st.st_size, &s, &n, &e) < 0);
         munmap(p, (size_t) st.st_size);
+        state_log_free(l);
+}
+
+static void append_vu(StateLog *l, uint64_t id, uint32_t type, uint32_t server, uint32_t serial, uint64_t iova,
+                      bool mapped) {
+        StateRecord r = { .type = type, .container = id };
+
+        switch (type) {
+        case STATE_RECORD_VFIO_USER_SERVER:
+                r.vu_server.server = server;
+                snprintf(r.vu_server.device, sizeof(r.vu_server.device), "0000:00:%02x.0", server);
+                break;
+        case STATE_RECORD_VFIO_USER_CLIENT:
+                r.vu_client = (typeof(r.vu_client)) { .server = server, .serial = serial, .uid = 1000, .pid = 42,
+                                                      .irq_indexes = 1 << 2, .flags = STATE_VFIO_USER_CLIENT_NEGOTIATED,
+                                                      .max_msg_fds = 16, .max_data_xfer_size = 1 << 20,
+                                                      .pgsizes = 4096, .max_dma_maps = 65535 };
+                break;
+        default:
+                r.vu_dma = (typeof(r.vu_dma)) { .server = server, .flags = mapped ? STATE_VFIO_USER_DMA_MAPPED : 0,
+                                                .iova = iova, .size = 0x1000 };
+        }
+        assert_int_equal(state_log_append(l, &r), 0);
+}
+
+/* vfio-user sessions: a new client starts with an empty table, a client gone takes its table along, a
+ * stopped server goes, records of a session that is not there are ignored, and GONE ends them all. */
+static void test_replay_vfio_user(void **state) {
+        StateLog *l = NULL;
+        ContainerState *s = NULL;
+        size_t n = 0;
+        BrokerError e = BROKER_ERROR_INIT;
 
         assert_int_equal(state_log_new(1, 1024, &l), 0);
         append_head(l, 1, HEAD(1, "vm"));
