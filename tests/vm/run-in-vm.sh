@@ -77,8 +77,12 @@ tap $? "vfio-brokerctl status shows the vfio-type1 backend"
 # Benchmark: figures, not a pass/fail test.
 groups=$(ls /dev/vfio | grep -v vfio | sort -n | head -n 2 | tr '\n' ' ')
 # 2 MiB huge pages for its hugetlbfs row (256 MiB of the VM's 2 GiB), given back afterwards.
+# And transparent huge pages for memfds whose VMM asks for them (MADV_HUGEPAGE), for the THP row.
 echo 128 > /proc/sys/vm/nr_hugepages 2>/dev/null
+thp_was=$(sed 's/.*\[\(.*\)\].*/\1/' /sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null)
+echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null
 /tests/vm-map $groups 1000 2>&1 | sed 's/^/VMBENCH: /'
+[ -n "$thp_was" ] && echo "$thp_was" > /sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null
 echo 0 > /proc/sys/vm/nr_hugepages 2>/dev/null
 
 kill -TERM $DAEMON_PID
