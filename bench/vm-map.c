@@ -45,11 +45,10 @@ static int die(const char *what) {
         exit(EXIT_FAILURE);
 }
 
-static void direct(unsigned group, int memfd, void *ram, unsigned pairs, double *ret_big, double ret_fresh[3],
-                   double *ret_pair) {
+/* What a VMM does before it maps: a type1 container with group in it. */
+static int open_container(unsigned group, int *ret_group_fd) {
         char path[64];
         int container, gfd;
-        double t;
 
         container = open("/dev/vfio/vfio", O_RDWR | O_CLOEXEC);
         snprintf(path, sizeof(path), "/dev/vfio/%u", group);
@@ -60,6 +59,14 @@ static void direct(unsigned group, int memfd, void *ram, unsigned pairs, double 
                 die("VFIO_GROUP_SET_CONTAINER");
         if (ioctl(container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU) < 0)
                 die("VFIO_SET_IOMMU");
+        *ret_group_fd = gfd;
+        return container;
+}
+
+static void direct(unsigned group, int memfd, void *ram, unsigned pairs, double *ret_big, double ret_fresh[3],
+                   double *ret_pair) {
+        int gfd, container = open_container(group, &gfd);
+        double t;
 
         struct vfio_iommu_type1_dma_map map = {
                 .argsz = sizeof(map), .flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
@@ -111,19 +118,8 @@ static void direct(unsigned group, int memfd, void *ram, unsigned pairs, double 
 
 /* Only the 256 MiB map of ram (huge pages): the direct side's time. */
 static double direct_big(unsigned group, void *ram) {
-        char path[64];
-        int container, gfd;
+        int gfd, container = open_container(group, &gfd);
         double t;
-
-        container = open("/dev/vfio/vfio", O_RDWR | O_CLOEXEC);
-        snprintf(path, sizeof(path), "/dev/vfio/%u", group);
-        gfd = open(path, O_RDWR | O_CLOEXEC);
-        if (container < 0 || gfd < 0)
-                die("open");
-        if (ioctl(gfd, VFIO_GROUP_SET_CONTAINER, &container) < 0)
-                die("VFIO_GROUP_SET_CONTAINER");
-        if (ioctl(container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU) < 0)
-                die("VFIO_SET_IOMMU");
         struct vfio_iommu_type1_dma_map map = {
                 .argsz = sizeof(map), .flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
                 .vaddr = (uintptr_t) ram, .iova = BIG_IOVA, .size = BIG,

@@ -7,6 +7,7 @@
 
 #include "bus.h"
 #include "container-dbus.h"
+#include "event-util.h"
 #include "group-dbus.h"
 #include "log.h"
 #include "owner-watch.h"
@@ -52,16 +53,9 @@ static void on_container_changed(void *userdata, Container *c, unsigned mask) {
         if ((mask & ~CONTAINER_CHANGE_MAPPINGS) == 0 && now < c->bus_counters_sent + BUS_COUNTERS_USEC) {
                 int r = 0;
 
-                if (c->bus_counters_held == 0) {
-                        uint64_t due = c->bus_counters_sent + BUS_COUNTERS_USEC;
-                        if (c->bus_counters_timer) {
-                                r = sd_event_source_set_time(c->bus_counters_timer, due);
-                                if (r >= 0)
-                                        r = sd_event_source_set_enabled(c->bus_counters_timer, SD_EVENT_ONESHOT);
-                        } else
-                                r = sd_event_add_time(b->event, &c->bus_counters_timer, CLOCK_MONOTONIC, due, 0,
-                                                      on_counters_due, c);
-                }
+                if (c->bus_counters_held == 0)
+                        r = event_arm_oneshot(b->event, &c->bus_counters_timer,
+                                              c->bus_counters_sent + BUS_COUNTERS_USEC, on_counters_due, c);
                 if (r >= 0) {
                         c->bus_counters_held |= mask;
                         return;

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "container-private.h"
+#include "event-util.h"
 #include "group.h"
 #include "log.h"
 #include "message-ids.h"
@@ -29,16 +30,9 @@ static int on_memory_linger(sd_event_source *s, uint64_t usec, void *userdata) {
 
 static void container_memory_linger(void *userdata) {
         Container *c = userdata;
-        int r;
 
-        if (c->memory_linger) {
-                r = sd_event_source_set_time_relative(c->memory_linger, MEMORY_LINGER_USEC);
-                if (r >= 0)
-                        r = sd_event_source_set_enabled(c->memory_linger, SD_EVENT_ONESHOT);
-        } else
-                r = sd_event_add_time_relative(c->broker->event, &c->memory_linger, CLOCK_MONOTONIC,
-                                               MEMORY_LINGER_USEC, 0, on_memory_linger, c);
-        if (r < 0)
+        if (event_arm_oneshot_relative(c->broker->event, &c->memory_linger, MEMORY_LINGER_USEC, on_memory_linger,
+                                       c) < 0)
                 memory_pool_reap(c->memory);
 }
 

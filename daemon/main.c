@@ -17,6 +17,7 @@
 #include "config-build.h"
 #include "container-dbus.h"
 #include "device-monitor.h"
+#include "event-util.h"
 #include "group-dbus.h"
 #include "container.h"
 #include "format-util.h"
@@ -238,22 +239,17 @@ static int on_status_due(sd_event_source *s, uint64_t usec, void *userdata) {
  * second, else at the end of the interval with the figures of then. Only a changed text is sent. */
 static int on_post_update_status(sd_event_source *s, void *userdata) {
         Daemon *d = userdata;
-        int enabled = SD_EVENT_OFF;
         uint64_t now;
 
-        if (d->status_timer && sd_event_source_get_enabled(d->status_timer, &enabled) >= 0 && enabled != SD_EVENT_OFF)
+        if (event_is_armed(d->status_timer))
                 return 0; /* already due */
         if (!s || sd_event_now(sd_event_source_get_event(s), CLOCK_MONOTONIC, &now) < 0 ||
             now >= d->status_sent + STATUS_INTERVAL_USEC) {
                 status_send(d, s ? now : 0);
                 return 0;
         }
-        if (d->status_timer) {
-                if (sd_event_source_set_time(d->status_timer, d->status_sent + STATUS_INTERVAL_USEC) >= 0)
-                        (void) sd_event_source_set_enabled(d->status_timer, SD_EVENT_ONESHOT);
-        } else
-                (void) sd_event_add_time(sd_event_source_get_event(s), &d->status_timer, CLOCK_MONOTONIC,
-                                         d->status_sent + STATUS_INTERVAL_USEC, 0, on_status_due, d);
+        (void) event_arm_oneshot(sd_event_source_get_event(s), &d->status_timer,
+                                 d->status_sent + STATUS_INTERVAL_USEC, on_status_due, d);
         return 0;
 }
 

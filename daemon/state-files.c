@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "event-util.h"
 #include "fdstore.h"
 #include "log.h"
 #include "state-private.h"
@@ -140,17 +141,9 @@ void state_flush_removals_later(Broker *b) {
                 state_flush_removals(b);
                 return;
         }
-        if (s->linger) {
-                int enabled = SD_EVENT_OFF;
-                (void) sd_event_source_get_enabled(s->linger, &enabled);
-                if (enabled != SD_EVENT_OFF)
-                        return; /* the earliest pending file sets the time; the rest go with it */
-                r = sd_event_source_set_time_relative(s->linger, STATE_LINGER_USEC);
-                if (r >= 0)
-                        r = sd_event_source_set_enabled(s->linger, SD_EVENT_ONESHOT);
-        } else
-                r = sd_event_add_time_relative(b->event, &s->linger, CLOCK_MONOTONIC, STATE_LINGER_USEC, 0,
-                                               on_linger, b);
+        if (event_is_armed(s->linger))
+                return; /* the earliest pending file sets the time; the rest go with it */
+        r = event_arm_oneshot_relative(b->event, &s->linger, STATE_LINGER_USEC, on_linger, b);
         if (r < 0)
                 state_flush_removals(b);
 }

@@ -428,3 +428,29 @@ def pattern(size, seed):
         x = (x * 1103515245 + 12345) & 0xFFFFFFFF
         out += (x >> 8).to_bytes(3, "little")
     return bytes(out[:size])
+
+
+def wait_for(cond, timeout=5.0):
+    """cond()'s first true value within timeout seconds, else its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    return cond()
+
+
+def dma_through(qt, edu, shm, src, dst, count):
+    """The edu DMAs memory at shm -> device -> guest RAM at dst, then guest RAM at src -> device ->
+    shm + 0x1000; True if both patterns arrive."""
+    a, b = pattern(count, 5), pattern(count, 6)
+    qt.write(shm, a)
+    qt.write(dst, b"\0" * count)
+    edu.to_device(shm, count)
+    edu.to_ram(dst, count)
+    from_shm = qt.read(dst, count) == a
+    qt.write(src, b)
+    edu.to_device(src, count)
+    edu.to_ram(shm + 0x1000, count)
+    return from_shm and qt.read(shm + 0x1000, count) == b

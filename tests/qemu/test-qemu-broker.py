@@ -83,13 +83,7 @@ def containers(ctl):
 
 
 def wait_for(cond, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    return cond()
+    return qtest.wait_for(cond, timeout)
 
 
 def dma_round_trip(qt, seed):
@@ -135,15 +129,7 @@ def qemu_unmaps(ctl, root, tmp, sock):
 
         # While mapped: the ivshmem memory -> device -> guest RAM, and guest RAM -> device -> ivshmem.
         a, b = qtest.pattern(COUNT, 5), qtest.pattern(COUNT, 6)
-        qt.write(SHM, a)
-        qt.write(DST, b"\0" * COUNT)
-        edu.to_device(SHM, COUNT)
-        edu.to_ram(DST, COUNT)
-        from_shm = qt.read(DST, COUNT) == a
-        qt.write(SRC, b)
-        edu.to_device(SRC, COUNT)
-        edu.to_ram(SHM + 0x1000, COUNT)
-        tap(from_shm and qt.read(SHM + 0x1000, COUNT) == b,
+        tap(qtest.dma_through(qt, edu, SHM, SRC, DST, COUNT),
             "while QEMU has it mapped the device DMAs from and to the ivshmem at IOVA 0x%x" % SHM)
         canary = qtest.pattern(COUNT, 8)
         qt.write(SHM + 0x2000, canary)

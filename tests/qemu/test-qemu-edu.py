@@ -319,13 +319,7 @@ def check_edu(env, device):
 
 
 def wait_for(cond, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    return cond()
+    return qtest.wait_for(cond, timeout)
 
 
 def dmar_faults():
@@ -397,15 +391,7 @@ def check_unmap(env, device, broker_pid=None, dmar=False):
 
             # Decoded: the ivshmem -> device -> guest RAM, and guest RAM -> device -> the ivshmem.
             a, b, canary = qtest.pattern(COUNT, 5), qtest.pattern(COUNT, 6), qtest.pattern(COUNT, 8)
-            qt.write(SHM, a)
-            qt.write(DST, b"\0" * COUNT)
-            edu.to_device(SHM, COUNT)
-            edu.to_ram(DST, COUNT)
-            from_shm = qt.read(DST, COUNT) == a
-            qt.write(SRC, b)
-            edu.to_device(SRC, COUNT)
-            edu.to_ram(SHM + 0x1000, COUNT)
-            tap(from_shm and qt.read(SHM + 0x1000, COUNT) == b,
+            tap(qtest.dma_through(qt, edu, SHM, SRC, DST, COUNT),
                 "the device DMAs from and to the ivshmem at 0x%x while the guest decodes it" % SHM)
             qt.write(SHM + 0x2000, canary)
 

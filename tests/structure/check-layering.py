@@ -28,7 +28,7 @@ RULES = [
     # limits: read below the logic, beside the backends.
     (r"^config\.[ch]$", BACKEND),
     (r"^(broker|container|container-.*|group|quota|memory)\.[ch]$", LOGIC),
-    (r"^(error|log|mapping-table|json-strict)\.[ch]$", UTIL),
+    (r"^(error|log|mapping-table|json-strict|event-util)\.[ch]$", UTIL),
     (r"^(broker-wire|format-util|macro|message-ids)\.h$", UTIL),
     (r"^config-build\.h$", UTIL),
 ]
