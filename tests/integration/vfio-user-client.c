@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "vfio-user-client.h"
@@ -177,4 +178,23 @@ int vu_region_read(int fd, uint32_t region, uint64_t offset, void *data, uint32_
                 memcpy(data, reply + sizeof(a), count);
         }
         return r;
+}
+
+int vu_bar0_write32(int fd, uint64_t reg, uint32_t v) {
+        return vu_region_write(fd, VFIO_USER_PCI_BAR0_REGION_INDEX, reg, &v, 4);
+}
+
+int vu_edu_dma(int fd, uint64_t src, uint64_t dst, uint32_t count, uint32_t cmd) {
+        uint32_t status = 1;
+
+        if (vu_bar0_write32(fd, 0x80, (uint32_t) src) || vu_bar0_write32(fd, 0x88, (uint32_t) dst) ||
+            vu_bar0_write32(fd, 0x90, count) || vu_bar0_write32(fd, 0x98, cmd | 1))
+                return -EIO;
+        for (int i = 0; i < 500 && (status & 1); i++) {
+                struct timespec ts = { 0, 10 * 1000 * 1000 };
+                nanosleep(&ts, NULL);
+                if (vu_region_read(fd, VFIO_USER_PCI_BAR0_REGION_INDEX, 0x98, &status, 4))
+                        return -EIO;
+        }
+        return status & 1 ? -ETIMEDOUT : 0;
 }

@@ -29,3 +29,9 @@ int vu_dma_map(int fd, int mem, uint64_t offset, uint64_t iova, uint64_t size, u
 int vu_dma_unmap(int fd, uint64_t iova, uint64_t size, uint32_t flags);
 int vu_region_write(int fd, uint32_t region, uint64_t offset, const void *data, uint32_t count);
 int vu_region_read(int fd, uint32_t region, uint64_t offset, void *data, uint32_t count);
+
+/* A 32-bit write to BAR0. */
+int vu_bar0_write32(int fd, uint64_t reg, uint32_t v);
+/* One DMA of an edu (QEMU's or the sim's) behind fd: src, dst, count, cmd (bit 1: to RAM); it completes
+ * on a 100 ms virtual-clock timer, so the command register is polled. 0, -EIO or -ETIMEDOUT. */
+int vu_edu_dma(int fd, uint64_t src, uint64_t dst, uint32_t count, uint32_t cmd);

@@ -29,43 +29,7 @@
 #define CONTAINER BUS_NAME ".Container"
 #define MiB (UINT64_C(1) << 20)
 
-static const char *harness(const char *cmd) {
-        static char answer[256];
-        char path[512];
-        const char *dir = getenv("VFIO_BROKER_HARNESS");
-        FILE *f;
 
-        snprintf(path, sizeof(path), "%s/cmd", dir);
-        if (!(f = fopen(path, "we")))
-                return "no harness";
-        fprintf(f, "%s\n", cmd);
-        fclose(f);
-        snprintf(path, sizeof(path), "%s/ack", dir);
-        if (!(f = fopen(path, "re")))
-                return "no harness";
-        if (!fgets(answer, sizeof(answer), f))
-                answer[0] = 0;
-        fclose(f);
-        answer[strcspn(answer, "\n")] = 0;
-        return answer;
-}
-
-/* Pages held with FOLL_PIN right now, system-wide (type1 pins with pin_user_pages). */
-static long pinned_pages(void) {
-        char line[128];
-        long acquired = -1, released = -1, v;
-        FILE *f = fopen("/proc/vmstat", "re");
-        if (!f)
-                return -1;
-        while (fgets(line, sizeof(line), f)) {
-                if (sscanf(line, "nr_foll_pin_acquired %ld", &v) == 1)
-                        acquired = v;
-                if (sscanf(line, "nr_foll_pin_released %ld", &v) == 1)
-                        released = v;
-        }
-        fclose(f);
-        return acquired < 0 || released < 0 ? -1 : acquired - released;
-}
 
 static bool dma_round_trip(Edu *edu, int ram, uint64_t iova_base, uint64_t from, uint64_t to, uint8_t seed) {
         fill(ram, from, seed, 1024);
@@ -88,7 +52,7 @@ int main(int argc, char *argv[]) {
                 return 2;
         group = (unsigned) atoi(argv[1]);
         device = argv[2];
-        baseline = pinned_pages();
+        baseline = vm_pinned_pages();
         tap(baseline >= 0, "restart: the kernel reports FOLL_PIN counts (baseline %ld)", baseline);
 
         ram = memfd_create("guest-ram", MFD_CLOEXEC);
@@ -105,7 +69,7 @@ int main(int argc, char *argv[]) {
         reply = sd_bus_message_unref(reply);
         ok = ok && dev >= 0 && edu_open(&edu, dev) == 0 && dma_round_trip(&edu, ram, 1 * MiB, 0x1000, 0x10000, 0x21);
         tap(ok, "restart: a VMM with 8 MiB mapped DMAs through the broker");
-        tap(pinned_pages() - baseline >= 2000, "restart: 8 MiB are pinned (%ld pages)", pinned_pages() - baseline);
+        tap(vm_pinned_pages() - baseline >= 2000, "restart: 8 MiB are pinned (%ld pages)", vm_pinned_pages() - baseline);
 
         /* Hotpluggable memory with one granule given back, and dirty tracking for a migration. */
         int bitmap = memfd_create("bitmap", MFD_CLOEXEC);
@@ -118,8 +82,8 @@ int main(int argc, char *argv[]) {
 
         for (size_t i = 0; i < 2; i++) {
                 char a[256], b[256];
-                snprintf(a, sizeof(a), "%s", harness(how[i]));
-                snprintf(b, sizeof(b), "%s", harness("start"));
+                snprintf(a, sizeof(a), "%s", vm_harness(how[i]));
+                snprintf(b, sizeof(b), "%s", vm_harness("start"));
                 tap(strncmp(b, "started", 7) == 0, "restart: %s (%s), then a new instance (%s)", how[i], a, b);
                 uint32_t n = 0;
                 ok = sd_bus_get_property_trivial(bus, BUS_NAME, path, CONTAINER, "Mappings", NULL, 'u', &n) >= 0 && n == 2;
@@ -135,7 +99,7 @@ int main(int argc, char *argv[]) {
                     how[i], dirty);
                 tap(dma_round_trip(&edu, ram, 1 * MiB, 0x2000 + i * 0x1000, 0x20000 + i * 0x1000, (uint8_t) (0x40 + i)),
                     "restart after %s: the device still DMAs into the memfd through the restored mapping", how[i]);
-                tap(pinned_pages() - baseline >= 2000, "restart after %s: the pages stayed pinned", how[i]);
+                tap(vm_pinned_pages() - baseline >= 2000, "restart after %s: the pages stayed pinned", how[i]);
         }
 
         /* The region's memory came back with it: the discarded granule can be populated and reached. */
@@ -159,7 +123,7 @@ int main(int argc, char *argv[]) {
         close(dev);
         tap(!vm_call(bus, path, CONTAINER, "Close", NULL, ""), "restart: Close");
         long left = -1;
-        for (int i = 0; i < 50 && (left = pinned_pages() - baseline) > 0; i++)
+        for (int i = 0; i < 50 && (left = vm_pinned_pages() - baseline) > 0; i++)
                 usleep(100000);
         /* System-wide counters: others may release pins of their own meanwhile, so at or below. */
         tap(left <= 0, "restart: nothing stays pinned after Close (%ld pages above the baseline)", left);

@@ -31,78 +31,23 @@
 #define EDU_BUF UINT64_C(0x40000)
 #define SOCK "/tmp/vfio-user-restart.sock"
 
-static const char *harness(const char *cmd) {
-        static char answer[256];
-        char path[512];
-        const char *dir = getenv("VFIO_BROKER_HARNESS");
-        FILE *f;
 
-        snprintf(path, sizeof(path), "%s/cmd", dir ?: "/run/sup");
-        if (!(f = fopen(path, "we")))
-                return "no harness";
-        fprintf(f, "%s\n", cmd);
-        fclose(f);
-        snprintf(path, sizeof(path), "%s/ack", dir ?: "/run/sup");
-        if (!(f = fopen(path, "re")))
-                return "no harness";
-        if (!fgets(answer, sizeof(answer), f))
-                answer[0] = 0;
-        fclose(f);
-        answer[strcspn(answer, "\n")] = 0;
-        return answer;
-}
 
-/* Pages held with FOLL_PIN right now, system-wide (type1 pins with pin_user_pages). */
-static long pinned_pages(void) {
-        char line[128];
-        long acquired = -1, released = -1, v;
-        FILE *f = fopen("/proc/vmstat", "re");
 
-        if (!f)
-                return -1;
-        while (fgets(line, sizeof(line), f)) {
-                if (sscanf(line, "nr_foll_pin_acquired %ld", &v) == 1)
-                        acquired = v;
-                if (sscanf(line, "nr_foll_pin_released %ld", &v) == 1)
-                        released = v;
-        }
-        fclose(f);
-        return acquired < 0 || released < 0 ? -1 : acquired - released;
-}
-
-static int bar_write32(int fd, uint64_t reg, uint32_t v) {
-        return vu_region_write(fd, VFIO_USER_PCI_BAR0_REGION_INDEX, reg, &v, 4);
-}
-
-/* The edu completes on a 100 ms virtual-clock timer: poll the command register. */
-static int edu_dma(int fd, uint64_t src, uint64_t dst, uint32_t count, uint32_t cmd) {
-        uint32_t status = 1;
-
-        if (bar_write32(fd, 0x80, (uint32_t) src) || bar_write32(fd, 0x88, (uint32_t) dst) ||
-            bar_write32(fd, 0x90, count) || bar_write32(fd, 0x98, cmd | 1))
-                return -EIO;
-        for (int i = 0; i < 500 && (status & 1); i++) {
-                struct timespec ts = { 0, 10 * 1000 * 1000 };
-                nanosleep(&ts, NULL);
-                if (vu_region_read(fd, VFIO_USER_PCI_BAR0_REGION_INDEX, 0x98, &status, 4))
-                        return -EIO;
-        }
-        return status & 1 ? -ETIMEDOUT : 0;
-}
 
 static bool round_trip(int fd, int ram, uint64_t from, uint64_t to, uint8_t seed) {
         vm_fill(ram, from, seed, 512);
-        return edu_dma(fd, IOVA + from, EDU_BUF, 512, 0) == 0 && edu_dma(fd, EDU_BUF, IOVA + to, 512, 2) == 0 &&
+        return vu_edu_dma(fd, IOVA + from, EDU_BUF, 512, 0) == 0 && vu_edu_dma(fd, EDU_BUF, IOVA + to, 512, 2) == 0 &&
                vm_check(ram, to, seed, 512);
 }
 
 static bool interrupt_fires(int fd, int efd) {
         struct pollfd p = { efd, POLLIN, 0 };
         uint64_t ticks = 0;
-        bool fired = bar_write32(fd, 0x60, 1) == 0 && poll(&p, 1, 3000) == 1 &&
+        bool fired = vu_bar0_write32(fd, 0x60, 1) == 0 && poll(&p, 1, 3000) == 1 &&
                      read(efd, &ticks, sizeof(ticks)) == sizeof(ticks);
 
-        (void) bar_write32(fd, 0x64, 1); /* acknowledge */
+        (void) vu_bar0_write32(fd, 0x64, 1); /* acknowledge */
         /* INTx is automasked once signalled (VFIO_IRQ_INFO_AUTOMASKED): unmask for the next one. */
         VfioUserIrqSet unmask = { sizeof(unmask), VFIO_USER_IRQ_SET_DATA_NONE | VFIO_USER_IRQ_SET_ACTION_UNMASK,
                                   VFIO_USER_PCI_INTX_IRQ_INDEX, 0, 1 };
@@ -136,7 +81,7 @@ int main(int argc, char *argv[]) {
                 return 2;
         group = (unsigned) atoi(argv[1]);
         device = argv[2];
-        baseline = pinned_pages();
+        baseline = vm_pinned_pages();
         if (sd_bus_open_system(&bus) < 0 || !(path = vm_create_container(bus, "vfio-user-restart")) ||
             vm_call(bus, path, CONTAINER, "AttachGroup", NULL, "u", group)) {
                 vm_tap(false, "vfio-user restart: a container with an edu group");
@@ -183,7 +128,7 @@ int main(int argc, char *argv[]) {
                "vfio-user restart: a client with BAR0 mmap'ed, 4 MiB mapped and INTx on an eventfd DMAs");
         /* /proc/vmstat folds per-CPU counters past a threshold: the count is approximate, so 4 MiB (1024
          * pages) count as pinned from 768 on, and "once" is within 128 pages of it. */
-        long pinned = pinned_pages() - baseline;
+        long pinned = vm_pinned_pages() - baseline;
         vm_tap(pinned >= 768, "vfio-user restart: 4 MiB are pinned (%ld pages)", pinned);
 
         snprintf(restarts, sizeof(restarts), "%s", env ?: "kill9 term");
@@ -194,8 +139,8 @@ int main(int argc, char *argv[]) {
                 uint16_t after = 0;
                 uint32_t ident = 0;
 
-                snprintf(a, sizeof(a), "%s", harness(how[i]));
-                snprintf(b, sizeof(b), "%s", harness("start"));
+                snprintf(a, sizeof(a), "%s", vm_harness(how[i]));
+                snprintf(b, sizeof(b), "%s", vm_harness("start"));
                 vm_tap(strncmp(b, "started", 7) == 0, "vfio-user restart: %s (%s), then a new instance (%s)", how[i],
                        a, b);
                 r = vu_region_read(fd, VFIO_USER_PCI_BAR0_REGION_INDEX, 0, &ident, 4);
@@ -210,7 +155,7 @@ int main(int argc, char *argv[]) {
                        "vfio-user restart after %s: DMA lands in the client's memfd through the IOMMU", how[i]);
                 vm_tap(interrupt_fires(fd, efd),
                        "vfio-user restart after %s: INTx fires the eventfd set before the restart", how[i]);
-                long now = pinned_pages() - baseline;
+                long now = vm_pinned_pages() - baseline;
                 vm_tap(mappings(bus, path) == 1 && now >= 768 && now <= pinned + 128,
                        "vfio-user restart after %s: one mapping, pinned once (%ld pages, were %ld)", how[i], now,
                        pinned);
@@ -225,7 +170,7 @@ int main(int argc, char *argv[]) {
         /* As approximate as above: the client's 4 MiB staying pinned would be 1024 pages, the counters'
          * lag is a few dozen. */
         long left = -1;
-        for (int i = 0; i < 50 && (left = pinned_pages() - baseline) > 0; i++)
+        for (int i = 0; i < 50 && (left = vm_pinned_pages() - baseline) > 0; i++)
                 usleep(100000);
         vm_tap(left < 128, "vfio-user restart: nothing stays pinned (%ld pages above the baseline)", left);
         (void) unlink(SOCK);

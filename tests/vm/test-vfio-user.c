@@ -29,25 +29,7 @@
 #define EDU_BUF UINT64_C(0x40000)
 #define SOCK "/tmp/vfio-user-edu.sock"
 
-static int bar_write32(int fd, uint64_t reg, uint32_t v) {
-        return vu_region_write(fd, VFIO_USER_PCI_BAR0_REGION_INDEX, reg, &v, 4);
-}
 
-/* The edu completes on a 100 ms virtual-clock timer: poll the command register. */
-static int edu_dma(int fd, uint64_t src, uint64_t dst, uint32_t count, uint32_t cmd) {
-        uint32_t status = 1;
-
-        if (bar_write32(fd, 0x80, (uint32_t) src) || bar_write32(fd, 0x88, (uint32_t) dst) ||
-            bar_write32(fd, 0x90, count) || bar_write32(fd, 0x98, cmd | 1))
-                return -EIO;
-        for (int i = 0; i < 500 && (status & 1); i++) {
-                struct timespec ts = { 0, 10 * 1000 * 1000 };
-                nanosleep(&ts, NULL);
-                if (vu_region_read(fd, VFIO_USER_PCI_BAR0_REGION_INDEX, 0x98, &status, 4))
-                        return -EIO;
-        }
-        return status & 1 ? -ETIMEDOUT : 0;
-}
 
 static uint32_t mappings(sd_bus *bus, const char *path) {
         uint32_t n = UINT32_MAX;
@@ -161,8 +143,8 @@ int main(void) {
                "vfio-user: DMA_MAP without fd is acknowledged, not mapped");
 
         vm_fill(ram, 0x1000, 0x5a, 512);
-        r = edu_dma(fd, IOVA + 0x1000, EDU_BUF, 512, 0);
-        r = r ?: edu_dma(fd, EDU_BUF, IOVA + 0x20000, 512, 2);
+        r = vu_edu_dma(fd, IOVA + 0x1000, EDU_BUF, 512, 0);
+        r = r ?: vu_edu_dma(fd, EDU_BUF, IOVA + 0x20000, 512, 2);
         vm_tap(r == 0 && vm_check(ram, 0x20000, 0x5a, 512),
                "vfio-user: the edu DMAs RAM -> device -> RAM through the IOMMU mappings");
 
@@ -171,27 +153,27 @@ int main(void) {
         VfioUserIrqSet set = { sizeof(set), VFIO_USER_IRQ_SET_DATA_EVENTFD | VFIO_USER_IRQ_SET_ACTION_TRIGGER,
                                VFIO_USER_PCI_INTX_IRQ_INDEX, 0, 1 };
         r = vu_call(fd, VFIO_USER_DEVICE_SET_IRQS, &set, sizeof(set), &efd, 1, NULL, 0, NULL, NULL);
-        r = r ?: bar_write32(fd, 0x60, 1); /* edu: raise an interrupt */
+        r = r ?: vu_bar0_write32(fd, 0x60, 1); /* edu: raise an interrupt */
         {
                 struct pollfd p = { efd, POLLIN, 0 };
                 uint64_t ticks = 0;
                 bool fired = r == 0 && poll(&p, 1, 3000) == 1 && read(efd, &ticks, sizeof(ticks)) == sizeof(ticks);
                 vm_tap(fired, "vfio-user: the edu's INTx fires the client's eventfd (set_irqs %d, %" PRIu64 " events)",
                        r, ticks);
-                (void) bar_write32(fd, 0x64, 1); /* acknowledge */
+                (void) vu_bar0_write32(fd, 0x64, 1); /* acknowledge */
         }
 
         /* Unmapped: the device's DMA there faults in the IOMMU and moves nothing. */
         unsigned faults = vm_dmar_faults();
         r = vu_dma_unmap(fd, IOVA, 4 * MiB, 0);
         vm_tap(r == 0 && mappings(bus, path) == 0, "vfio-user: DMA_UNMAP removes the container's mapping");
-        (void) edu_dma(fd, EDU_BUF, IOVA + 0x30000, 512, 2);
+        (void) vu_edu_dma(fd, EDU_BUF, IOVA + 0x30000, 512, 2);
         usleep(200 * 1000);
         vm_tap(vm_zero(ram, 0x30000, 512) && vm_dmar_faults() > faults,
                "vfio-user: DMA to the unmapped IOVA faults (DMAR %u -> %u) and moves nothing", faults,
                vm_dmar_faults());
         faults = vm_dmar_faults();
-        (void) edu_dma(fd, EDU_BUF, 0x1000000, 64, 2);
+        (void) vu_edu_dma(fd, EDU_BUF, 0x1000000, 64, 2);
         usleep(200 * 1000);
         vm_tap(vm_dmar_faults() > faults, "vfio-user: DMA into the range mapped without fd faults too (DMAR %u -> %u)",
                faults, vm_dmar_faults());

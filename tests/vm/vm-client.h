@@ -34,3 +34,9 @@ int vm_find_groups(unsigned *ids, char devices[][32], int max);
 unsigned vm_dmar_faults(void);
 /* The daemon's locked + pinned memory (VmLck + VmPin of $VFIO_BROKER_DAEMON_PID), -1 if unknown. */
 long vm_daemon_locked_kib(void);
+
+/* A command to the fd-store supervisor ($VFIO_BROKER_HARNESS, else /run/sup): its answer (static). */
+const char *vm_harness(const char *cmd);
+
+/* Pages held with FOLL_PIN right now, system-wide (type1 pins with pin_user_pages). */
+long vm_pinned_pages(void);
