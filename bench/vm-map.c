@@ -63,6 +63,23 @@ static int open_container(unsigned group, int *ret_group_fd) {
         return container;
 }
 
+/* One VFIO_IOMMU_MAP_DMA of BIG bytes at ram, timed, and its unmap. */
+static double map_big(int container, void *ram) {
+        struct vfio_iommu_type1_dma_map map = {
+                .argsz = sizeof(map), .flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
+                .vaddr = (uintptr_t) ram, .iova = BIG_IOVA, .size = BIG,
+        };
+        struct vfio_iommu_type1_dma_unmap unmap = { .argsz = sizeof(unmap), .iova = BIG_IOVA, .size = BIG };
+        double t = now();
+
+        if (ioctl(container, VFIO_IOMMU_MAP_DMA, &map) < 0)
+                die("VFIO_IOMMU_MAP_DMA 256 MiB");
+        t = now() - t;
+        if (ioctl(container, VFIO_IOMMU_UNMAP_DMA, &unmap) < 0)
+                die("VFIO_IOMMU_UNMAP_DMA");
+        return t;
+}
+
 static void direct(unsigned group, int memfd, void *ram, unsigned pairs, double *ret_big, double ret_fresh[3],
                    double *ret_pair) {
         int gfd, container = open_container(group, &gfd);
@@ -74,12 +91,7 @@ static void direct(unsigned group, int memfd, void *ram, unsigned pairs, double 
         };
         struct vfio_iommu_type1_dma_unmap unmap = { .argsz = sizeof(unmap), .iova = BIG_IOVA, .size = BIG };
 
-        t = now();
-        if (ioctl(container, VFIO_IOMMU_MAP_DMA, &map) < 0)
-                die("VFIO_IOMMU_MAP_DMA 256 MiB");
-        *ret_big = now() - t;
-        if (ioctl(container, VFIO_IOMMU_UNMAP_DMA, &unmap) < 0)
-                die("VFIO_IOMMU_UNMAP_DMA");
+        *ret_big = map_big(container, ram);
 
         /* A fresh view of the same memfd, with no page tables yet: what the daemon pins through. */
         for (unsigned i = 0; i < 3; i++) {
@@ -119,18 +131,8 @@ static void direct(unsigned group, int memfd, void *ram, unsigned pairs, double 
 /* Only the 256 MiB map of ram (huge pages): the direct side's time. */
 static double direct_big(unsigned group, void *ram) {
         int gfd, container = open_container(group, &gfd);
-        double t;
-        struct vfio_iommu_type1_dma_map map = {
-                .argsz = sizeof(map), .flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
-                .vaddr = (uintptr_t) ram, .iova = BIG_IOVA, .size = BIG,
-        };
-        struct vfio_iommu_type1_dma_unmap unmap = { .argsz = sizeof(unmap), .iova = BIG_IOVA, .size = BIG };
-        t = now();
-        if (ioctl(container, VFIO_IOMMU_MAP_DMA, &map) < 0)
-                die("VFIO_IOMMU_MAP_DMA 256 MiB of huge pages");
-        t = now() - t;
-        if (ioctl(container, VFIO_IOMMU_UNMAP_DMA, &unmap) < 0)
-                die("VFIO_IOMMU_UNMAP_DMA");
+        double t = map_big(container, ram);
+
         close(gfd);
         close(container);
         return t;
