@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <libgen.h>
 #include <unistd.h>
@@ -583,11 +584,17 @@ static int run_vmm(char **argv) {
         if (sigprocmask(SIG_BLOCK, &mask, &old) < 0)
                 return -errno;
 
+        pid_t parent = getpid();
         pid = fork();
         if (pid < 0)
                 return -errno;
         if (pid == 0) {
                 (void) sigprocmask(SIG_SETMASK, &old, NULL);
+                /* If the run dies without forwarding anything (SIGKILL, a crash), its container closes
+                 * with its bus connection: the VMM would keep a device without mappings. It gets the
+                 * SIGTERM a stop would have sent it. */
+                if (prctl(PR_SET_PDEATHSIG, SIGTERM) < 0 || getppid() != parent)
+                        _exit(128 + SIGTERM);
                 execvp(argv[0], argv);
                 fprintf(stderr, "vfio-brokerctl: cannot run %s: %s\n", argv[0], strerror(errno));
                 _exit(127);

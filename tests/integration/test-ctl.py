@@ -293,6 +293,55 @@ check(p.returncode == 0, "monitor exits when the program reading its output exit
 control = os.environ.get("VFIO_BROKER_HARNESS")
 
 
+
+# run: a `vfio-brokerctl run` that dies (SIGKILL, nothing forwarded) takes its VMM along: the container it
+# held closes with its bus connection, and a VMM left with a device without mappings would only fail.
+def alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def labels():
+    rc, out, _ = run("--json", "list")
+    doc = parse(out) or {}
+    items = doc.get("containers", []) if isinstance(doc, dict) else doc
+    return [c.get("label") for c in items]
+
+
+run_dir = tempfile.mkdtemp(prefix="ctl-run-")
+runner = subprocess.Popen([ctl, "run", "--device", groups[0]["devices"][0], "--socket",
+                           os.path.join(run_dir, "dev.sock"), "--label", "killed-run", "--", "sleep", "600"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+vmm_pid = None
+for _ in range(200):
+    try:
+        with open("/proc/%d/task/%d/children" % (runner.pid, runner.pid)) as f:
+            kids = [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        kids = []
+    if kids and "killed-run" in labels():
+        vmm_pid = kids[0]
+        break
+    time.sleep(0.05)
+check(vmm_pid is not None, "run holds a container for its VMM", runner.stderr.read() if runner.poll() is not None else "")
+runner.kill()
+runner.wait(timeout=10)
+for _ in range(100):
+    if vmm_pid is None or not alive(vmm_pid):
+        break
+    time.sleep(0.05)
+check(vmm_pid is not None and not alive(vmm_pid), "a run killed with SIGKILL takes its VMM along (pid %s)" % vmm_pid)
+for _ in range(100):
+    if "killed-run" not in labels():
+        break
+    time.sleep(0.05)
+check("killed-run" not in labels(), "and its container closes", labels())
+if vmm_pid is not None and alive(vmm_pid):
+    os.kill(vmm_pid, signal.SIGKILL)
+
 def harness(cmd):
     with open(os.path.join(control, "cmd"), "w") as f:
         f.write(cmd + "\n")
