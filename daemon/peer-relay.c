@@ -1,7 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 #include <assert.h>
-#include <endian.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -13,13 +12,9 @@
 #include <sys/socket.h>
 
 #include "log.h"
+#include "peer-frame.h"
 #include "peer-relay.h"
 
-/* D-Bus specification, "Message Format": the fixed part of every header. */
-#define DBUS_HEADER_FIXED 16
-#define DBUS_LITTLE_ENDIAN 'l'
-#define DBUS_BIG_ENDIAN 'B'
-#define DBUS_PROTOCOL_VERSION 1
 
 /* What is read from the client before it goes on: one chunk at a time. */
 #define RELAY_BUFFER_SIZE (64u << 10)
@@ -41,14 +36,12 @@ struct PeerRelay {
         sd_event_source *client_source, *bus_source, *auth_source;
         RelayState state;
 
-        /* RELAY_AUTH: bytes passed on so far, and the line being read (enough of it to tell BEGIN). */
+        /* RELAY_AUTH: bytes passed on so far, and where the SASL lines are. */
         size_t auth_size;
-        char line[8];
-        size_t line_size;
-        char previous;
+        PeerAuthScan auth;
 
         /* RELAY_MESSAGES: the message being relayed. */
-        uint8_t header[DBUS_HEADER_FIXED];
+        uint8_t header[PEER_FRAME_HEADER_SIZE];
         size_t header_size;
         uint64_t remaining; /* bytes of it still to read after the fixed header */
         uint64_t charged;   /* its declared size, when charged (above the buffer's size) */
@@ -258,21 +251,7 @@ static void relay_read_auth(PeerRelay *r) {
                 return;
         }
 
-        for (take = 0; take < (size_t) k && !begin; take++) {
-                char c = (char) r->buffer[take];
-
-                if (r->auth_size + take == 0)
-                        continue; /* the leading NUL byte */
-                if (c == '\n' && r->previous == '\r') {
-                        begin = r->line_size == 6 && memcmp(r->line, "BEGIN\r", 6) == 0;
-                        r->line_size = 0;
-                } else {
-                        if (r->line_size < sizeof(r->line))
-                                r->line[r->line_size] = c;
-                        r->line_size++;
-                }
-                r->previous = c;
-        }
+        take = peer_auth_scan(&r->auth, r->buffer, (size_t) k, &begin);
 
         k = relay_recv(r, r->buffer, take);
         if (k < 0) {
@@ -295,19 +274,13 @@ static void relay_read_auth(PeerRelay *r) {
 }
 
 static int relay_check_header(PeerRelay *r) {
-        uint32_t body, fields;
         uint64_t size;
 
-        if ((r->header[0] != DBUS_LITTLE_ENDIAN && r->header[0] != DBUS_BIG_ENDIAN) || r->header[3] != DBUS_PROTOCOL_VERSION) {
+        if (peer_frame_size(r->header, &size) < 0) {
                 relay_closef(r, "not a D-Bus message (endianness 0x%02x, version %u).", r->header[0],
                              r->header[3]);
                 return -EPROTO;
         }
-        memcpy(&body, r->header + 4, sizeof(body));
-        memcpy(&fields, r->header + 12, sizeof(fields));
-        body = r->header[0] == DBUS_LITTLE_ENDIAN ? le32toh(body) : be32toh(body);
-        fields = r->header[0] == DBUS_LITTLE_ENDIAN ? le32toh(fields) : be32toh(fields);
-        size = DBUS_HEADER_FIXED + (((uint64_t) fields + 7) & ~UINT64_C(7)) + body;
         if (size > PEER_MESSAGE_SIZE_MAX) {
                 relay_closef(r, "it sent a message of %" PRIu64 " bytes; a peer connection may send at most %"
                              PRIu32 ".", size, PEER_MESSAGE_SIZE_MAX);
@@ -322,7 +295,7 @@ static int relay_check_header(PeerRelay *r) {
                 }
                 r->charged = size;
         }
-        r->remaining = size - DBUS_HEADER_FIXED;
+        r->remaining = size - PEER_FRAME_HEADER_SIZE;
         return 0;
 }
 
@@ -332,8 +305,8 @@ static void relay_read_message(PeerRelay *r) {
                 size_t want;
                 ssize_t k;
 
-                if (r->header_size < DBUS_HEADER_FIXED)
-                        want = DBUS_HEADER_FIXED - r->header_size;
+                if (r->header_size < PEER_FRAME_HEADER_SIZE)
+                        want = PEER_FRAME_HEADER_SIZE - r->header_size;
                 else {
                         want = sizeof(r->buffer) - r->end;
                         if (want > r->remaining)
@@ -350,7 +323,7 @@ static void relay_read_message(PeerRelay *r) {
                 if (k == -EAGAIN) {
                         /* What came so far goes on (its fds stay until the message's end), once the
                          * header is checked. */
-                        if (r->end > 0 && r->header_size == DBUS_HEADER_FIXED)
+                        if (r->end > 0 && r->header_size == PEER_FRAME_HEADER_SIZE)
                                 (void) relay_pass_on(r);
                         return;
                 }
@@ -362,11 +335,11 @@ static void relay_read_message(PeerRelay *r) {
                         return;
                 }
 
-                if (r->header_size < DBUS_HEADER_FIXED) {
+                if (r->header_size < PEER_FRAME_HEADER_SIZE) {
                         memcpy(r->header + r->header_size, r->buffer + r->end, (size_t) k);
                         r->header_size += (size_t) k;
                         r->end += (size_t) k;
-                        if (r->header_size < DBUS_HEADER_FIXED)
+                        if (r->header_size < PEER_FRAME_HEADER_SIZE)
                                 continue;
                         if (relay_check_header(r) < 0)
                                 return;
@@ -375,7 +348,7 @@ static void relay_read_message(PeerRelay *r) {
                         r->remaining -= (uint64_t) k;
                 }
 
-                if (r->header_size == DBUS_HEADER_FIXED && r->remaining == 0) {
+                if (r->header_size == PEER_FRAME_HEADER_SIZE && r->remaining == 0) {
                         /* The whole message: it goes on with its fds, and the next starts afresh. */
                         r->complete = true;
                         r->header_size = 0;

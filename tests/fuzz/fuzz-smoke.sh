@@ -16,11 +16,14 @@ common=(-std=gnu11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno
 daemon=$(ls "$src"/daemon/*.c "$src"/common/*.c | grep -v '/main.c$')
 n=0
 failed=0
-for target in config request state vfio-user; do
+for target in config request state vfio-user peer-frame; do
         n=$((n + 1))
         if [ $target = config ]; then
                 sources=("$src/daemon/config.c" "$src/daemon/json-strict.c" "$src/daemon/backend.c" "$src/daemon/error.c" "$src/common/broker-wire.c")
                 libs=($(pkg-config --libs json-c))
+        elif [ $target = peer-frame ]; then
+                sources=("$src/daemon/peer-frame.c")
+                libs=()
         else
                 sources=($daemon)
                 libs=($(pkg-config --libs json-c libsystemd zlib))

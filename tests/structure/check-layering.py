@@ -20,7 +20,7 @@ LAYER_NAMES = ["utility", "backend", "logic", "face"]
 # First match wins.
 RULES = [
     (r"^main\.c$", FACE),
-    (r"^(bus|bus-error|caller|polkit|peer|peer-relay|owner-watch|fdstore|state|state-.*|.*-dbus|vfio-user.*)\.[ch]$", FACE),
+    (r"^(bus|bus-error|caller|polkit|peer|peer-relay|peer-frame|owner-watch|fdstore|state|state-.*|.*-dbus|vfio-user.*)\.[ch]$", FACE),
     # The host's uevents (udev) are an input like a D-Bus call: device-monitor.c calls the logic.
     (r"^device-monitor\.[ch]$", FACE),
     (r"^backend.*\.[ch]$", BACKEND),
