@@ -82,48 +82,53 @@ static MappingTableNode *floor_node(const MappingTable *t, uint64_t key) {
         return best;
 }
 
-/* The node with the smallest first >= key, or NULL. */
-static MappingTableNode *ceiling_node(const MappingTable *t, uint64_t key) {
-        MappingTableNode *n = t->root, *best = NULL;
-
-        while (n) {
-                if (n->first >= key) {
-                        best = n;
-                        n = n->left;
-                } else
-                        n = n->right;
-        }
-        return best;
-}
-
 MappingTableNode *mapping_table_find(const MappingTable *t, uint64_t iova) {
         MappingTableNode *n = floor_node(t, iova);
         return n && n->last >= iova ? n : NULL;
 }
 
-MappingTableNode *mapping_table_first_intersecting(const MappingTable *t, uint64_t first, uint64_t last) {
-        MappingTableNode *n;
+/* The search path for a key passes both its floor (greatest first <= key) and its strict ceiling
+ * (smallest first > key): one descent answers an intersection query, and the same descent ends
+ * where an insertion links its node. Every Map asks twice (the broker's table, the sim's IOMMU). */
+static MappingTableNode *descend(const MappingTable *t, uint64_t first, uint64_t last, MappingTableNode **ret_parent,
+                                 MappingTableNode ***ret_link) {
+        MappingTableNode *const *link = &t->root, *parent = NULL, *floor = NULL, *ceiling = NULL;
 
-        assert(first <= last);
-
+        while (*link) {
+                parent = *link;
+                if (parent->first <= first) {
+                        floor = parent;
+                        link = &parent->right;
+                } else {
+                        ceiling = parent;
+                        link = &parent->left;
+                }
+        }
+        if (ret_parent) {
+                *ret_parent = parent;
+                *ret_link = (MappingTableNode **) link;
+        }
         /* Either the interval that starts at or before first reaches into the range, or the first
          * interval that starts inside it. */
-        n = floor_node(t, first);
-        if (n && n->last >= first)
-                return n;
-        n = ceiling_node(t, first);
-        return n && n->first <= last ? n : NULL;
+        if (floor && floor->last >= first)
+                return floor;
+        return ceiling && ceiling->first <= last ? ceiling : NULL;
+}
+
+MappingTableNode *mapping_table_first_intersecting(const MappingTable *t, uint64_t first, uint64_t last) {
+        assert(first <= last);
+        return descend(t, first, last, NULL, NULL);
 }
 
 int mapping_table_insert(MappingTable *t, MappingTableNode *node, MappingTableNode **ret_conflict) {
-        MappingTableNode *conflict, *parent = NULL, **link = &t->root;
+        MappingTableNode *conflict, *parent, **link;
         uint64_t size;
 
         assert(t);
         assert(node);
         assert(node->first <= node->last);
 
-        conflict = mapping_table_first_intersecting(t, node->first, node->last);
+        conflict = descend(t, node->first, node->last, &parent, &link);
         if (conflict) {
                 if (ret_conflict)
                         *ret_conflict = conflict;
@@ -133,10 +138,6 @@ int mapping_table_insert(MappingTable *t, MappingTableNode *node, MappingTableNo
         /* [0, 2^64-1] is 2^64 bytes: saturate rather than wrap. */
         size = node->first == 0 && node->last == UINT64_MAX ? UINT64_MAX : mapping_table_node_size(node);
 
-        while (*link) {
-                parent = *link;
-                link = node->first < parent->first ? &parent->left : &parent->right;
-        }
         set_parent(node, parent);
         node->left = node->right = NULL;
         set_red(node, true);
