@@ -100,6 +100,78 @@ static int on_changed(sd_bus_message *m, void *userdata, sd_bus_error *e) {
         return 0;
 }
 
+/* A Map+Unmap pair against two empty round trips on the same connection (dest NULL: a peer one). */
+typedef struct PairCtx {
+        sd_bus *ping;
+        const char *dest;
+        vfio_broker *b;
+        vfio_broker_container *c;
+        int ram;
+} PairCtx;
+
+enum { ROUNDS = 20, PER_ROUND = 100 };
+
+typedef struct Paired {
+        double floor_us, figure_us;                /* per empty call; per pair */
+        double ratio_median, ratio_min, ratio_max; /* pair / two empty calls, round by round */
+        CpuSample cpu_floor, cpu_figure;           /* per empty call; per pair */
+} Paired;
+
+/* Floor and figure in alternating rounds, so that both see the same machine: this one's speed moves
+ * up to 3x within a run, and a floor taken seconds before its figure made the ratio a coin toss. The
+ * ratio is the median of the rounds' ratios, with their range. */
+static void measure_paired(const PairCtx *x, Paired *ret) {
+        double ratios[ROUNDS], t_floor = 0, t_figure = 0;
+        CpuSample cpu_floor = {}, cpu_figure = {};
+
+        for (unsigned r = 0; r < ROUNDS; r++) {
+                CpuSample s0 = cpu_sample();
+                double t0 = now();
+                for (unsigned i = 0; i < PER_ROUND; i++)
+                        must(sd_bus_call_method(x->ping, x->dest, ROOT, "org.freedesktop.DBus.Peer", "Ping", NULL, NULL,
+                                                ""), NULL, "Ping");
+                double t1 = now();
+                CpuSample s1 = cpu_sample();
+                double t2 = now();
+                for (unsigned i = 0; i < PER_ROUND; i++) {
+                        must(vfio_broker_container_map(x->c, x->ram, 0, 4096, 0x100000, 3), x->b, "Map");
+                        must(vfio_broker_container_unmap(x->c, 0x100000, 4096), x->b, "Unmap");
+                }
+                double t3 = now();
+                CpuSample s2 = cpu_sample();
+
+                t_floor += t1 - t0;
+                t_figure += t3 - t2;
+                ratios[r] = (t3 - t2) / (2 * (t1 - t0));
+                cpu_floor = (CpuSample) { cpu_floor.daemon + s1.daemon - s0.daemon, cpu_floor.bus + s1.bus - s0.bus,
+                                          cpu_floor.client + s1.client - s0.client };
+                cpu_figure = (CpuSample) { cpu_figure.daemon + s2.daemon - s1.daemon, cpu_figure.bus + s2.bus - s1.bus,
+                                           cpu_figure.client + s2.client - s1.client };
+        }
+        qsort(ratios, ROUNDS, sizeof(double), compare_double);
+        *ret = (Paired) {
+                .floor_us = t_floor / (ROUNDS * PER_ROUND) * 1e6,
+                .figure_us = t_figure / (ROUNDS * PER_ROUND) * 1e6,
+                .ratio_median = (ratios[ROUNDS / 2 - 1] + ratios[ROUNDS / 2]) / 2,
+                .ratio_min = ratios[0],
+                .ratio_max = ratios[ROUNDS - 1],
+                .cpu_floor = cpu_per((CpuSample) {}, cpu_floor, ROUNDS * PER_ROUND),
+                .cpu_figure = cpu_per((CpuSample) {}, cpu_figure, ROUNDS * PER_ROUND),
+        };
+}
+
+static void print_paired(const char *what, const Paired *p) {
+        char range[80];
+
+        printf("%-52s %9.1f us %11.1f us %7.2fx\n", what, p->figure_us, 2 * p->floor_us, p->ratio_median);
+        snprintf(range, sizeof(range), "  (median of %u rounds; they range)", ROUNDS);
+        printf("%-52s %12s %14s %.2f-%.2fx\n", range, "", "", p->ratio_min, p->ratio_max);
+}
+
+static void print_cpu(const char *what, double figure, double floor) {
+        printf("%-52s %9.1f us %11.1f us %7.2fx\n", what, figure, 2 * floor, figure / (2 * floor));
+}
+
 int main(void) {
         /* The harness runs the daemon with persistence (a state directory and an fd store) unless told
          * --no-fdstore; production runs with it. */
@@ -110,8 +182,7 @@ int main(void) {
         vfio_broker_container *c;
         sd_bus *bus;
         int ram = memfd_create("ram", MFD_CLOEXEC);
-        const unsigned N = 2000;
-        double t, floor_us, pair_us, update_us, insert_s, lookup_us, unmap_all_s, create_us, signal_us;
+        double t, floor_us, update_us, insert_s, lookup_us, unmap_all_s, create_us, signal_us;
         long rss0, rss1;
 
         if (ram < 0 || ftruncate(ram, 512 * 1024 * 1024) < 0)
@@ -126,13 +197,11 @@ int main(void) {
                         (void) sd_bus_creds_get_pid(creds, &bus_pid);
                 sd_bus_creds_unref(creds);
         }
-        CpuSample c0, cpu_p2p_rt, cpu_rt, cpu_pair, cpu_p2p_pair;
 
         /* The peer-to-peer floor: an empty round trip on a connection from Manager.OpenConnection. */
-        double p2p_floor_us = -1, p2p_pair_us = -1;
+        sd_bus *peer = NULL;
         {
                 sd_bus_message *reply = NULL;
-                sd_bus *peer = NULL;
                 int fd;
                 must(sd_bus_call_method(bus, BUS_NAME, ROOT, BUS_NAME ".Manager", "OpenConnection", NULL, &reply, ""),
                      NULL, "OpenConnection");
@@ -143,29 +212,13 @@ int main(void) {
                 must(sd_bus_set_fd(peer, fd, fd), NULL, "peer fd");
                 must(sd_bus_set_anonymous(peer, true), NULL, "anonymous");
                 must(sd_bus_start(peer), NULL, "peer start");
-                t = now();
-                c0 = cpu_sample();
-                for (unsigned i = 0; i < N; i++)
-                        must(sd_bus_call_method(peer, NULL, ROOT, "org.freedesktop.DBus.Peer", "Ping", NULL, NULL, ""),
-                             NULL, "peer Ping");
-                p2p_floor_us = (now() - t) / N * 1e6;
-                cpu_p2p_rt = cpu_per(c0, cpu_sample(), N);
-                sd_bus_flush_close_unref(peer);
         }
-
-        /* Floor: an empty round trip to the daemon through the same dbus-daemon. */
-        t = now();
-        c0 = cpu_sample();
-        for (unsigned i = 0; i < N; i++)
-                must(sd_bus_call_method(bus, BUS_NAME, ROOT, "org.freedesktop.DBus.Peer", "Ping", NULL, NULL, ""), NULL,
-                     "Ping");
-        floor_us = (now() - t) / N * 1e6;
-        cpu_rt = cpu_per(c0, cpu_sample(), N);
 
         must(vfio_broker_container_new(b, "bench", &c), b, "CreateContainer");
         must(vfio_broker_container_attach_group(c, 1), b, "AttachGroup");
 
         /* The library uses the peer connection on its own; a second handle without it measures the bus. */
+        Paired via_bus, p2p;
         {
                 vfio_broker *viabus;
                 vfio_broker_container *cb;
@@ -174,36 +227,32 @@ int main(void) {
                 unsetenv("VFIO_BROKER_PEER");
                 must(vfio_broker_container_new(viabus, "bench-bus", &cb), viabus, "CreateContainer (bus)");
                 must(vfio_broker_container_attach_group(cb, 3), viabus, "AttachGroup (bus)");
-                t = now();
-                c0 = cpu_sample();
-                for (unsigned i = 0; i < N; i++) {
-                        must(vfio_broker_container_map(cb, ram, 0, 4096, 0x100000, 3), viabus, "Map");
-                        must(vfio_broker_container_unmap(cb, 0x100000, 4096), viabus, "Unmap");
-                }
-                pair_us = (now() - t) / N * 1e6;
-                cpu_pair = cpu_per(c0, cpu_sample(), N);
+                measure_paired(&(PairCtx) { bus, BUS_NAME, viabus, cb, ram }, &via_bus);
                 must(vfio_broker_container_close(cb), viabus, "Close (bus)");
                 vfio_broker_unref(viabus);
         }
-        t = now();
-        c0 = cpu_sample();
-        for (unsigned i = 0; i < N; i++) {
-                must(vfio_broker_container_map(c, ram, 0, 4096, 0x100000, 3), b, "Map");
-                must(vfio_broker_container_unmap(c, 0x100000, 4096), b, "Unmap");
-        }
-        p2p_pair_us = (now() - t) / N * 1e6;
-        cpu_p2p_pair = cpu_per(c0, cpu_sample(), N);
+        measure_paired(&(PairCtx) { peer, NULL, b, c, ram }, &p2p);
+        sd_bus_flush_close_unref(peer);
+        floor_us = via_bus.floor_us;
+        double p2p_floor_us = p2p.floor_us;
 
         /* Update of 1000 maps, per map. */
         vfio_broker_map *maps = calloc(65535, sizeof(*maps));
         for (unsigned i = 0; i < 65535; i++)
                 maps[i] = (vfio_broker_map) { .memory = 0, .offset = (uint64_t) i * 4096, .size = 4096,
                                               .iova = 0x100000000ULL + (uint64_t) i * 8192, .flags = 3 };
-        t = now();
-        must(vfio_broker_container_update(c, NULL, 0, &ram, 1, maps, 1000), b, "Update 1000");
-        update_us = (now() - t) / 1000 * 1e6;
+        /* The median of 9, for the same reason as the rounds above. */
+        enum { UPDATE_RUNS = 9 };
+        double update_runs[UPDATE_RUNS];
         vfio_broker_unmap all = { 0, UINT64_C(1) << 62 };
-        must(vfio_broker_container_update(c, &all, 1, NULL, 0, NULL, 0), b, "Update unmap");
+        for (unsigned i = 0; i < UPDATE_RUNS; i++) {
+                t = now();
+                must(vfio_broker_container_update(c, NULL, 0, &ram, 1, maps, 1000), b, "Update 1000");
+                update_runs[i] = (now() - t) / 1000 * 1e6;
+                must(vfio_broker_container_update(c, &all, 1, NULL, 0, NULL, 0), b, "Update unmap");
+        }
+        qsort(update_runs, UPDATE_RUNS, sizeof(double), compare_double);
+        update_us = update_runs[UPDATE_RUNS / 2];
 
         /* A container with 65535 mappings. */
         rss0 = daemon_rss_kib();
@@ -309,25 +358,18 @@ int main(void) {
         printf("%-52s %9.1f us %11.1f us %7.2fx\n", "empty round trip (Peer.Ping via dbus-daemon)", floor_us, floor_us, 1.0);
         printf("%-52s %9.1f us %11.1f us %7.2fx\n", "empty round trip, peer-to-peer (OpenConnection)", p2p_floor_us,
                p2p_floor_us, 1.0);
-        printf("%-52s %9.1f us %11.1f us %7.2fx\n", "Map+Unmap pair via the bus", pair_us, 2 * floor_us,
-               pair_us / (2 * floor_us));
-        printf("%-52s %9.1f us %11.1f us %7.2fx\n", "Map+Unmap pair peer-to-peer (the library's default)", p2p_pair_us,
-               2 * p2p_floor_us, p2p_pair_us / (2 * p2p_floor_us));
+        print_paired("Map+Unmap pair via the bus", &via_bus);
+        print_paired("Map+Unmap pair peer-to-peer (the library's default)", &p2p);
         /* The wall-clock ratios above move with whatever else the machine runs; CPU time per call does
          * much less: what each process spends on a pair against what it spends on two empty calls. */
         printf("%-52s %12s %14s %8s\n", "  on-CPU time per call (daemon/dbus-daemon/client)", "figure", "floor", "ratio");
-        printf("%-52s %9.1f us %11.1f us %7.2fx\n", "  daemon, Map+Unmap pair via the bus", cpu_pair.daemon,
-               2 * cpu_rt.daemon, cpu_pair.daemon / (2 * cpu_rt.daemon));
-        printf("%-52s %9.1f us %11.1f us %7.2fx\n", "  dbus-daemon, Map+Unmap pair via the bus", cpu_pair.bus,
-               2 * cpu_rt.bus, cpu_pair.bus / (2 * cpu_rt.bus));
-        printf("%-52s %9.1f us %11.1f us %7.2fx\n", "  client, Map+Unmap pair via the bus", cpu_pair.client,
-               2 * cpu_rt.client, cpu_pair.client / (2 * cpu_rt.client));
-        printf("%-52s %9.1f us %11.1f us %7.2fx\n", "  daemon, Map+Unmap pair p2p", cpu_p2p_pair.daemon,
-               2 * cpu_p2p_rt.daemon, cpu_p2p_pair.daemon / (2 * cpu_p2p_rt.daemon));
-        printf("%-52s %9.1f us %11.1f us %7.2fx\n", "  dbus-daemon, Map+Unmap pair p2p (signals only)",
-               cpu_p2p_pair.bus, 2 * cpu_p2p_rt.bus, 0.0);
-        printf("%-52s %9.1f us %11.1f us %7.2fx\n", "  client, Map+Unmap pair p2p", cpu_p2p_pair.client,
-               2 * cpu_p2p_rt.client, cpu_p2p_pair.client / (2 * cpu_p2p_rt.client));
+        print_cpu("  daemon, Map+Unmap pair via the bus", via_bus.cpu_figure.daemon, via_bus.cpu_floor.daemon);
+        print_cpu("  dbus-daemon, Map+Unmap pair via the bus", via_bus.cpu_figure.bus, via_bus.cpu_floor.bus);
+        print_cpu("  client, Map+Unmap pair via the bus", via_bus.cpu_figure.client, via_bus.cpu_floor.client);
+        print_cpu("  daemon, Map+Unmap pair p2p", p2p.cpu_figure.daemon, p2p.cpu_floor.daemon);
+        printf("%-52s %9.1f us %11.1f us %8s\n", "  dbus-daemon, Map+Unmap pair p2p (signals only)",
+               p2p.cpu_figure.bus, 2 * p2p.cpu_floor.bus, "-");
+        print_cpu("  client, Map+Unmap pair p2p", p2p.cpu_figure.client, p2p.cpu_floor.client);
         printf("%-52s %9.2f us %14s %8s\n", "Update of 1000 maps, per map", update_us, "-", "-");
         printf("%-52s %10.3f s %14s %8s\n", "65535 mappings: insert (one Update)", insert_s, "-", "-");
         printf("%-52s %9.1f us %11.1f us %7.2fx\n", "65535 mappings: lookup (a refused overlapping Map, p2p)",
