@@ -247,7 +247,7 @@ static void print_big(const char *what, const BigMap *m) {
 }
 
 int main(int argc, char *argv[]) {
-        double d_fresh[3], d_pair, b_big, b_pair;
+        double d_fresh[3], d_pair, b_big, b_pair = 0;
         unsigned pairs = 1000;
         void *ram;
         int memfd;
