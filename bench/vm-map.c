@@ -7,8 +7,8 @@
  * DIRECT_GROUP is opened here with the ioctls a VMM would use; BROKER_GROUP is attached through the
  * broker. Prints the time of a 256 MiB map (which pins 65536 pages) of a memfd the VMM has already
  * touched, direct and brokered in alternating rounds (medians), and of PAIRS 4 KiB map+unmap pairs,
- * both ways, and the ratios. The test VM runs it against the daemon under its fd-store supervisor:
- * with persistence on, as in production. The broker pins through a
+ * both ways, and the ratios. tests/system-vm runs it against the installed package under systemd, the
+ * production configuration (persistence on: systemd's fd store and the state directory). The broker pins through a
  * fresh mapping of its own, so the direct side also maps a fresh view of the memfd (as the daemon
  * does) and pins it without populating it first, after MADV_POPULATE_READ and after
  * MADV_POPULATE_WRITE: where the broker's extra time goes. The same 256 MiB map again with memory in

@@ -37,9 +37,6 @@ if [ ! -f "$debbuilddir/build.ninja" ]; then
 fi
 meson compile -C "$debbuilddir" || exit 1
 
-# The VM's benchmark measures what production runs: the release build's daemon.
-export VM_BENCH_DAEMON=$PWD/$relbuilddir/daemon/vfio-brokerd
-
 log=$(mktemp)
 meson test -C "$builddir" --print-errorlogs --num-processes 2 "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}

@@ -114,7 +114,7 @@ done
 tools=$work/tools
 rm -rf "$tools" && mkdir -p "$tools/lib"
 for t in tests/system-vm/sysvm-vmm tests/system-vm/fdstore-probe tests/vm/test-restart-dma \
-         tests/vm/test-vfio-user-restart; do
+         tests/vm/test-vfio-user-restart bench/vm-map; do
         [ -x "$builddir/$t" ] || bail "$builddir/$t was not built"
         cp "$builddir/$t" "$tools/"
         ldd "$builddir/$t" | awk '/=> \// { print $3 }' | grep -E 'lib(asan|ubsan|lsan)' | xargs -r cp -L -t "$tools/lib/"

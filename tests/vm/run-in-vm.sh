@@ -81,31 +81,6 @@ wait $DAEMON_PID
 tap $? "vfio-brokerd exits cleanly on SIGTERM"
 sed 's/^/VMLOG: daemon: /' /tmp/daemon.log
 
-# Benchmark: figures, not a pass/fail test. As in production: the release build (when the host built
-# one: VM_BENCH_DAEMON) with persistence on, a state directory and an fd store (its own supervisor).
-bench_daemon=$prefix/sbin/vfio-brokerd
-bench_build="the tests' build (sanitizers)"
-if [ -x /tests/vfio-brokerd-release ]; then
-        bench_daemon=/tests/vfio-brokerd-release
-        bench_build="release build"
-fi
-/tests/fdstore-supervisor /run/bench $bench_daemon --backend=vfio --state-dir=/run/bench/state \
-        > /tmp/bench-supervisor.log 2>&1 &
-i=0
-while ! grep -q started /tmp/bench-supervisor.log 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
-echo "VMBENCH: daemon: $bench_build, persistence on (state directory and fd store)"
-groups=$(ls /dev/vfio | grep -v vfio | sort -n | head -n 2 | tr '\n' ' ')
-# 2 MiB huge pages for its hugetlbfs row (256 MiB of the VM's 2 GiB), given back afterwards.
-# And transparent huge pages for memfds whose VMM asks for them (MADV_HUGEPAGE), for the THP row.
-echo 128 > /proc/sys/vm/nr_hugepages 2>/dev/null
-thp_was=$(sed 's/.*\[\(.*\)\].*/\1/' /sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null)
-echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null
-/tests/vm-map $groups 1000 2>&1 | sed 's/^/VMBENCH: /'
-[ -n "$thp_was" ] && echo "$thp_was" > /sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null
-echo 0 > /proc/sys/vm/nr_hugepages 2>/dev/null
-echo quit > /run/bench/cmd
-cat /run/bench/ack > /dev/null
-
 # Restarts: the daemon under a small fd-store supervisor (what systemd's FileDescriptorStoreMax= does).
 /tests/fdstore-supervisor /run/sup $prefix/sbin/vfio-brokerd --backend=vfio --state-dir=/run/sup/state \
         > /tmp/supervisor.log 2>&1 &

@@ -42,7 +42,7 @@ install -m 0755 "$here/init.sh" "$root/init"
 install -m 0755 "$here/run-in-vm.sh" "$root/tests/run.sh"
 install -m 0644 "$here/../system-bus.conf.in" "$root/tests/system-bus.conf.in"
 bins=(/usr/bin/dbus-daemon /usr/bin/busctl)
-for t in tests/integration/test-broker tests/vm/test-dma bench/vm-map client/mini-vmm tests/vm/fdstore-supervisor \
+for t in tests/integration/test-broker tests/vm/test-dma client/mini-vmm tests/vm/fdstore-supervisor \
          tests/vm/test-restart-dma tests/vm/test-vmm-features tests/vm/test-vfio-user tests/vm/test-hotplug \
          tests/vm/test-vfio-user-restart; do
         [ -x "$builddir/$t" ] || bail "$builddir/$t was not built"
@@ -50,11 +50,6 @@ for t in tests/integration/test-broker tests/vm/test-dma bench/vm-map client/min
         bins+=("$builddir/$t")
 done
 bins+=("$root/usr/local/sbin/vfio-brokerd" "$builddir/client/vfio-brokerctl" "$builddir/client/libvfio-broker.so.0")
-# The benchmark's daemon: the host's release build when it has one (scripts/test.sh says where).
-if [ -n "${VM_BENCH_DAEMON:-}" ] && [ -x "$VM_BENCH_DAEMON" ]; then
-        cp "$VM_BENCH_DAEMON" "$root/tests/vfio-brokerd-release"
-        bins+=("$VM_BENCH_DAEMON")
-fi
 cp /usr/bin/dbus-daemon /usr/bin/busctl "$root/usr/bin/"
 # udev: the broker follows the host's devices through udev's rebroadcast of the kernel's uevents
 # (no rules needed; systemd-udevd is udevadm under another name).
