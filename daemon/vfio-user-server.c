@@ -140,7 +140,7 @@ static VfioUserSessionPage *session_map(int fd) {
 
 /* The server around a device already open: listen_fd and session_fd are taken, also on failure. */
 int vfio_user_server_start(Container *c, const char *device, uint32_t id, BackendDevice *dev, int listen_fd,
-                        int session_fd, VfioUserServer **ret) {
+                           int session_fd, VfioUserServer **ret) {
         VfioUserServer *s;
         int r;
 
