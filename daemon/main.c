@@ -383,7 +383,7 @@ static int run(int argc, char *argv[]) {
         if (r < 0)
                 return r;
 
-        r = sd_event_default(&event);
+        r = sd_event_new(&event);
         if (r < 0)
                 return log_error_errno(r, "Failed to allocate the event loop: %m");
 
