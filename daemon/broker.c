@@ -10,6 +10,8 @@
 #include "log.h"
 #include "quota.h"
 
+static int on_iteration_end(sd_event_source *s, void *userdata);
+
 int broker_new(sd_event *event, Backend *backend, BrokerConfig *config, Broker **ret) {
         _cleanup_(broker_freep) Broker *b = NULL;
 
@@ -26,6 +28,12 @@ int broker_new(sd_event *event, Backend *backend, BrokerConfig *config, Broker *
         b->config = config;
         b->next_container_id = 1;
         b->notify_fd = -EBADF;
+        if (event) {
+                /* On failure the cleanup frees backend and config too: they were handed over. */
+                int r = sd_event_add_post(event, &b->iteration_end, on_iteration_end, b);
+                if (r < 0)
+                        return r;
+        }
 
         *ret = TAKE_PTR(b);
         return 0;
@@ -44,7 +52,7 @@ Broker *broker_free(Broker *b) {
                 if (b->observers[i].ops->done)
                         b->observers[i].ops->done(b->observers[i].userdata);
         b->n_observers = 0;
-        sd_event_source_disable_unref(b->changes_event);
+        sd_event_source_disable_unref(b->iteration_end);
 
         quota_free_all(b);
 
@@ -223,30 +231,23 @@ void broker_flush_changes(Broker *b) {
         }
 }
 
-static int on_changes(sd_event_source *s, void *userdata) {
-        Broker *b = userdata;
-
+void broker_iteration_end(Broker *b) {
         broker_flush_changes(b);
-        return sd_event_source_set_enabled(s, SD_EVENT_OFF);
+        FOREACH_OBSERVER(b, i)
+                if (b->observers[i].ops->iteration_end)
+                        b->observers[i].ops->iteration_end(b->observers[i].userdata);
 }
 
-/* Arms the deferred delivery; without an event loop (unit tests) delivers at once. */
-static void changes_schedule(Broker *b) {
-        int r;
+static int on_iteration_end(sd_event_source *s, void *userdata) {
+        broker_iteration_end(userdata);
+        return 0;
+}
 
-        if (!b->event) {
+/* Changes are made while the loop dispatches a source (a request, a timer, a device event), and sd-event
+ * then runs the post source: it delivers them. Without it (unit tests, no event loop) they go at once. */
+static void changes_schedule(Broker *b) {
+        if (!b->iteration_end)
                 broker_flush_changes(b);
-                return;
-        }
-        if (!b->changes_event) {
-                r = sd_event_add_defer(b->event, &b->changes_event, on_changes, b);
-                if (r < 0) {
-                        log_warning_errno(r, "Cannot defer change notifications, sending them now: %m");
-                        broker_flush_changes(b);
-                        return;
-                }
-        }
-        (void) sd_event_source_set_enabled(b->changes_event, SD_EVENT_ONESHOT);
 }
 
 static bool have_coalescing_observer(Broker *b) {

@@ -23,7 +23,8 @@ typedef struct Mapping Mapping;
  * freed; the balloon state before the reply to the request that changed it). container_changed and
  * group_changed go at once to observers that need every change before the reply (persistence), and,
  * with coalesce set, once per event-loop iteration with the masks or-ed (one PropertiesChanged per
- * object, however many changes a request or an Update made), from a deferred event source. */
+ * object, however many changes a request or an Update made), from the post source that ends every
+ * iteration that did something. */
 typedef struct BrokerObserver {
         bool coalesce;
         void (*container_added)(void *userdata, Container *c);
@@ -44,6 +45,9 @@ typedef struct BrokerObserver {
          * with an error in e (the state store: the service manager's fd store has no room); then the
          * request changes nothing. */
         int (*admit_fds)(void *userdata, Container *c, unsigned n, BrokerError *e);
+        /* The end of every event-loop iteration that did something, after the coalesced changes: for a
+         * watcher of the whole state (main.c's STATUS=). */
+        void (*iteration_end)(void *userdata);
         /* The broker goes away, every container closed already: release what the watcher holds. */
         void (*done)(void *userdata);
 } BrokerObserver;
@@ -84,7 +88,9 @@ typedef struct Broker {
                 void *userdata;
         } observers[BROKER_OBSERVERS_MAX];
         size_t n_observers;
-        sd_event_source *changes_event; /* delivers coalesced changes */
+        /* One post source for the coalesced changes and iteration_end: a source each would cost an
+         * event-loop iteration each after every call (one more syscall round, 3 rather than 2). */
+        sd_event_source *iteration_end;
         ChangeLink *changed_containers; /* queued for coalesced delivery (Container.changed) */
         ChangeLink *changed_groups;     /* likewise (Group.changed) */
 
@@ -139,5 +145,8 @@ static inline void broker_mapping_removed(Broker *b, Container *c, const Mapping
 }
 /* Called by the container logic whenever a group is attached or detached anywhere. */
 void broker_balloon_inhibitors_changed(Broker *b, int delta);
-/* Delivers queued coalesced changes now (the deferred source does it once per iteration). */
+/* Delivers queued coalesced changes now (the post source does it once per iteration). */
 void broker_flush_changes(Broker *b);
+/* What the post source does at the end of every event-loop iteration that did something: the coalesced
+ * changes, then the observers' iteration_end. Also for once before the loop runs. */
+void broker_iteration_end(Broker *b);

@@ -235,23 +235,26 @@ static int on_status_due(sd_event_source *s, uint64_t usec, void *userdata) {
 }
 
 /* What the broker holds, for `systemctl status`: "3 containers, 2 groups attached, 4.0 GiB pinned".
- * A post source runs after every dispatch, so STATUS= follows every change: at once after a quiet
- * second, else at the end of the interval with the figures of then. Only a changed text is sent. */
-static int on_post_update_status(sd_event_source *s, void *userdata) {
+ * The broker's iteration end follows every dispatch, so STATUS= follows every change: at once after a
+ * quiet second, else at the end of the interval with the figures of then. Only a changed text is sent. */
+static void on_iteration_end(void *userdata) {
         Daemon *d = userdata;
-        uint64_t now;
+        uint64_t now = 0;
 
         if (event_is_armed(d->status_timer))
-                return 0; /* already due */
-        if (!s || sd_event_now(sd_event_source_get_event(s), CLOCK_MONOTONIC, &now) < 0 ||
+                return; /* already due */
+        if (sd_event_now(d->broker->event, CLOCK_MONOTONIC, &now) < 0 ||
             now >= d->status_sent + STATUS_INTERVAL_USEC) {
-                status_send(d, s ? now : 0);
-                return 0;
+                status_send(d, now);
+                return;
         }
-        (void) event_arm_oneshot(sd_event_source_get_event(s), &d->status_timer,
-                                 d->status_sent + STATUS_INTERVAL_USEC, on_status_due, d);
-        return 0;
+        (void) event_arm_oneshot(d->broker->event, &d->status_timer, d->status_sent + STATUS_INTERVAL_USEC,
+                                 on_status_due, d);
 }
+
+static const BrokerObserver status_observer = {
+        .iteration_end = on_iteration_end,
+};
 
 /* SIGHUP (ExecReload=): read the configuration again and apply what can change at run time, the
  * per-user limits. The sim section describes a simulated host, which exists from the start; the
@@ -430,10 +433,11 @@ static int run(int argc, char *argv[]) {
         log_info("vfio-brokerd %s serving %s on the %s backend, %zu VFIO groups.", VERSION, BROKER_BUS_NAME,
                  backend_name(broker->backend), broker->n_groups);
         (void) sd_notify(false, "READY=1");
-        r = sd_event_add_post(event, NULL, on_post_update_status, &daemon);
+        r = broker_observe(broker, &status_observer, &daemon);
         if (r < 0)
                 log_warning_errno(r, "Cannot keep STATUS= up to date: %m");
-        (void) on_post_update_status(NULL, &daemon);
+        /* What startup queued (restored containers, groups), and the first STATUS=. */
+        broker_iteration_end(broker);
 
         r = sd_event_loop(event);
         daemon.status_timer = sd_event_source_disable_unref(daemon.status_timer);
