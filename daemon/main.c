@@ -436,8 +436,10 @@ static int run(int argc, char *argv[]) {
         r = broker_observe(broker, &status_observer, &daemon);
         if (r < 0)
                 log_warning_errno(r, "Cannot keep STATUS= up to date: %m");
-        /* What startup queued (restored containers, groups), and the first STATUS=. */
+        /* What startup queued (restored containers, groups), and the first STATUS=, which does not open
+         * an interval: the first change after it goes at once. */
         broker_iteration_end(broker);
+        daemon.status_sent = 0;
 
         r = sd_event_loop(event);
         daemon.status_timer = sd_event_source_disable_unref(daemon.status_timer);
